@@ -1,0 +1,61 @@
+"""The models the built-in trainer offers: mlp, cnn, resnet18."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NAMES = ("mlp", "cnn", "resnet18")
+
+
+def mlp(shape: tuple[int, ...], classes: int, hidden: int, dropout: float) -> nn.Module:
+    inputs = 1
+    for d in shape:
+        inputs *= d
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, classes),
+    )
+
+
+def cnn(shape: tuple[int, ...], classes: int, hidden: int, dropout: float) -> nn.Module:
+    channels = shape[0]
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(64 * 16, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, classes),
+    )
+
+
+def resnet18(shape: tuple[int, ...], classes: int, hidden: int, dropout: float) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=classes)
+    # Small images (8x8 to 32x32): a 3x3 stem without the max-pool keeps spatial size.
+    net.conv1 = nn.Conv2d(shape[0], 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(net.fc.in_features, classes))
+    return net
+
+
+def build(name: str, shape: tuple[int, ...], classes: int, hidden: int, dropout: float) -> nn.Module:
+    """A fresh model by name."""
+    makers = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+    if name not in makers:
+        raise ValueError(f"model: unknown {name!r}; one of {', '.join(NAMES)}")
+    return makers[name](shape, classes, int(hidden), float(dropout))
+
+
+def optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """sgd / adam / adamw."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: unknown {name!r}; one of sgd, adam, adamw")

@@ -1,0 +1,199 @@
+"""W&B's sweep JSON schema (from the `sweeps` package) turned into one-line problems."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+
+# W&B distribution name -> the schema definition that describes it.
+DEFINITIONS = {
+    "constant": "param_single_value",
+    "categorical": "param_categorical",
+    "categorical_w_probabilities": "param_categorical_w_probabilities",
+    "int_uniform": "param_int_uniform",
+    "uniform": "param_uniform",
+    "log_uniform": "param_loguniform",
+    "log_uniform_values": "param_loguniform_v2",
+    "inv_log_uniform": "param_inv_loguniform",
+    "inv_log_uniform_values": "param_inv_loguniform_v2",
+    "q_uniform": "param_quniform",
+    "q_log_uniform": "param_qloguniform",
+    "q_log_uniform_values": "param_qloguniform_v2",
+    "normal": "param_normal",
+    "q_normal": "param_qnormal",
+    "log_normal": "param_lognormal",
+    "q_log_normal": "param_qlognormal",
+    "beta": "param_beta",
+    "q_beta": "param_qbeta",
+}
+RANGED = {"int_uniform", "uniform", "log_uniform", "log_uniform_values", "inv_log_uniform",
+          "inv_log_uniform_values", "q_uniform", "q_log_uniform", "q_log_uniform_values"}
+POSITIVE_BOUNDS = {"log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values"}
+
+
+@functools.lru_cache(maxsize=1)
+def wandb_schema() -> dict:
+    """The sweep-config JSON schema W&B's controller validates with.
+
+    Found without importing `sweeps` (which pulls in scipy). hpo adds the one key
+    W&B's server accepts that this schema version lacks: `run_cap`.
+    """
+    spec = importlib.util.find_spec("sweeps")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the 'sweeps' package is missing: pip install sweeps")
+    path = Path(list(spec.submodule_search_locations)[0]) / "config" / "schema.json"
+    schema = json.loads(path.read_text())
+    schema["properties"].setdefault(
+        "run_cap", {"type": "integer", "minimum": 1, "description": "Maximum number of runs"}
+    )
+    return schema
+
+
+def _validator(definition: str | None = None) -> jsonschema.Draft7Validator:
+    schema = wandb_schema()
+    if definition is not None:
+        schema = {**schema["definitions"][definition], "definitions": schema["definitions"]}
+    return jsonschema.Draft7Validator(schema)
+
+
+def _line(prefix: str, error: jsonschema.ValidationError) -> str:
+    parts = [prefix] if prefix else []
+    parts += [f"[{p}]" if isinstance(p, int) else str(p) for p in error.absolute_path]
+    path = ".".join(parts).replace(".[", "[") or "sweep"
+    inst = error.instance
+    if error.validator == "type" and isinstance(inst, str):
+        try:
+            float(inst)
+            return f"{path}: {inst!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"
+        except ValueError:
+            pass
+    if error.validator == "additionalProperties" and isinstance(inst, dict):
+        extra = [k for k in inst if k not in error.schema.get("properties", {})]
+        where = f"{path}." if path != "sweep" else ""
+        return f"{where}{extra[0] if extra else '?'}: unknown key"
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        if path.startswith("early_terminate"):
+            return "early_terminate: hyperband needs min_iter, or max_iter and s (and type: hyperband)"
+        return _line(prefix, jsonschema.exceptions.best_match(error.context))
+    if error.validator == "exclusiveMinimum":
+        return f"{path}: must be > {error.validator_value} (got {inst})"
+    return f"{path}: {error.message}"
+
+
+def check_top_level(raw: dict) -> list[str]:
+    """Schema problems outside `parameters` (parameters are checked one by one)."""
+    rest = {k: v for k, v in raw.items() if k != "parameters"}
+    rest["parameters"] = raw.get("parameters", None)
+    problems = []
+    for err in sorted(_validator().iter_errors(rest), key=lambda e: list(e.absolute_path)):
+        if err.absolute_path and err.absolute_path[0] == "parameters" and isinstance(raw.get("parameters"), dict):
+            continue
+        if not err.absolute_path and err.validator == "required":
+            problems.append(f"{err.message.split(' ')[0].strip(repr(chr(39)))}: required")
+            continue
+        problems.append(_line("", err))
+    if isinstance(raw.get("parameters"), dict) and not raw["parameters"]:
+        problems.append("parameters: must define at least one parameter")
+    if "parameters" in raw and raw["parameters"] is None:
+        problems.append("parameters: empty; define at least one parameter")
+    problems += _check_hyperband(raw.get("early_terminate"))
+    return problems
+
+
+def _check_hyperband(block: Any) -> list[str]:
+    if not isinstance(block, dict):
+        return []
+    out = []
+    eta = block.get("eta", 3)
+    if isinstance(eta, (int, float)) and eta < 2:
+        out.append(f"early_terminate.eta: must be at least 2 (got {eta})")
+    lo, hi = block.get("min_iter"), block.get("max_iter")
+    if isinstance(hi, int) and hi < 1:
+        out.append(f"early_terminate.max_iter: must be at least 1 (got {hi})")
+    if isinstance(lo, int) and isinstance(hi, int) and lo >= hi:
+        out.append(f"early_terminate.min_iter: must be less than max_iter ({lo} >= {hi})")
+    s = block.get("s")
+    if s is not None and isinstance(s, (int, float)) and s < 1:
+        out.append(f"early_terminate.s: must be at least 1 (got {s})")
+    return out
+
+
+def infer_distribution(value: dict) -> str | None:
+    """The distribution W&B assumes when a parameter does not name one."""
+    if "distribution" in value:
+        d = value["distribution"]
+        if d == "categorical" and "probabilities" in value:
+            return "categorical_w_probabilities"
+        return d if isinstance(d, str) else None
+    if "value" in value:
+        return "constant"
+    if "values" in value:
+        return "categorical_w_probabilities" if "probabilities" in value else "categorical"
+    if "min" in value and "max" in value:
+        ints = all(isinstance(value[k], int) and not isinstance(value[k], bool) for k in ("min", "max"))
+        return "int_uniform" if ints else "uniform"
+    return None
+
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def check_parameter(path: str, value: Any) -> str | list[str]:
+    """The parameter's distribution name, or the list of its problems."""
+    name = path.rsplit(".", 1)[-1]
+    if not NAME.match(name):
+        return [f"{path}: bad parameter name {name!r}; use letters, digits, _ . -"]
+    if not isinstance(value, dict):
+        return [f"{path}: must be a mapping such as {{values: [...]}} or {{min: 0, max: 1}}"]
+    for key in ("min", "max", "q", "mu", "sigma"):
+        if isinstance(value.get(key), str):
+            try:
+                float(value[key])
+            except ValueError:
+                return [f"{path}.{key}: must be a number (got {value[key]!r})"]
+            return [f"{path}.{key}: {value[key]!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+    dist = infer_distribution(value)
+    if dist is None:
+        return [f"{path}: needs value, values, min and max, or a distribution"]
+    if dist not in DEFINITIONS:
+        return [f"{path}.distribution: unknown distribution {dist!r}; one of {', '.join(DEFINITIONS)}"]
+    errors = sorted(_validator(DEFINITIONS[dist]).iter_errors(value), key=lambda e: list(e.absolute_path))
+    problems = [_line(path, e) for e in errors]
+    if problems:
+        return problems
+    problems = _semantic(path, dist, value)
+    return problems or dist
+
+
+def _semantic(path: str, dist: str, v: dict) -> list[str]:
+    out = []
+    if dist in RANGED:
+        lo, hi = v["min"], v["max"]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            out.append(f"{path}: min and max must be finite numbers")
+        elif lo >= hi:
+            out.append(f"{path}.min: must be less than max ({lo} >= {hi})")
+        if dist in POSITIVE_BOUNDS and lo <= 0:
+            out.append(f"{path}.min: must be > 0 for {dist} (got {lo})")
+    if "q" in v and not v["q"] > 0:
+        out.append(f"{path}.q: must be > 0 (got {v['q']})")
+    if "sigma" in v and not v["sigma"] > 0:
+        out.append(f"{path}.sigma: must be > 0 (got {v['sigma']})")
+    if dist == "categorical_w_probabilities":
+        probs = v["probabilities"]
+        if len(probs) != len(v["values"]):
+            out.append(f"{path}.probabilities: {len(probs)} probabilities for {len(v['values'])} values")
+        elif abs(sum(probs) - 1.0) > 1e-6:
+            out.append(f"{path}.probabilities: must sum to 1 (sum is {sum(probs):g})")
+    if dist in ("categorical", "categorical_w_probabilities"):
+        if not v["values"]:
+            out.append(f"{path}.values: must not be empty")
+    return out

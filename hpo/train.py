@@ -1,0 +1,157 @@
+"""The built-in trainer: plain PyTorch, no engine in sight.
+
+    train(config, report) -> final metrics
+
+`report(step, metrics)` is called once per epoch with train_loss, val_loss,
+val_acc and epoch_seconds. Whoever calls `train` supplies `report`; it may raise
+to stop the trial early (that is how pruning reaches the trainer).
+
+Run alone, the way `wandb agent` starts it:
+
+    python -m hpo.train --lr=0.01 --hidden=64
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from hpo import data, models
+
+Report = Callable[[int, Mapping[str, float]], None]
+
+# Defaults that make `python -m hpo.train` a sensible run on a laptop CPU.
+DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",  # digits | mnist | fashion_mnist | cifar10
+    "data_dir": "data",  # where torchvision sets are downloaded
+    "model": "mlp",  # mlp | cnn | resnet18
+    "hidden": 128,
+    "dropout": 0.1,
+    "optimizer": "adam",  # sgd | adam | adamw
+    "lr": 3e-3,
+    "momentum": 0.9,  # sgd only
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "epochs": 10,
+    "seed": 0,
+    "amp": True,  # mixed precision, CUDA only
+}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batches(n: int, size: int, device: torch.device, shuffle: bool):
+    order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def _amp(device: torch.device, enabled: bool):
+    if not (enabled and device.type == "cuda"):
+        return torch.autocast("cpu", enabled=False), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float, batch: int, autocast) -> tuple[float, float]:
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    with torch.no_grad(), autocast:
+        for idx in _batches(len(y), max(batch, 512), x.device, shuffle=False):
+            logits = model(x[idx].float() / scale)
+            loss_sum += nn.functional.cross_entropy(logits.float(), y[idx], reduction="sum")
+            correct += (logits.argmax(1) == y[idx]).sum()
+    # .item() is a CPU-GPU sync point: once per evaluation, not per batch.
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, float]:
+    """Train one model with `config` (missing keys take DEFAULTS); return the last epoch's metrics."""
+    cfg = {**DEFAULTS, **config}
+    torch.manual_seed(int(cfg["seed"]))
+    device = _device()
+    ds = data.load(cfg["dataset"], str(cfg["data_dir"]))
+    # Tiny sets live on the device whole; batches are index slices, no DataLoader.
+    x_tr, y_tr = ds.x_train.to(device), ds.y_train.to(device)
+    x_va, y_va = ds.x_val.to(device), ds.y_val.to(device)
+    model = models.build(cfg["model"], ds.shape, ds.num_classes, cfg["hidden"], cfg["dropout"]).to(device)
+    opt = models.optimizer(cfg["optimizer"], model.parameters(), float(cfg["lr"]),
+                           float(cfg["momentum"]), float(cfg["weight_decay"]))
+    autocast, scaler = _amp(device, bool(cfg["amp"]))
+    batch = int(cfg["batch_size"])
+    metrics: dict[str, float] = {}
+    for epoch in range(1, int(cfg["epochs"]) + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for idx in _batches(len(y_tr), batch, device, shuffle=True):
+            with autocast:
+                loss = nn.functional.cross_entropy(model(x_tr[idx].float() / ds.scale).float(), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            loss_sum += loss.detach() * len(idx)
+        val_loss, val_acc = _evaluate(model, x_va, y_va, ds.scale, batch, autocast)
+        metrics = {
+            "train_loss": loss_sum.item() / len(y_tr),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "epoch_seconds": time.perf_counter() - start,
+        }
+        if report is not None:
+            report(epoch, metrics)
+    return metrics
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """`--name=value` / `--name value` pairs (what W&B's ${args} writes) -> typed config."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise SystemExit(f"hpo.train: expected --name=value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"hpo.train: --{key} needs a value")
+            i, value = i + 1, argv[i + 1]
+        config[key.replace("-", "_")] = yaml.safe_load(value) if value else value
+        i += 1
+    return config
+
+
+def _print_report(step: int, metrics: Mapping[str, float]) -> None:
+    if any(not math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"non-finite metric at epoch {step}: {dict(metrics)}")
+    print(json.dumps({"epoch": step, **{k: round(v, 6) for k, v in metrics.items()}}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    from hpo.integrations import wandb_run_reporter
+
+    with wandb_run_reporter(config) as report:
+        train(config, report or _print_report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
