@@ -61,18 +61,21 @@ class Hyperband:
     eta: float
     strict: bool = False
 
-    def rungs(self) -> list[int]:
-        """The iterations at which W&B's controller considers stopping a run."""
-        if self.min_iter is not None:
-            out, it = [], float(self.min_iter)
-            for _ in range(self.s or 32):
-                out.append(int(round(it)))
-                it *= self.eta
-                if self.max_iter and it > self.max_iter:
+    def rungs(self, limit: int = 1000) -> list[int]:
+        """W&B's bands: the history indexes at which its controller may stop a run."""
+        if self.max_iter is not None and self.s is not None:
+            bands, band = [], float(self.max_iter)
+            for _ in range(int(self.s)):
+                band /= self.eta
+                if band < 1:
                     break
-            return out[: self.s] if self.s else out[:8]
-        steps = [self.max_iter / self.eta ** k for k in range(int(self.s), 0, -1)]
-        return [max(1, int(round(x))) for x in steps]
+                bands.append(int(band))
+            return sorted(bands)
+        bands, band = [], float(self.min_iter or 1)
+        while band <= limit and len(bands) < 100:
+            bands.append(int(band))
+            band *= self.eta
+        return bands
 
 
 @dataclass(frozen=True)

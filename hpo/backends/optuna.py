@@ -1,0 +1,110 @@
+"""Optuna backend: a queue of trials in the study's storage, one worker process per slot.
+
+The controller enqueues the budget, starts the workers (CUDA_VISIBLE_DEVICES
+per slot), watches them, fails and replaces the trial of a worker that dies,
+and closes the MLflow parent with the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import optuna
+
+from hpo import storage, study as studymod
+from hpo.errors import HpoError
+from hpo.progress import Progress
+from hpo.sweep import Sweep
+from hpo.workers import Exit, Pool, slot_env, threads_per_worker, worker_argv
+
+POLL_SECONDS = 0.25
+MAX_QUICK_DEATHS = 5  # a worker that dies this often within seconds of starting is broken
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def make_pool(sw: Sweep, extra_env: dict[str, str] | None = None) -> Pool:
+    threads = threads_per_worker(list(sw.slots))
+    base = {**os.environ, "HPO_STORAGE": sw.storage, "HPO_TRACKING_URI": sw.tracking_uri,
+            "HPO_THREADS": str(threads), **(extra_env or {})}
+    extra = ["--trainer", sw.trainer] if sw.trainer else []
+    return Pool(list(sw.slots), lambda s: worker_argv(sw.name, s, os.getpid(), extra),
+                lambda s: slot_env(s, base, threads), sw.dir / "logs")
+
+
+def run(sw: Sweep) -> studymod.Result:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = studymod.open_study(sw)
+    tracker, exp, parent = studymod.open_parent(sw, study)
+    # A controller killed earlier may have left trials RUNNING: their workers are gone.
+    studymod.fail_orphans(study, tracker, set(), "worker died", "found RUNNING when the sweep resumed")
+    storage.fill_queue(study, sw.budget, sw.grid)
+    pool = make_pool(sw)
+    progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.progress)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupted = False
+    try:
+        pool.start_all()
+        _watch(sw, study, tracker, pool, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for e in pool.stop():
+                if e.died and not interrupted:
+                    _on_death(study, tracker, e)
+            why = "interrupted" if interrupted else "worker died"
+            studymod.fail_orphans(study, tracker, set(), why)
+            progress.close()
+            result = studymod.summarize(sw, study, parent, interrupted)
+            studymod.close_parent(sw, tracker, exp, result)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return result
+
+
+def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progress) -> None:
+    quick_deaths = 0
+    while True:
+        for e in pool.reap():
+            if e.died:
+                _on_death(study, tracker, e)
+                storage.fill_queue(study, sw.budget, sw.grid)
+                quick = time.monotonic() - pool.restarts_at.get(e.slot.index, 0) < 5
+                quick_deaths = quick_deaths + 1 if quick else 0
+                if quick_deaths >= MAX_QUICK_DEATHS:
+                    raise HpoError(f"workers keep dying at start; see {sw.dir / 'logs' / (e.slot.name + '.log')}")
+        trials = study.get_trials(deepcopy=False)
+        c = storage.count(trials)
+        if c.waiting:
+            for slot in [s for s in pool.slots if s.index not in pool.workers]:
+                pool.start(slot)
+        best = studymod.summarize(sw, study, "", False).best_value if c.complete else None
+        progress.update(trials, best, pool.alive())
+        if not pool.workers and not c.waiting:
+            studymod.fail_orphans(study, tracker, set(), "worker died", "worker gone before the trial ended")
+            if not _remote_running(study):
+                storage.fill_queue(study, sw.budget, sw.grid)
+                if not storage.count(study.get_trials(deepcopy=False)).waiting:
+                    return
+        time.sleep(POLL_SECONDS)
+
+
+def _remote_running(study: optuna.Study) -> int:
+    """Trials still RUNNING on other machines (`hpo worker` elsewhere): wait for them."""
+    host = socket.gethostname()
+    return sum(t.user_attrs.get("hpo.host", host) != host
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def _on_death(study: optuna.Study, tracker, e: Exit) -> None:
+    """Fail the dead worker's trial in Optuna and MLflow; the caller refills the queue."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("hpo.pid") == e.pid and t.user_attrs.get("hpo.host") == socket.gethostname():
+            studymod.fail_trial(study, tracker, t, "worker died", f"{e.describe()} on {e.slot.name}")

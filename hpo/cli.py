@@ -1,0 +1,173 @@
+"""`hpo` command line: parse, call the library, map HpoError to one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from hpo.errors import HpoError, SpecError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, like every other bad input
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
+    p.add_argument("sweep_file", nargs="?", default="sweep.yaml", help="W&B-format sweep config")
+    p.add_argument("--space", help="use the parameters block of this file (search_spaces/NAME.yaml)")
+    p.add_argument("--study", help="study / experiment name (default: the sweep's name)")
+    p.add_argument("--storage", help="Optuna storage: journal file path or RDB URL (default: runs/NAME/optuna.log)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/NAME/mlflow.db)")
+    p.add_argument("--root", default="runs", help="folder that holds one sub-folder per sweep (default: runs)")
+    if with_run:
+        p.add_argument("--backend", default="optuna", choices=["optuna", "ray", "wandb"])
+        p.add_argument("--trials", type=int, help="trial budget across all workers (default: run_cap, else 20)")
+        p.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
+        p.add_argument("--workers-per-gpu", type=int, default=1)
+        p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
+        p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
+        p.add_argument("--no-progress", action="store_true", help="no live table; one line per finished trial")
+
+
+def _settings(a: argparse.Namespace):
+    from hpo.sweep import Settings
+
+    return Settings(
+        sweep_file=a.sweep_file, space=a.space, backend=getattr(a, "backend", "optuna"), study=a.study,
+        storage=a.storage, tracking_uri=a.tracking_uri, root=a.root, trials=getattr(a, "trials", None),
+        gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
+        workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
+        progress=not getattr(a, "no_progress", False),
+    )
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from hpo import sweep
+
+    sw = sweep.prepare(_settings(a))
+    print(f"hpo: sweep {sw.name!r} on {sw.backend}: {sw.budget} trials over {len(sw.slots)} worker(s) "
+          f"[{', '.join(s.name for s in sw.slots)}]; writing {sw.dir}/", file=sys.stderr)
+    result = sweep.run(sw)
+    c = result.counts
+    print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
+                      "best_params": result.best_params, "complete": c.complete, "pruned": c.pruned,
+                      "failed": c.failed, "parent_run_id": result.parent_run_id,
+                      "interrupted": result.interrupted}, default=str))
+    return 130 if result.interrupted else 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from hpo.worker import WorkerConfig, serve
+
+    store = a.storage or os.environ.get("HPO_STORAGE")
+    if not store:
+        raise UsageError("--storage: required (a journal file path or an RDB URL), or set HPO_STORAGE")
+    threads = int(os.environ.get("HPO_THREADS", "0")) or None
+    cfg = WorkerConfig(a.study, store, a.tracking_uri or os.environ.get("HPO_TRACKING_URI"), a.name or "",
+                       a.trainer, a.parent_pid, threads)
+    from hpo.report import Interrupted
+
+    try:
+        n = serve(cfg)
+    except Interrupted:
+        return 130
+    print(f"hpo worker: ran {n} trial(s); the queue is empty", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from hpo import sweep
+
+    try:
+        sw = sweep.prepare(_settings(a))
+    except SpecError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    print(f"{a.sweep_file}: ok ({sw.spec.method}, {len(sw.spec.params)} parameters, budget {sw.budget}, "
+          f"backend {sw.backend})")
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    from hpo import explain, spec
+
+    print(explain.explain(spec.load(a.sweep_file, a.space)))
+    return 0
+
+
+def _open(a: argparse.Namespace):
+    from hpo import query as insp
+
+    return insp.open_existing(_settings(a))
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from hpo import query as insp
+
+    print(insp.status_text(*_open(a)))
+    return 0
+
+
+def cmd_best(a: argparse.Namespace) -> int:
+    from hpo import query as insp
+
+    print(json.dumps(insp.best(*_open(a)), default=str))
+    return 0
+
+
+def cmd_dashboard(a: argparse.Namespace) -> int:
+    from hpo import dashboard
+    from hpo.sweep import prepare
+
+    store = a.storage or prepare(_settings(a)).storage
+    return dashboard.serve(store, a.host, a.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpo", description="Hyperparameter sweeps from a W&B sweep.yaml on Optuna, Ray or W&B.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands: dict[str, tuple[Callable, str]] = {
+        "run": (cmd_run, "run a sweep to its budget"),
+        "validate": (cmd_validate, "check a sweep file; exit 0 or 2"),
+        "explain": (cmd_explain, "what each engine's early termination will do"),
+        "status": (cmd_status, "counts and what runs now"),
+        "best": (cmd_best, "the best trial as JSON"),
+        "dashboard": (cmd_dashboard, "optuna-dashboard for the sweep's storage"),
+    }
+    for name, (fn, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text)
+        _sweep_args(p, with_run=name in ("run", "validate"))
+        p.set_defaults(fn=fn)
+        if name == "dashboard":
+            p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+            p.add_argument("--port", type=int, default=8080)
+    w = sub.add_parser("worker", help="one more worker for a running study (e.g. on another machine)")
+    w.add_argument("--study", required=True)
+    w.add_argument("--storage", help="journal file path or RDB URL (or $HPO_STORAGE)")
+    w.add_argument("--tracking-uri", help="MLflow tracking URI reachable from here (default: the sweep's)")
+    w.add_argument("--trainer", help="package.module:function (default: the sweep's)")
+    w.add_argument("--name", help="worker name shown in progress and tags")
+    w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    w.set_defaults(fn=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.fn(args)
+    except HpoError as exc:
+        print(f"hpo: {exc}" if not isinstance(exc, UsageError) else str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("hpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

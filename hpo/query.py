@@ -1,0 +1,51 @@
+"""Read-only views of an existing sweep: status and best trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo import storage
+from hpo.errors import UsageError
+from hpo.sweep import Settings, prepare
+
+
+def open_existing(s: Settings) -> tuple[optuna.Study, str]:
+    """The sweep's study, without creating anything."""
+    sw = prepare(s)
+    if "://" not in sw.storage and not __import__("os").path.exists(sw.storage):
+        raise UsageError(f"--storage: no sweep at {sw.storage}; run `hpo run` first")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=sw.name, storage=storage.open_storage(sw.storage))
+    except KeyError:
+        raise UsageError(f"--study: no study named {sw.name!r} in {storage.mask(sw.storage)}") from None
+    return study, sw.spec.metric or "value"
+
+
+def best(study: optuna.Study, metric: str) -> dict[str, Any]:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return {"study": study.study_name, "best_trial": None}
+    t = study.best_trial
+    return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": t.params,
+            "mlflow_run_id": t.user_attrs.get("hpo.mlflow_run_id")}
+
+
+def status_text(study: optuna.Study, metric: str) -> str:
+    trials = study.get_trials(deepcopy=False)
+    c = storage.count(trials)
+    budget = study.user_attrs.get("hpo.budget", "?")
+    lines = [f"{study.study_name}: {c.finished}/{budget} finished - {c.complete} complete, {c.pruned} pruned, "
+             f"{c.failed} failed, {c.retried} retried; {c.running} running, {c.waiting} queued"]
+    b = best(study, metric)
+    if b.get("best_trial") is not None:
+        lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g} {b['params']}")
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            step = max(t.intermediate_values) if t.intermediate_values else "-"
+            lines.append(f"running: trial {t.number} on {t.user_attrs.get('hpo.worker', '?')} "
+                         f"(gpu {t.user_attrs.get('hpo.cuda_visible_devices') or 'none'}), step {step}")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Optuna storage: where it lives, how workers take trials, how the budget is counted.
+
+The budget is a queue. The controller enqueues one WAITING trial per unit of
+budget (`enqueue_trial`, empty params unless it is a grid point); a worker takes
+one by moving it WAITING -> RUNNING, which the storage does atomically for the
+journal file and for RDBs alike. So `--trials 7` over 3 workers (or over several
+machines) gives exactly 7 trials, and a worker stops when the queue is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+# Failures that are not the trial's fault: the trial is re-run and not counted.
+INFRA_REASONS = ("worker died", "interrupted")
+RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
+
+
+def is_rdb(url: str) -> bool:
+    return bool(re.match(rf"^({'|'.join(RDB_SCHEMES)})(\+\w+)?://", url))
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print, log or tag."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def open_storage(url: str) -> BaseStorage:
+    """A journal file path (default, safe for many local processes) or an RDB URL."""
+    if is_rdb(url):
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True
+        return RDBStorage(url, engine_kwargs=kwargs)
+    if "://" in url:
+        raise ValueError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
+    path = Path(url).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def reason(t: FrozenTrial) -> str | None:
+    return t.user_attrs.get("hpo.reason")
+
+
+def counts_toward_budget(t: FrozenTrial) -> bool:
+    """Finished for a reason of its own (complete, pruned, or failed by the trainer)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and reason(t) not in INFRA_REASONS
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    retried: int = 0  # infrastructure failures (dead worker, Ctrl-C): re-run, not counted
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def count(trials: Iterable[FrozenTrial]) -> Counts:
+    c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            c["failed" if counts_toward_budget(t) else "retried"] += 1
+        else:
+            c[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+               TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
+    return Counts(**c)
+
+
+def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None) -> int:
+    """Enqueue trials until finished + queued + running == budget; return how many were added."""
+    trials = study.get_trials(deepcopy=False)
+    c = count(trials)
+    missing = budget - c.finished - c.running - c.waiting
+    if missing <= 0:
+        return 0
+    if grid is None:
+        for _ in range(missing):
+            study.enqueue_trial({}, user_attrs={"hpo.queued": True})
+        return missing
+    taken = {json.dumps(t.params, sort_keys=True) for t in trials
+             if counts_toward_budget(t) or t.state == TrialState.RUNNING}
+    taken |= {t.user_attrs.get("hpo.grid_point") for t in trials if t.state == TrialState.WAITING}
+    fresh = [p for p in grid if json.dumps(p, sort_keys=True) not in taken][:missing]
+    for point in fresh:
+        study.enqueue_trial(point, user_attrs={"hpo.queued": True, "hpo.grid_point": json.dumps(point, sort_keys=True)})
+    return len(fresh)
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Take one WAITING trial (atomic WAITING -> RUNNING) or None when the queue is empty.
+
+    Unlike `study.ask()`, this never creates a trial, so the budget holds
+    across workers and machines.
+    """
+    storage = study._storage  # noqa: SLF001 - the public Study has no "pop or nothing"
+    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))  # noqa: SLF001
+    for frozen in waiting:
+        if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
+            return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001
+    return None
+
+
+def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:
+    """Mark a RUNNING trial FAIL with a reason (used for trials whose worker died)."""
+    storage = study._storage  # noqa: SLF001
+    storage.set_trial_user_attr(trial_id, "hpo.reason", why)
+    try:
+        return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile
+        return False

@@ -1,0 +1,144 @@
+"""MLflow: one parent run per sweep, one child run per trial.
+
+Built on `MlflowClient` (explicit run ids, no global "active run"), so a worker
+can hold a child run while the controller holds the parent, in other processes
+or on other machines.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from hpo.storage import mask
+
+T = TypeVar("T")
+
+# hpo's closed set of trial states -> MLflow run status.
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
+    """SQLite tracking stores say 'database is locked' under parallel writers: wait and retry."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps the driver's error in several types
+            if "locked" not in str(exc).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**i)
+    raise AssertionError("unreachable")
+
+
+def _clip(value: Any, limit: int = 6000) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:limit]
+
+
+class Tracker:
+    """Thin, retrying wrapper over MlflowClient for hpo's run layout."""
+
+    def __init__(self, tracking_uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    # -- parent ---------------------------------------------------------
+    def experiment(self, name: str, artifact_dir: Path | None = None) -> str:
+        found = _retry(lambda: self.client.get_experiment_by_name(name))
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                _retry(lambda: self.client.restore_experiment(found.experiment_id))
+            return found.experiment_id
+        location = artifact_dir.resolve().as_uri() if artifact_dir else None
+        return _retry(lambda: self.client.create_experiment(name, artifact_location=location))
+
+    def start_parent(self, experiment_id: str, name: str, params: Mapping[str, Any],
+                     tags: Mapping[str, str], resume_id: str | None = None) -> str:
+        """Create the sweep's parent run, or reopen it when the sweep is resumed."""
+        if resume_id:
+            try:
+                run = _retry(lambda: self.client.get_run(resume_id))
+                if run.info.lifecycle_stage == "active":
+                    _retry(lambda: self.client.update_run(resume_id, status="RUNNING"))
+                    self.set_tags(resume_id, tags)
+                    return resume_id
+            except Exception:  # noqa: BLE001 - a parent deleted by hand: start a new one
+                pass
+        run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=dict(tags)))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, status: str, metrics: Mapping[str, float],
+                      tags: Mapping[str, str], artifacts: Mapping[str, str]) -> None:
+        """Summary metrics, best-trial tags, sweep.yaml as an artifact, end status."""
+        self.log_metrics(run_id, 0, metrics)
+        self.set_tags(run_id, tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in artifacts.items():
+                (Path(tmp) / name).write_text(text)
+                _retry(lambda n=name: self.client.log_artifact(run_id, str(Path(tmp) / n)))
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    # -- children -------------------------------------------------------
+    def start_child(self, experiment_id: str, parent_id: str, name: str,
+                    params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        tags = {**tags, PARENT_TAG: parent_id}
+        run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def end_child(self, run_id: str, state: str, tags: Mapping[str, str] | None = None) -> None:
+        self.set_tags(run_id, {"hpo.state": state, **(tags or {})})
+        _retry(lambda: self.client.set_terminated(run_id, status=STATUS[state]))
+
+    # -- batched logging ------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _clip(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(lambda b=items[i : i + 100]: self.client.log_batch(run_id, params=b))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, _clip(v, 5000)) for k, v in tags.items()]))
+
+    def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        """All of one step's metrics in one call."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if batch:
+            _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    # -- queries ----------------------------------------------------------
+    def children(self, experiment_id: str, parent_id: str) -> list[Any]:
+        return _retry(lambda: self.client.search_runs(
+            [experiment_id], filter_string=f"tags.{PARENT_TAG} = '{parent_id}'", max_results=50000))
+
+    def end_running_children(self, experiment_id: str, parent_id: str, why: str) -> int:
+        """Close every child still RUNNING (its worker is gone): KILLED/FAILED with a reason."""
+        n = 0
+        for run in self.children(experiment_id, parent_id):
+            if run.info.status == "RUNNING":
+                state = "interrupted" if why == "interrupted" else "failed"
+                self.end_child(run.info.run_id, state, {"hpo.reason": why})
+                n += 1
+        return n
+
+
+def default_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
+
+
+def display_uri(uri: str) -> str:
+    return mask(uri)

@@ -1,0 +1,155 @@
+"""A long-lived Optuna worker: takes queued trials until none are left.
+
+It keeps the trainer module, its dataset and (on a GPU) its CUDA context
+between trials. The controller starts one per slot with CUDA_VISIBLE_DEVICES
+set; `hpo worker` starts one by hand, e.g. on another machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hpo import space, spec as specmod, storage
+from hpo.errors import UsageError
+from hpo.report import Interrupted, Outcome, Reporter, dataset_tags, environment_tags, load_trainer, run_trainer
+from hpo.tracking import Tracker
+
+OPTUNA_STATE = {
+    "complete": optuna.trial.TrialState.COMPLETE,
+    "pruned": optuna.trial.TrialState.PRUNED,
+    "failed": optuna.trial.TrialState.FAIL,
+    "interrupted": optuna.trial.TrialState.FAIL,
+}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    study: str
+    storage: str
+    tracking_uri: str | None = None  # default: the one the controller recorded in the study
+    name: str = ""
+    trainer: str | None = None  # default: the one the controller recorded in the study
+    parent_pid: int | None = None  # stop when this process (the controller) is gone
+    threads: int | None = None
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Interrupted("interrupted")
+
+
+def _watch_parent(pid: int) -> None:
+    # A controller killed with SIGKILL cannot stop its workers: they notice and stop themselves.
+    while os.getppid() == pid:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def load_study(cfg: WorkerConfig) -> tuple[optuna.Study, specmod.Spec]:
+    store = storage.open_storage(cfg.storage)
+    try:
+        bare = optuna.load_study(study_name=cfg.study, storage=store)
+    except KeyError:
+        raise UsageError(f"--study: no study named {cfg.study!r} in {storage.mask(cfg.storage)}") from None
+    raw = bare.user_attrs.get("hpo.spec")
+    if raw is None:
+        raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
+    spec = specmod.from_dict(json.loads(raw))
+    study = optuna.load_study(
+        study_name=cfg.study, storage=store, sampler=space.sampler(spec), pruner=space.pruner(spec)
+    )
+    return study, spec
+
+
+def serve(cfg: WorkerConfig) -> int:
+    """Run trials until the queue is empty; return how many this worker ran."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if cfg.parent_pid:
+        threading.Thread(target=_watch_parent, args=(cfg.parent_pid,), daemon=True).start()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, spec = load_study(cfg)
+    attrs = study.user_attrs
+    trainer_ref = cfg.trainer or attrs.get("hpo.trainer")
+    trainer = load_trainer(trainer_ref)
+    if cfg.threads and "torch" in __import__("sys").modules:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    ctx = _Context(
+        study=study, spec=spec, dists=space.distributions(spec),
+        tracker=Tracker(cfg.tracking_uri or attrs["hpo.tracking_uri"]),
+        experiment_id=attrs["hpo.experiment_id"], parent_id=attrs["hpo.parent_run_id"],
+        worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer=trainer, trainer_ref=trainer_ref,
+        base_tags={**environment_tags(), "hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
+    )
+    done = 0
+    while (trial := storage.claim(study)) is not None:
+        ctx.run(trial)
+        done += 1
+    return done
+
+
+@dataclass
+class _Context:
+    study: optuna.Study
+    spec: specmod.Spec
+    dists: dict
+    tracker: Tracker
+    experiment_id: str
+    parent_id: str
+    worker: str
+    trainer: Any
+    trainer_ref: str | None
+    base_tags: dict
+
+    def run(self, trial: optuna.Trial) -> Outcome:
+        cuda = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        for key, value in (("hpo.worker", self.worker), ("hpo.host", socket.gethostname()),
+                           ("hpo.pid", os.getpid()), ("hpo.cuda_visible_devices", cuda)):
+            trial.set_user_attr(key, value)
+        params = {name: space.suggest(trial, name, d) for name, d in self.dists.items()}
+        config = specmod.unflatten(params)
+        tags = {
+            **self.base_tags, "hpo.backend": "optuna", "hpo.study": self.study.study_name,
+            "hpo.trial": str(trial.number), "hpo.worker": self.worker,
+            "hpo.cuda_visible_devices": cuda, "hpo.state": "running",
+            "hpo.seed": str(config.get("seed", 0)),
+        }
+        run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{trial.number}", params, tags)
+        trial.set_user_attr("hpo.mlflow_run_id", run_id)
+        reporter = Reporter(
+            self.spec.metric,
+            sink=lambda step, m: self.tracker.log_metrics(run_id, step, m),
+            should_stop=lambda step, value: _prune(trial, step, value),
+        )
+        try:
+            outcome = run_trainer(self.trainer, config, reporter)
+        except Interrupted:
+            self._finish(trial, run_id, config, Outcome("interrupted", reason="interrupted"))
+            raise
+        self._finish(trial, run_id, config, outcome)
+        return outcome
+
+    def _finish(self, trial: optuna.Trial, run_id: str, config: dict, outcome: Outcome) -> None:
+        for key, value in outcome.tags().items():
+            if key != "hpo.state":
+                trial.set_user_attr(key, value)
+        self.tracker.end_child(run_id, outcome.state, {**outcome.tags(), **dataset_tags(config, self.trainer_ref)})
+        state = OPTUNA_STATE[outcome.state]
+        if outcome.state == "complete":
+            self.study.tell(trial, outcome.value)
+        else:
+            self.study.tell(trial, state=state)
+
+
+def _prune(trial: optuna.Trial, step: int, value: float) -> bool:
+    trial.report(value, step)
+    return trial.should_prune()
