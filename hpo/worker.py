@@ -20,7 +20,8 @@ import optuna
 
 from hpo import space, spec as specmod, storage
 from hpo.errors import UsageError
-from hpo.report import Interrupted, Outcome, Reporter, dataset_tags, environment_tags, load_trainer, run_trainer
+from hpo.report import Interrupted, Outcome, load_trainer
+from hpo.runner import TrialRun
 from hpo.tracking import Tracker
 
 OPTUNA_STATE = {
@@ -83,13 +84,12 @@ def serve(cfg: WorkerConfig) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    ctx = _Context(
-        study=study, spec=spec, dists=space.distributions(spec),
-        tracker=Tracker(cfg.tracking_uri or attrs["hpo.tracking_uri"]),
-        experiment_id=attrs["hpo.experiment_id"], parent_id=attrs["hpo.parent_run_id"],
-        worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer=trainer, trainer_ref=trainer_ref,
-        base_tags={**environment_tags(), "hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
-    )
+    ctx = _Context(study, spec, space.distributions(spec), trainer, TrialRun(
+        tracker=Tracker(cfg.tracking_uri or attrs["hpo.tracking_uri"]), experiment_id=attrs["hpo.experiment_id"],
+        parent_id=attrs["hpo.parent_run_id"], backend="optuna", study=study.study_name,
+        worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=trainer_ref,
+        extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
+    ))
     done = 0
     while (trial := storage.claim(study)) is not None:
         ctx.run(trial)
@@ -102,52 +102,35 @@ class _Context:
     study: optuna.Study
     spec: specmod.Spec
     dists: dict
-    tracker: Tracker
-    experiment_id: str
-    parent_id: str
-    worker: str
     trainer: Any
-    trainer_ref: str | None
-    base_tags: dict
+    trial_run: TrialRun
 
     def run(self, trial: optuna.Trial) -> Outcome:
-        cuda = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        for key, value in (("hpo.worker", self.worker), ("hpo.host", socket.gethostname()),
-                           ("hpo.pid", os.getpid()), ("hpo.cuda_visible_devices", cuda)):
+        for key, value in (("hpo.worker", self.trial_run.worker), ("hpo.host", socket.gethostname()),
+                           ("hpo.pid", os.getpid()),
+                           ("hpo.cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", ""))):
             trial.set_user_attr(key, value)
         params = {name: space.suggest(trial, name, d) for name, d in self.dists.items()}
-        config = specmod.unflatten(params)
-        tags = {
-            **self.base_tags, "hpo.backend": "optuna", "hpo.study": self.study.study_name,
-            "hpo.trial": str(trial.number), "hpo.worker": self.worker,
-            "hpo.cuda_visible_devices": cuda, "hpo.state": "running",
-            "hpo.seed": str(config.get("seed", 0)),
-        }
-        run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{trial.number}", params, tags)
-        trial.set_user_attr("hpo.mlflow_run_id", run_id)
-        reporter = Reporter(
-            self.spec.metric,
-            sink=lambda step, m: self.tracker.log_metrics(run_id, step, m),
-            should_stop=lambda step, value: _prune(trial, step, value),
-        )
         try:
-            outcome = run_trainer(self.trainer, config, reporter)
+            outcome, _ = self.trial_run.run(
+                trial.number, params, self.trainer, self.spec.metric,
+                should_stop=lambda step, value: _prune(trial, step, value),
+                on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
+            )
         except Interrupted:
-            self._finish(trial, run_id, config, Outcome("interrupted", reason="interrupted"))
+            self._tell(trial, Outcome("interrupted", reason="interrupted"))
             raise
-        self._finish(trial, run_id, config, outcome)
+        self._tell(trial, outcome)
         return outcome
 
-    def _finish(self, trial: optuna.Trial, run_id: str, config: dict, outcome: Outcome) -> None:
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         for key, value in outcome.tags().items():
             if key != "hpo.state":
                 trial.set_user_attr(key, value)
-        self.tracker.end_child(run_id, outcome.state, {**outcome.tags(), **dataset_tags(config, self.trainer_ref)})
-        state = OPTUNA_STATE[outcome.state]
         if outcome.state == "complete":
             self.study.tell(trial, outcome.value)
         else:
-            self.study.tell(trial, state=state)
+            self.study.tell(trial, state=OPTUNA_STATE[outcome.state])
 
 
 def _prune(trial: optuna.Trial, step: int, value: float) -> bool:

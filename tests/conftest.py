@@ -1,0 +1,73 @@
+"""Shared fixtures: real subprocesses of `python -m hpo`, real stores in tmp folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# A tiny sweep: digits, few epochs, Hyperband that can prune from epoch 1.
+TINY = """
+name: tiny
+method: random
+metric: {name: val_acc, goal: maximize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 3}
+parameters:
+  epochs: {value: 9}
+  hidden: {values: [16, 32]}
+  lr: {distribution: log_uniform_values, min: 1.0e-5, max: 5.0e-2}
+  optimizer: {values: [sgd, adam]}
+  batch_size: {value: 128}
+command: [python, -m, hpo.train, "${args}"]
+"""
+
+
+def run_hpo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300, check: bool = False):
+    """`python -m hpo ARGS` in `cwd`; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, env=full_env,
+                         capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"hpo {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path: Path) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(TINY))
+    return path
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def mlflow_client(sweep_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlflow.db'}")
+
+
+def load_study(sweep_dir: Path, name: str):
+    import optuna
+
+    from hpo.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(str(sweep_dir / "optuna.log")))
+
+
+def runs_of(sweep_dir: Path, name: str):
+    """(parent runs, child runs) of the sweep's MLflow experiment."""
+    client = mlflow_client(sweep_dir)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, exp, parents, children
