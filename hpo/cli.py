@@ -31,6 +31,13 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
         p.add_argument("--no-progress", action="store_true", help="no live table; one line per finished trial")
+        p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
+        p.add_argument("--ray-scheduler", default="asha", choices=["asha", "hyperband"],
+                       help="ray backend: ASHA (default) or Ray's synchronous HyperBandScheduler")
+        p.add_argument("--project", help="wandb backend: W&B project")
+        p.add_argument("--entity", help="wandb backend: W&B entity (user or team)")
+        p.add_argument("--offline", action="store_true",
+                       help="wandb backend: no W&B server; run W&B's sweep algorithms here")
 
 
 def _settings(a: argparse.Namespace):
@@ -42,6 +49,8 @@ def _settings(a: argparse.Namespace):
         gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         progress=not getattr(a, "no_progress", False),
+        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline")
+                 if getattr(a, k, None) not in (None, False)},
     )
 
 
@@ -77,6 +86,12 @@ def cmd_worker(a: argparse.Namespace) -> int:
         return 130
     print(f"hpo worker: ran {n} trial(s); the queue is empty", file=sys.stderr)
     return 0
+
+
+def cmd_agent(a: argparse.Namespace) -> int:
+    from hpo.backends import wandb as wandb_backend
+
+    return wandb_backend.agent_command(a)
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -154,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="worker name shown in progress and tags")
     w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     w.set_defaults(fn=cmd_worker)
+    ag = sub.add_parser("agent", help="W&B agents, one per GPU slot, for an existing W&B sweep")
+    ag.add_argument("sweep_id", help="ENTITY/PROJECT/SWEEP_ID")
+    ag.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
+    ag.add_argument("--workers-per-gpu", type=int, default=1)
+    ag.add_argument("--workers", type=int, help="CPU agents when there is no GPU")
+    ag.add_argument("--count", type=int, help="runs per agent (default: until the sweep ends)")
+    ag.add_argument("--trainer", help="package.module:function (default: hpo.train)")
+    ag.set_defaults(fn=cmd_agent)
     return parser
 
 

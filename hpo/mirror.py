@@ -34,8 +34,16 @@ def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return CategoricalDistribution([value])
     p = spec.param(name)
-    lo = min(value, p.config.get("min", value))
-    hi = max(value, p.config.get("max", value))
+    c = p.config
+    lo, hi = c.get("min", value), c.get("max", value)
+    if "normal" in p.distribution:  # show the bulk of the law (mu +- 4 sigma), not one point
+        mu, sigma = c.get("mu", 0.0), c.get("sigma", 1.0)
+        lo, hi = mu - 4 * sigma, mu + 4 * sigma
+        if "log" in p.distribution:
+            lo, hi = math.exp(lo), math.exp(hi)
+    elif p.distribution == "q_log_uniform":
+        lo, hi = math.exp(lo), math.exp(hi)
+    lo, hi = min(value, lo), max(value, hi)
     if isinstance(value, int):
         return IntDistribution(int(lo), int(hi))
     if lo == hi:
