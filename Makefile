@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make sweep   - venv + install + the default sweep.yaml on the bundled digits data (CPU or every GPU)
+#   make test    - venv + install + the test suite
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+HPO    := $(VENV)/bin/hpo
+ARGS   ?=
+
+.PHONY: setup sweep test test-fast bench dashboard mlflow-ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+sweep: setup
+	$(HPO) run sweep.yaml $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -ra $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow" $(ARGS)
+
+bench: setup
+	$(PY) bench/bench_default_sweep.py
+	$(PY) bench/bench_overhead.py
+
+dashboard: setup
+	$(HPO) dashboard sweep.yaml
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///runs/digits-mlp/mlflow.db --host 127.0.0.1
+
+clean:
+	rm -rf runs .pytest_cache
