@@ -1,0 +1,37 @@
+"""Trainers that misbehave on purpose, for the fault-injection tests (`--trainer fault_trainers:NAME`)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+
+def trivial(config, report):
+    """No work at all: measures hpo's own per-trial cost."""
+    report(1, {"score": float(config.get("x", 0))})
+    return {"score": float(config.get("x", 0))}
+
+
+def slow(config, report):
+    """A few seconds per trial, so a test can kill or interrupt it mid-trial."""
+    for step in range(1, int(config.get("epochs", 4)) + 1):
+        time.sleep(float(config.get("sleep", 1.0)))
+        report(step, {"score": step * float(config.get("x", 1))})
+
+
+def faulty(config, report):
+    """Fails in a way chosen by the `mode` parameter."""
+    mode = config["mode"]
+    if mode == "ok":
+        report(1, {"score": 1.0})
+    elif mode == "error":
+        raise ValueError("boom: bad config")
+    elif mode == "nan":
+        report(1, {"score": 0.5, "train_loss": math.nan})
+        report(2, {"score": 0.6, "train_loss": 1.0})  # never reached: the trial ends at the NaN
+    elif mode == "oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    report(2, {"score": 2.0, "pid": float(os.getpid())})

@@ -1,0 +1,139 @@
+"""Faults on the Optuna backend: bad trials, dead workers, Ctrl-C. Real workers, real stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import load_study, run_hpo, runs_of, write
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).parent
+ENV = {"PYTHONPATH": str(TESTS)}
+
+
+def _sweep(tmp_path: Path, name: str, params: str, metric: str = "score") -> Path:
+    return write(tmp_path / f"{name}.yaml", f"""
+        name: {name}
+        method: grid
+        metric: {{name: {metric}, goal: maximize}}
+        parameters:
+        {params}
+    """)
+
+
+def test_trainer_faults_end_the_trial_not_the_sweep(tmp_path):
+    sweep = _sweep(tmp_path, "faults", "  mode: {values: [ok, error, nan, oom, ok2]}")
+    out = run_hpo("run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:faulty", "--no-progress",
+                  cwd=tmp_path, env=ENV, check=True)
+    assert json.loads(out.stdout.splitlines()[-1])["failed"] == 3
+    sweep_dir = tmp_path / "runs" / "faults"
+    trials = {t.params["mode"]: t for t in load_study(sweep_dir, "faults").get_trials()}
+    assert trials["ok"].state == TrialState.COMPLETE and trials["ok2"].state == TrialState.COMPLETE
+    assert trials["error"].state == TrialState.FAIL
+    assert trials["error"].user_attrs["hpo.error_type"] == "ValueError"
+    assert "boom" in trials["error"].user_attrs["hpo.error"]
+    assert trials["nan"].state == TrialState.FAIL and trials["nan"].user_attrs["hpo.reason"] == "nan"
+    assert 2 not in trials["nan"].intermediate_values, "training stops at the NaN"
+    assert trials["oom"].state == TrialState.FAIL and trials["oom"].user_attrs["hpo.reason"] == "oom"
+    # One worker served every trial: the OOM did not take it down.
+    assert len({t.user_attrs["hpo.pid"] for t in trials.values()}) == 1
+    _, _, _, children = runs_of(sweep_dir, "faults")
+    by_mode = {c.data.params["mode"]: c for c in children}
+    assert by_mode["error"].info.status == "FAILED"
+    assert by_mode["error"].data.tags["hpo.error_type"] == "ValueError"
+    assert by_mode["oom"].data.tags["hpo.reason"] == "oom"
+    assert by_mode["nan"].data.tags["hpo.reason"] == "nan"
+    assert by_mode["ok"].info.status == "FINISHED"
+
+
+def _wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def _running(sweep_dir: Path, name: str):
+    try:
+        study = load_study(sweep_dir, name)
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+    return [t for t in study.get_trials() if t.state == TrialState.RUNNING and "hpo.pid" in t.user_attrs
+            and "hpo.mlflow_run_id" in t.user_attrs]
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "hpo", "run", *args, "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkilled_worker_fails_its_trial_and_is_replaced(tmp_path):
+    sweep = _sweep(tmp_path, "kill", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 3}\n          sleep: {value: 0.7}")
+    proc = _start(tmp_path, str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
+    sweep_dir = tmp_path / "runs" / "kill"
+    victim = _wait_for(lambda: _running(sweep_dir, "kill"))[0]
+    os.kill(victim.user_attrs["hpo.pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    trials = load_study(sweep_dir, "kill").get_trials()
+    dead = next(t for t in trials if t.number == victim.number)
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs["hpo.reason"] == "worker died" and "SIGKILL" in dead.user_attrs["hpo.error"]
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in finished) == [1, 2, 3, 4, 5, 6], "the killed grid point is re-run"
+    pids = {t.user_attrs["hpo.pid"] for t in trials if t.user_attrs.get("hpo.worker") == dead.user_attrs["hpo.worker"]}
+    assert len(pids) >= 2, "the slot got a new worker"
+    _, _, _, children = runs_of(sweep_dir, "kill")
+    child = next(c for c in children if c.info.run_id == dead.user_attrs["hpo.mlflow_run_id"])
+    assert child.info.status == "FAILED" and child.data.tags["hpo.reason"] == "worker died"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_ctrl_c_stops_cleanly_and_resume_completes(tmp_path):
+    sweep = _sweep(tmp_path, "intr", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 4}\n          sleep: {value: 1.0}")
+    args = (str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
+    proc = _start(tmp_path, *args)
+    sweep_dir = tmp_path / "runs" / "intr"
+    _wait_for(lambda: len(_running(sweep_dir, "intr")) == 2)
+    worker_pids = [t.user_attrs["hpo.pid"] for t in _running(sweep_dir, "intr")]
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert time.monotonic() - start < 10, "every worker stops within 10 s"
+    assert proc.returncode == 130
+    for pid in worker_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = load_study(sweep_dir, "intr").get_trials()
+    interrupted = [t for t in trials if t.user_attrs.get("hpo.reason") == "interrupted"]
+    assert len(interrupted) == 2 and all(t.state == TrialState.FAIL for t in interrupted)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    client, _, parents, children = runs_of(sweep_dir, "intr")
+    assert parents[0].info.status == "KILLED"
+    killed = [c for c in children if c.data.tags.get("hpo.reason") == "interrupted"]
+    assert len(killed) == 2 and all(c.info.status == "KILLED" for c in killed)
+    assert not [c for c in children if c.info.status == "RUNNING"]
+
+    run_hpo("run", *args, "--no-progress", cwd=tmp_path, env=ENV, check=True)
+    trials = load_study(sweep_dir, "intr").get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in done) == [1, 2, 3, 4, 5, 6], "no grid point lost or run twice"
+    assert len({t.number for t in trials}) == len(trials)
+    _, _, parents, children = runs_of(sweep_dir, "intr")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
