@@ -30,6 +30,8 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--workers-per-gpu", type=int, default=1)
         p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
+        p.add_argument("--retries", type=int, default=0,
+                       help="re-run a failed or killed trial's params up to N times (optuna backend)")
         p.add_argument("--no-progress", action="store_true", help="no live table; one line per finished trial")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
         p.add_argument("--ray-scheduler", default="asha", choices=["asha", "hyperband"],
@@ -49,7 +51,7 @@ def _settings(a: argparse.Namespace):
         gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         progress=not getattr(a, "no_progress", False),
-        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline")
+        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline", "retries")
                  if getattr(a, k, None) not in (None, False)},
     )
 

@@ -40,11 +40,12 @@ class TrialRun:
     def run(self, number: int | str, params: Mapping[str, Any], trainer: Callable, metric: str | None,
             should_stop: Callable[[int, float], bool] = lambda s, v: False,
             on_start: Callable[[str], None] = lambda run_id: None,
-            on_report: Callable[[int, Mapping[str, float]], None] = lambda s, m: None) -> tuple[Outcome, Reporter]:
+            on_report: Callable[[int, Mapping[str, float]], None] = lambda s, m: None,
+            tags: Mapping[str, str] | None = None) -> tuple[Outcome, Reporter]:
         """Run the trainer under a child run; Interrupted ends the run KILLED and propagates."""
         config = specmod.unflatten(params)
         run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
-                                          self.tags(number, config))
+                                          {**self.tags(number, config), **(tags or {})})
         on_start(run_id)
 
         def sink(step: int, metrics: Mapping[str, float]) -> None:

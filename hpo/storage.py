@@ -20,6 +20,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.errors import HpoError, MissingDependency
+
 # Failures that are not the trial's fault: the trial is re-run and not counted.
 INFRA_REASONS = ("worker died", "interrupted")
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
@@ -42,7 +44,13 @@ def open_storage(url: str) -> BaseStorage:
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True
-        return RDBStorage(url, engine_kwargs=kwargs)
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs)
+        except ImportError:
+            raise MissingDependency("psycopg[binary]", f"the storage {mask(url)}") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors: one line, password masked
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HpoError(f"--storage: cannot open {mask(url)}: {mask(first)}") from None
     if "://" in url:
         raise ValueError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
     path = Path(url).expanduser()
@@ -75,11 +83,18 @@ class Counts:
         return self.complete + self.pruned + self.failed
 
 
+def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials that a later trial re-runs (`--retries`)."""
+    return {t.user_attrs["hpo.retry_of"] for t in trials if "hpo.retry_of" in t.user_attrs}
+
+
 def count(trials: Iterable[FrozenTrial]) -> Counts:
+    trials = list(trials)
+    retried = retried_numbers(trials)
     c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
     for t in trials:
         if t.state == TrialState.FAIL:
-            c["failed" if counts_toward_budget(t) else "retried"] += 1
+            c["failed" if counts_toward_budget(t) and t.number not in retried else "retried"] += 1
         else:
             c[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
@@ -97,13 +112,36 @@ def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | No
         for _ in range(missing):
             study.enqueue_trial({}, user_attrs={"hpo.queued": True})
         return missing
+    retried = retried_numbers(trials)
     taken = {json.dumps(t.params, sort_keys=True) for t in trials
-             if counts_toward_budget(t) or t.state == TrialState.RUNNING}
+             if (counts_toward_budget(t) and t.number not in retried) or t.state == TrialState.RUNNING}
     taken |= {t.user_attrs.get("hpo.grid_point") for t in trials if t.state == TrialState.WAITING}
     fresh = [p for p in grid if json.dumps(p, sort_keys=True) not in taken][:missing]
     for point in fresh:
         study.enqueue_trial(point, user_attrs={"hpo.queued": True, "hpo.grid_point": json.dumps(point, sort_keys=True)})
     return len(fresh)
+
+
+def queue_retries(study: optuna.Study, retries: int) -> int:
+    """Re-queue each failed trial's params (trainer error, dead worker, Ctrl-C) up to `retries` times.
+
+    The new trial links to the original through the user attr `hpo.retry_of`.
+    """
+    if retries <= 0:
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    done = retried_numbers(trials)
+    added = 0
+    for t in trials:
+        attempt = int(t.user_attrs.get("hpo.attempt", 0))
+        if t.state != TrialState.FAIL or t.number in done or attempt >= retries or not t.params:
+            continue
+        attrs = {"hpo.queued": True, "hpo.retry_of": t.number, "hpo.attempt": attempt + 1}
+        if "hpo.grid_point" in t.user_attrs:
+            attrs["hpo.grid_point"] = t.user_attrs["hpo.grid_point"]
+        study.enqueue_trial(dict(t.params), user_attrs=attrs)
+        added += 1
+    return added
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

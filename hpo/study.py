@@ -36,9 +36,10 @@ class Result:
 
 def open_study(sw: Sweep, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Create the study, or load it to resume; the direction must not change."""
+    store = storage.open_storage(sw.storage)  # first: an unreachable database writes nothing
     sw.dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name=sw.name, storage=storage.open_storage(sw.storage), direction=sw.spec.direction,
+        study_name=sw.name, storage=store, direction=sw.spec.direction,
         sampler=sampler, pruner=space.pruner(sw.spec) if sw.backend == "optuna" else None,
         load_if_exists=True,
     )

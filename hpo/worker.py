@@ -116,6 +116,8 @@ class _Context:
                 trial.number, params, self.trainer, self.spec.metric,
                 should_stop=lambda step, value: _prune(trial, step, value),
                 on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
+                tags={f"hpo.{k}": str(trial.user_attrs[f"hpo.{k}"]) for k in ("retry_of", "attempt")
+                      if f"hpo.{k}" in trial.user_attrs},
             )
         except Interrupted:
             self._tell(trial, Outcome("interrupted", reason="interrupted"))

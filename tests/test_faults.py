@@ -137,3 +137,20 @@ def test_ctrl_c_stops_cleanly_and_resume_completes(tmp_path):
     _, _, parents, children = runs_of(sweep_dir, "intr")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_retries_requeue_failed_params(tmp_path):
+    sweep = _sweep(tmp_path, "retry", "  mode: {values: [ok, error]}")
+    out = run_hpo("run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:faulty", "--retries", "2",
+                  "--no-progress", cwd=tmp_path, env=ENV, check=True)
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["complete"] == 1 and summary["failed"] == 1
+    sweep_dir = tmp_path / "runs" / "retry"
+    trials = load_study(sweep_dir, "retry").get_trials()
+    errors = sorted((t for t in trials if t.params["mode"] == "error"), key=lambda t: t.number)
+    assert len(errors) == 3, "the original and two retries"
+    assert [t.user_attrs.get("hpo.retry_of") for t in errors] == [None, errors[0].number, errors[1].number]
+    assert [t.user_attrs.get("hpo.attempt", 0) for t in errors] == [0, 1, 2]
+    _, _, _, children = runs_of(sweep_dir, "retry")
+    tagged = sorted(c.data.tags["hpo.retry_of"] for c in children if "hpo.retry_of" in c.data.tags)
+    assert tagged == sorted(str(t.number) for t in errors[:2])

@@ -75,11 +75,12 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
         for e in pool.reap():
             if e.died:
                 _on_death(study, tracker, e)
-                storage.fill_queue(study, sw.budget, sw.grid)
                 quick = time.monotonic() - pool.restarts_at.get(e.slot.index, 0) < 5
                 quick_deaths = quick_deaths + 1 if quick else 0
                 if quick_deaths >= MAX_QUICK_DEATHS:
                     raise HpoError(f"workers keep dying at start; see {sw.dir / 'logs' / (e.slot.name + '.log')}")
+        storage.queue_retries(study, sw.options.get("retries", 0))
+        storage.fill_queue(study, sw.budget, sw.grid)
         trials = study.get_trials(deepcopy=False)
         c = storage.count(trials)
         if c.waiting:
@@ -90,6 +91,7 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
         if not pool.workers and not c.waiting:
             studymod.fail_orphans(study, tracker, set(), "worker died", "worker gone before the trial ended")
             if not _remote_running(study):
+                storage.queue_retries(study, sw.options.get("retries", 0))
                 storage.fill_queue(study, sw.budget, sw.grid)
                 if not storage.count(study.get_trials(deepcopy=False)).waiting:
                     return

@@ -1,0 +1,125 @@
+"""Many writers on one study: the journal file locally, a real PostgreSQL across 'machines'."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import load_study, run_hpo, runs_of, write
+
+pytestmark = pytest.mark.slow
+TESTS = Path(__file__).parent
+ENV = {"PYTHONPATH": str(TESTS)}
+TRIVIAL = """
+    name: {name}
+    method: random
+    metric: {{name: score, goal: maximize}}
+    parameters:
+      x: {{distribution: uniform, min: 0.0, max: 1.0}}
+"""
+
+
+def test_eight_workers_two_hundred_trials_on_the_journal(tmp_path):
+    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="many"))
+    run_hpo("run", str(sweep), "--workers", "8", "--trials", "200", "--trainer", "fault_trainers:trivial",
+            "--no-progress", cwd=tmp_path, env=ENV, check=True, timeout=600)
+    sweep_dir = tmp_path / "runs" / "many"
+    trials = load_study(sweep_dir, "many").get_trials()
+    assert sorted(t.number for t in trials) == list(range(200)), "200 distinct numbers, none lost or duplicated"
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["hpo.worker"] for t in trials}) >= 2
+    _, _, _, children = runs_of(sweep_dir, "many")
+    assert sorted(int(c.data.tags["hpo.trial"]) for c in children) == list(range(200))
+
+
+# -- a real PostgreSQL server, private to this test session -------------------------------------
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """Start a throw-away PostgreSQL on 127.0.0.1 (installed by .ci/run); yield its URL with a password."""
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    # Not under pytest's tmp folder: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
+    root.chmod(0o755)
+    data, pwfile = root / "data", root / "pw"
+    pwfile.write_text("s3cret-pw\n")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(pwfile, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "hpo", "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}"], check=True, capture_output=True)
+    port = _free_port()
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://hpo:s3cret-pw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
+    """The controller and two extra `hpo worker` processes (as on other machines) share one study."""
+    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="pg") + "      epochs: {value: 2}\n      sleep: {value: 0.3}\n")
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ctl = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--storage", postgres_url, "--workers",
+                            "1", "--trials", "24", "--trainer", "fault_trainers:slow", "--no-progress"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "runs" / "pg" / "mlflow.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'pg' / 'mlflow.db'}"
+    joiners = [subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--study", "pg", "--storage", postgres_url,
+                                 "--tracking-uri", uri, "--name", f"remote{i}"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    out, err = ctl.communicate(timeout=300)
+    assert ctl.returncode == 0, err
+    for j in joiners:
+        _, jerr = j.communicate(timeout=60)
+        assert j.returncode == 0, jerr
+        assert "s3cret-pw" not in jerr
+    assert "s3cret-pw" not in out + err
+    import optuna
+
+    from hpo.storage import open_storage
+
+    trials = optuna.load_study(study_name="pg", storage=open_storage(postgres_url)).get_trials()
+    assert sorted(t.number for t in trials) == list(range(24))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["hpo.worker"] for t in trials}
+    assert {"remote0", "remote1"} & workers, "the joining workers took trials"
+    _, _, parents, children = runs_of(tmp_path / "runs" / "pg", "pg")
+    assert len(children) == 24
+    assert parents[0].data.tags["hpo.storage"].count("***") == 1
+    assert all("s3cret-pw" not in json.dumps(c.data.params) + json.dumps(c.data.tags) for c in children)
+    assert all("s3cret-pw" not in json.dumps(t.user_attrs) for t in trials)
