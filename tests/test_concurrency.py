@@ -123,3 +123,5 @@ def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
     assert parents[0].data.tags["hpo.storage"].count("***") == 1
     assert all("s3cret-pw" not in json.dumps(c.data.params) + json.dumps(c.data.tags) for c in children)
     assert all("s3cret-pw" not in json.dumps(t.user_attrs) for t in trials)
+    for log in (tmp_path / "runs" / "pg" / "logs").iterdir():
+        assert "s3cret-pw" not in log.read_text()
