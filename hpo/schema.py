@@ -79,10 +79,20 @@ def _line(prefix: str, error: jsonschema.ValidationError) -> str:
         extra = [k for k in inst if k not in error.schema.get("properties", {})]
         where = f"{path}." if path != "sweep" else ""
         return f"{where}{extra[0] if extra else '?'}: unknown key"
+    if error.validator == "required" and isinstance(inst, dict):
+        missing = [k for k in error.validator_value if k not in inst]
+        where = f"{path}." if path != "sweep" else ""
+        return f"{where}{missing[0] if missing else '?'}: required"
     if error.validator in ("anyOf", "oneOf") and error.context:
-        if path.startswith("early_terminate"):
+        # W&B lists some distributions as several schemas (uniform with or without `distribution`);
+        # the branch that only misses a key is rarely the one the user meant.
+        specific = [e for e in error.context if e.validator != "required"] or error.context
+        best = jsonschema.exceptions.best_match(specific)
+        if path.startswith("early_terminate") and (
+            best.validator in ("anyOf", "required") or not isinstance(inst, dict)
+        ):
             return "early_terminate: hyperband needs min_iter, or max_iter and s (and type: hyperband)"
-        return _line(prefix, jsonschema.exceptions.best_match(error.context))
+        return _line(prefix, best)
     if error.validator == "exclusiveMinimum":
         return f"{path}: must be > {error.validator_value} (got {inst})"
     return f"{path}: {error.message}"
@@ -90,11 +100,11 @@ def _line(prefix: str, error: jsonschema.ValidationError) -> str:
 
 def check_top_level(raw: dict) -> list[str]:
     """Schema problems outside `parameters` (parameters are checked one by one)."""
-    rest = {k: v for k, v in raw.items() if k != "parameters"}
-    rest["parameters"] = raw.get("parameters", None)
+    params = raw.get("parameters")
+    own_check = isinstance(params, dict) or ("parameters" in raw and params is None)  # reported below
     problems = []
-    for err in sorted(_validator().iter_errors(rest), key=lambda e: list(e.absolute_path)):
-        if err.absolute_path and err.absolute_path[0] == "parameters" and isinstance(raw.get("parameters"), dict):
+    for err in sorted(_validator().iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path]):
+        if err.absolute_path and err.absolute_path[0] == "parameters" and own_check:
             continue
         if not err.absolute_path and err.validator == "required":
             problems.append(f"{err.message.split(' ')[0].strip(repr(chr(39)))}: required")
@@ -104,8 +114,9 @@ def check_top_level(raw: dict) -> list[str]:
         problems.append("parameters: must define at least one parameter")
     if "parameters" in raw and raw["parameters"] is None:
         problems.append("parameters: empty; define at least one parameter")
-    problems += _check_hyperband(raw.get("early_terminate"))
-    return problems
+    hyperband = _check_hyperband(raw.get("early_terminate"))
+    fields = {p.split(":", 1)[0] for p in hyperband}  # hpo's line replaces the schema's for a field
+    return [p for p in problems if p.split(":", 1)[0] not in fields] + hyperband
 
 
 def _check_hyperband(block: Any) -> list[str]:
@@ -123,6 +134,8 @@ def _check_hyperband(block: Any) -> list[str]:
     s = block.get("s")
     if s is not None and isinstance(s, (int, float)) and s < 1:
         out.append(f"early_terminate.s: must be at least 1 (got {s})")
+    elif isinstance(s, float) and not s.is_integer():
+        out.append(f"early_terminate.s: must be a whole number of stop points (got {s})")
     return out
 
 
@@ -130,8 +143,6 @@ def infer_distribution(value: dict) -> str | None:
     """The distribution W&B assumes when a parameter does not name one."""
     if "distribution" in value:
         d = value["distribution"]
-        if d == "categorical" and "probabilities" in value:
-            return "categorical_w_probabilities"
         return d if isinstance(d, str) else None
     if "value" in value:
         return "constant"
@@ -143,23 +154,31 @@ def infer_distribution(value: dict) -> str | None:
     return None
 
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # W&B's pattern; used with fullmatch (no trailing newline)
+NUMBER_KEYS = ("min", "max", "q", "mu", "sigma", "a", "b")
 
 
 def check_parameter(path: str, value: Any) -> str | list[str]:
     """The parameter's distribution name, or the list of its problems."""
-    name = path.rsplit(".", 1)[-1]
-    if not NAME.match(name):
-        return [f"{path}: bad parameter name {name!r}; use letters, digits, _ . -"]
+    name = path.split(".", 1)[-1]  # the dotted name under `parameters.`
+    if not all(NAME.fullmatch(part) for part in name.split(".")):
+        return [f"{path}: bad parameter name {name!r}; use letters, digits, _ . - (starting with a letter or _)"]
     if not isinstance(value, dict):
         return [f"{path}: must be a mapping such as {{values: [...]}} or {{min: 0, max: 1}}"]
-    for key in ("min", "max", "q", "mu", "sigma"):
+    for key in NUMBER_KEYS:
+        if isinstance(value.get(key), bool) or value.get(key, 0) is None:
+            return [f"{path}.{key}: must be a number (got {value[key]!r})"]
         if isinstance(value.get(key), str):
             try:
                 float(value[key])
             except ValueError:
                 return [f"{path}.{key}: must be a number (got {value[key]!r})"]
             return [f"{path}.{key}: {value[key]!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+    if "distribution" in value and not isinstance(value["distribution"], str):
+        return [f"{path}.distribution: must be a name such as uniform (got {value['distribution']!r})"]
+    if value.get("distribution") == "categorical" and "probabilities" in value:
+        why = "categorical takes no probabilities (W&B rejects it)"
+        return [f"{path}.distribution: {why}; write categorical_w_probabilities or leave distribution out"]
     dist = infer_distribution(value)
     if dist is None:
         return [f"{path}: needs value, values, min and max, or a distribution"]
@@ -168,7 +187,7 @@ def check_parameter(path: str, value: Any) -> str | list[str]:
     errors = sorted(_validator(DEFINITIONS[dist]).iter_errors(value), key=lambda e: list(e.absolute_path))
     problems = [_line(path, e) for e in errors]
     if problems:
-        return problems
+        return [f"{p} for {dist}" if p.endswith(": unknown key") else p for p in problems]
     problems = _semantic(path, dist, value)
     return problems or dist
 

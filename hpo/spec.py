@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from hpo import yamlsafe
 from hpo.errors import SpecError
-from hpo.schema import check_parameter, check_top_level
+from hpo.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
 
 MAX_GRID_POINTS = 1_000_000
 
@@ -34,6 +34,20 @@ class Param:
     def get(self, key: str) -> Any:
         return self.config.get(key)
 
+    def grid_count(self) -> int:
+        """How many points grid_values() has, without building them (a grid may be huge)."""
+        c = self.config
+        if self.distribution == "constant":
+            return 1
+        if self.distribution == "categorical":
+            return len(c["values"])
+        if self.distribution == "int_uniform":
+            return max(0, c["max"] - c["min"] + 1)
+        if self.distribution == "q_uniform":
+            lo, hi = q_range(c)
+            return max(0, hi - lo + 1)
+        raise ValueError(f"{self.name}: {self.distribution} has no grid")
+
     def grid_values(self) -> list[Any]:
         """The points a grid search visits, in W&B's order."""
         c = self.config
@@ -44,11 +58,17 @@ class Param:
         if self.distribution == "int_uniform":
             return list(range(c["min"], c["max"] + 1))
         if self.distribution == "q_uniform":
-            lo, hi, q = c["min"], c["max"], c["q"]
-            n = int(math.floor((hi - lo) / q + 1e-9))
-            vals = [round((lo + i * q) / q) * q for i in range(n + 1)]
-            return [int(v) for v in vals] if isinstance(q, int) else vals
+            # The multiples of q inside [min, max]: the same support as space.to_optuna.
+            lo, hi = q_range(c)
+            q = c["q"]
+            return [k * q for k in range(lo, hi + 1)]
         raise ValueError(f"{self.name}: {self.distribution} has no grid")
+
+
+def q_range(config: Mapping[str, Any]) -> tuple[int, int]:
+    """(first, last) k such that k * q lies in [min, max] (a float slack of 1e-9 steps)."""
+    q = config["q"]
+    return math.ceil(config["min"] / q - 1e-9), math.floor(config["max"] / q + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -71,7 +91,7 @@ class Hyperband:
                     break
                 bands.append(int(band))
             return sorted(bands)
-        bands, band = [], float(self.min_iter or 1)
+        bands, band = [], self.min_iter or 1  # int * int stays exact, as in W&B
         while band <= limit and len(bands) < 100:
             bands.append(int(band))
             band *= self.eta
@@ -99,7 +119,7 @@ class Spec:
         return next(p for p in self.params if p.name == name)
 
     def grid_size(self) -> int:
-        return math.prod(len(p.grid_values()) for p in self.params)
+        return math.prod(p.grid_count() for p in self.params)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every grid point, the last parameter varying fastest."""
@@ -111,11 +131,26 @@ class Spec:
 
 def load(path: str | Path, space: str | Path | None = None) -> Spec:
     """Read a sweep file (and optionally a `parameters` block from `space`) and validate it."""
-    raw = yamlsafe.load_file(path, label=Path(path).name)
+    label = yamlsafe.one_line(Path(path).name)
+    raw = yamlsafe.load_file(path, label=label)
+    if not isinstance(raw, dict):
+        raise SpecError([f"{label}: must be a mapping of keys (method, parameters, ...), not {_kind(raw)}"])
     if space is not None:
-        block = yamlsafe.load_file(space, label=Path(space).name)
-        raw = {**raw, "parameters": block.get("parameters", block)}
+        space_label = yamlsafe.one_line(Path(space).name)
+        block = yamlsafe.load_file(space, label=space_label)
+        if isinstance(block, dict) and "parameters" in block:
+            block = block["parameters"]
+        if not isinstance(block, dict):
+            what = "a mapping of parameters (or hold a parameters block)"
+            raise SpecError([f"{space_label}: must be {what}, not {_kind(block)}"])
+        raw = {**raw, "parameters": block}
     return from_dict(raw)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "an empty document"
+    return {list: "a list", str: "text"}.get(type(value), f"a {type(value).__name__}")
 
 
 def from_dict(raw: Any) -> Spec:
@@ -123,13 +158,16 @@ def from_dict(raw: Any) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(["sweep: the file must be a mapping of keys to values"])
     raw = copy.deepcopy(raw)
-    problems = check_top_level(raw)
+    problems = _plain_data("", raw)
+    problems += check_top_level(raw)
     params: list[Param] = []
     if isinstance(raw.get("parameters"), dict):
         _flatten(raw["parameters"], "", params, problems)
+        problems += _name_clashes(params)
     problems += _semantic_checks(raw, params)
     if problems:
-        raise SpecError(problems)
+        # one line per problem, in order; a key with a newline in it must not break the line
+        raise SpecError(list(dict.fromkeys(yamlsafe.one_line(p) for p in problems)))
     metric = raw.get("metric") or {}
     return Spec(
         raw=raw,
@@ -143,28 +181,88 @@ def from_dict(raw: Any) -> Spec:
     )
 
 
+def _plain_data(path: str, value: Any) -> list[str]:
+    """Problems with values JSON (and so W&B) cannot carry, and unquoted 1e-4 read as text."""
+    if isinstance(value, yamlsafe.NumberText):
+        return [f"{path or 'sweep'}: {value!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                out.append(f"{path + '.' if path else ''}{k}: keys must be text; put it in quotes")
+            out += _plain_data(f"{path}.{k}" if path else str(k), v)
+        return out
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _plain_data(f"{path}[{i}]", v)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return []
+    return [f"{path or 'sweep'}: {value!s} is a {type(value).__name__}, not a JSON value; put it in quotes"]
+
+
 def _flatten(block: dict, prefix: str, out: list[Param], problems: list[str]) -> None:
     for key, value in block.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and set(value) == {"parameters"} and isinstance(value["parameters"], dict):
-            _flatten(value["parameters"], name + ".", out, problems)
+        if isinstance(value, dict) and "parameters" in value and "distribution" not in value:
+            _flatten_block(name, value, out, problems)
             continue
         found = check_parameter(f"parameters.{name}", value)
         if isinstance(found, str):
-            out.append(Param(name, found, value))
+            out.append(Param(name, found, fill_defaults(found, value)))
         else:
             problems.extend(found)
-    names = [p.name for p in out]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"parameters.{dup}: defined twice (once nested, once dotted)")
+
+
+def _flatten_block(name: str, value: dict, out: list[Param], problems: list[str]) -> None:
+    """A nested `{parameters: {...}}` block: W&B hands the run a nested dict."""
+    path = f"parameters.{name}"
+    for extra in [k for k in value if k != "parameters"]:
+        problems.append(f"{path}.{extra}: unknown key; a nested block holds only parameters")
+    inner = value["parameters"]
+    if not isinstance(inner, dict) or not inner:
+        problems.append(f"{path}.parameters: must define at least one parameter")
+        return
+    bad = check_parameter(path, {"value": 0})  # the block's own name must be a valid name
+    if isinstance(bad, list):
+        problems.extend(bad)
+        return
+    _flatten(inner, name + ".", out, problems)
+
+
+def _name_clashes(params: list[Param]) -> list[str]:
+    names = [p.name for p in params]
+    out = [f"parameters.{dup}: defined twice (once nested, once dotted)"
+           for dup in sorted({n for n in names if names.count(n) > 1})]
+    taken = set(names)
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[:i]) in taken:
+                out.append(f"parameters.{n}: clashes with parameter {'.'.join(parts[:i])!r}, "
+                           "which cannot also be a nested block")
+                break
+    return out
+
+
+def fill_defaults(dist: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameter as W&B's controller fills it: the distribution named, schema defaults set."""
+    schema = wandb_schema()["definitions"][DEFINITIONS[dist]]
+    props = schema.get("properties", {})
+    filled = {"distribution": dist, **value}
+    for key, prop in props.items():
+        if key != "distribution" and "default" in prop:
+            filled.setdefault(key, prop["default"])
+    if dist == "int_uniform":  # 1.0 is an integer to JSON schema; range() needs an int
+        filled["min"], filled["max"] = int(filled["min"]), int(filled["max"])
+    return filled
 
 
 def _semantic_checks(raw: dict, params: list[Param]) -> list[str]:
     problems = []
     method = raw.get("method")
+    metric = raw.get("metric") if isinstance(raw.get("metric"), dict) else {}
     if method == "custom":
         problems.append("method: 'custom' needs W&B's cloud controller; use bayes, random or grid")
-    if (method == "bayes" or raw.get("early_terminate")) and not (raw.get("metric") or {}).get("name"):
+    if (method == "bayes" or raw.get("early_terminate")) and not metric.get("name"):
         why = "method bayes" if method == "bayes" else "early_terminate"
         problems.append(f"metric.name: required with {why}")
     if method == "grid" and params:
@@ -175,10 +273,29 @@ def _semantic_checks(raw: dict, params: list[Param]) -> list[str]:
                 f"not {p.distribution}"
             )
         if not bad:
-            size = math.prod(len(p.grid_values()) for p in params)
+            size = math.prod(p.grid_count() for p in params)
             if size > MAX_GRID_POINTS:
                 problems.append(f"parameters: the grid has {size:,} points; hpo runs at most {MAX_GRID_POINTS:,}")
+            for p in params:
+                if p.grid_count() == 0:
+                    problems.append(f"parameters.{p.name}: no multiple of q={p.config['q']} lies in "
+                                    f"[{p.config['min']}, {p.config['max']}]")
+    problems += _hyperband_checks(raw.get("early_terminate"))
     return problems
+
+
+def _hyperband_checks(block: Any) -> list[str]:
+    if not isinstance(block, dict):
+        return []
+    if not all(type(block.get(k, 3)) in (int, float) for k in ("max_iter", "s", "eta")):
+        return []  # the schema has reported it
+    if block.get("eta", 3) < 2 or block.get("s", 1) < 1:
+        return []
+    hb = _hyperband(block)
+    if hb.max_iter is not None and hb.s is not None and not hb.rungs():
+        given = f"max_iter {hb.max_iter} with eta {hb.eta} and s {hb.s}"
+        return [f"early_terminate: {given} gives no stop points (W&B rejects it); raise max_iter or lower eta"]
+    return []
 
 
 def _hyperband(block: Any) -> Hyperband | None:

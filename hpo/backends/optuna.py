@@ -75,7 +75,8 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
         for e in pool.reap():
             if e.died:
                 _on_death(study, tracker, e)
-                quick = time.monotonic() - pool.restarts_at.get(e.slot.index, 0) < 5
+                # Killed from outside (signal) is not a crash loop; exiting with an error at start is.
+                quick = e.code > 0 and time.monotonic() - pool.restarts_at.get(e.slot.index, 0) < 5
                 quick_deaths = quick_deaths + 1 if quick else 0
                 if quick_deaths >= MAX_QUICK_DEATHS:
                     raise HpoError(f"workers keep dying at start; see {sw.dir / 'logs' / (e.slot.name + '.log')}")
