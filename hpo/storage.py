@@ -9,7 +9,9 @@ machines) gives exactly 7 trials, and a worker stops when the queue is empty.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +55,34 @@ def open_storage(url: str) -> BaseStorage:
             raise HpoError(f"--storage: cannot open {mask(url)}: {mask(first)}") from None
     if "://" in url:
         raise ValueError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
-    path = Path(url).expanduser()
+    path = Path(url).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(str(path) + ".flock")))
+
+
+class FlockLock:
+    """The journal's write lock, as `fcntl.flock` on a side file.
+
+    Optuna's own file locks are files that exist while held: a worker SIGKILLed
+    while holding one blocks every other writer. The kernel drops an flock when
+    its holder dies, whatever the signal. (Local disks; use an RDB across machines.)
+    """
+
+    def __init__(self, path: str):
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def reason(t: FrozenTrial) -> str | None:

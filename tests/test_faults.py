@@ -154,3 +154,24 @@ def test_retries_requeue_failed_params(tmp_path):
     _, _, _, children = runs_of(sweep_dir, "retry")
     tagged = sorted(c.data.tags["hpo.retry_of"] for c in children if "hpo.retry_of" in c.data.tags)
     assert tagged == sorted(str(t.number) for t in errors[:2])
+
+
+def test_a_writer_killed_inside_the_journal_lock_blocks_nobody(tmp_path):
+    """Optuna's own journal locks outlive a SIGKILLed holder; hpo's flock does not."""
+    journal = tmp_path / "optuna.log"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r); from hpo.storage import FlockLock; "
+        "lock = FlockLock(%r); lock.acquire(); print('held', flush=True); time.sleep(600)")
+        % (str(TESTS.parent), str(journal) + ".flock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    import optuna
+
+    from hpo.storage import open_storage
+
+    start = time.monotonic()
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    study.enqueue_trial({})
+    assert time.monotonic() - start < 5
+    assert len(study.get_trials()) == 1
