@@ -1,0 +1,172 @@
+"""W&B Sweeps backend: the sweep on W&B's server when logged in, else W&B's engine here.
+
+Online (`hpo run --backend wandb --project P`): wandb.sweep creates the sweep
+from sweep.yaml (run_cap = the budget, so it holds across every agent) and one
+agent process per slot runs wandb.agent with the hpo trainer in-process.
+`hpo agent ENTITY/PROJECT/SWEEP_ID` adds agents to an existing sweep.
+
+Offline (`--offline`, or no W&B credentials): hpo.backends.wandb_offline runs
+the `sweeps` package, the engine behind W&B's controller, with no server.
+Each run is a wandb run in offline mode under runs/NAME/wandb/ (`wandb sync`
+uploads it later). Both ways each run is an MLflow child run and an Optuna trial.
+
+The API key only ever travels in the environment an agent inherits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import netrc
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from hpo.errors import HpoError, MissingDependency, UsageError
+from hpo.study import Result
+from hpo.sweep import Sweep
+from hpo.workers import Pool, Slot, parse_gpus, plan, slot_env, threads_per_worker
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH", re.IGNORECASE)
+# wandb waits ~20 s per request on an unreachable server before giving up; hpo
+# asks for less so a wrong WANDB_BASE_URL fails fast. A user's own value wins.
+TIMEOUTS = {"WANDB_HTTP_TIMEOUT": "10", "WANDB_INIT_TIMEOUT": "60"}
+
+
+@dataclass(frozen=True)
+class AgentLaunch:
+    """How one slot's agent starts: plain data, so it can be checked without starting it."""
+
+    slot: Slot
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(repr=False)
+
+    def describe(self) -> str:
+        """argv and the environment hpo sets, secrets masked: safe to print or log."""
+        shown = {k: ("***" if SECRET.search(k) else v) for k, v in sorted(self.env.items())
+                 if k.startswith(("CUDA_", "HPO_", "WANDB_", "OMP_"))}
+        return f"{self.slot.name}: {' '.join(self.argv)}  env {shown}"
+
+
+def launch_plan(slots: list[Slot], *, sweep: str | None = None, connect: str | None = None,
+                count: int | None = None, trainer: str | None = None, parent_pid: int | None = None,
+                base_env: Mapping[str, str] | None = None, extra_env: Mapping[str, str] | None = None
+                ) -> list[AgentLaunch]:
+    """One agent per slot: argv (no secrets) and env (its one GPU, its CPU threads, inherited keys)."""
+    threads = threads_per_worker(slots)
+    base = {**(os.environ if base_env is None else base_env), **(extra_env or {}), "HPO_THREADS": str(threads)}
+    out = []
+    for slot in slots:
+        argv = [sys.executable, "-m", "hpo.backends.wandb_agent", "--name", slot.name]
+        argv += ["--sweep", sweep] if sweep else []
+        argv += ["--connect", connect] if connect else []
+        argv += ["--count", str(count)] if count else []
+        argv += ["--trainer", trainer] if trainer else []
+        argv += ["--parent-pid", str(parent_pid)] if parent_pid else []
+        out.append(AgentLaunch(slot, tuple(argv), slot_env(slot, base, threads)))
+    return out
+
+
+def has_credentials(env: Mapping[str, str] = os.environ) -> bool:
+    """A W&B API key in the environment or in ~/.netrc for the server; no network."""
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).hostname
+    path = env.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        return bool(host and netrc.netrc(path).authenticators(host))
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb():
+    try:
+        import wandb
+    except ImportError:
+        raise MissingDependency("wandb", "the wandb backend") from None
+    return wandb
+
+
+def run(sw: Sweep) -> Result:
+    """On the W&B server when there are credentials (and neither --offline nor WANDB_MODE=offline);
+    else W&B's engine here, with no server."""
+    from hpo.backends import wandb_offline
+
+    _wandb()
+    offline = sw.options.get("offline") or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    if offline or not has_credentials():
+        if not offline:
+            print("hpo: no W&B credentials (WANDB_API_KEY or ~/.netrc): running W&B's sweep engine offline; "
+                  "`wandb login` for the W&B server", file=sys.stderr)
+        return wandb_offline.run(sw)
+    if not sw.options.get("project"):
+        raise UsageError("--project: required for a sweep on the W&B server (or use --offline)")
+    path = create_sweep(sw)
+    return wandb_offline.run(sw, online_sweep=path)
+
+
+def sweep_config(sw: Sweep) -> dict:
+    """sweep.yaml as W&B's server takes it, with run_cap = the budget (it holds across agents)."""
+    return {**sw.spec.raw, "run_cap": sw.budget}
+
+
+def create_sweep(sw: Sweep) -> str:
+    """wandb.sweep; returns ENTITY/PROJECT/SWEEP_ID and prints the id and URL."""
+    wandb = _wandb()
+    for key, value in TIMEOUTS.items():
+        os.environ.setdefault(key, value)
+    project, entity = sw.options["project"], sw.options.get("entity")
+    try:
+        sweep_id = wandb.sweep(sweep=sweep_config(sw), project=project, entity=entity)
+        entity = entity or wandb.Api().default_entity
+    except Exception as exc:
+        raise HpoError(unreachable(exc)) from None
+    app = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL).replace("://api.", "://")
+    print(f"hpo: W&B sweep {entity}/{project}/{sweep_id}: {app}/{entity}/{project}/sweeps/{sweep_id}",
+          file=sys.stderr)
+    return f"{entity}/{project}/{sweep_id}"
+
+
+def unreachable(exc: BaseException) -> str:
+    url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    why = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return f"wandb: cannot create the sweep on {url} ({why}); check WANDB_BASE_URL and `wandb login`, or use --offline"
+
+
+def agent_command(a: argparse.Namespace) -> int:
+    """`hpo agent ENTITY/PROJECT/SWEEP_ID`: one wandb agent per slot until the sweep ends or Ctrl-C."""
+    _wandb()
+    parts = a.sweep_id.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise UsageError(f"sweep_id: expected ENTITY/PROJECT/SWEEP_ID, got {a.sweep_id!r}")
+    if not has_credentials():
+        raise UsageError("hpo agent: no W&B credentials; run `wandb login` or set WANDB_API_KEY")
+    if a.count is not None and a.count < 1:
+        raise UsageError(f"--count: must be at least 1 (got {a.count})")
+    for key, value in TIMEOUTS.items():
+        os.environ.setdefault(key, value)
+    slots = plan(parse_gpus(a.gpus), a.workers_per_gpu, a.workers)
+    launches = {p.slot.index: p for p in launch_plan(slots, sweep=a.sweep_id, count=a.count, trainer=a.trainer)}
+    log_dir = Path("runs") / "wandb-agents" / parts[2]
+    pool = Pool(slots, lambda s: list(launches[s.index].argv), lambda s: dict(launches[s.index].env), log_dir)
+    print(f"hpo: {len(slots)} wandb agent(s) for {a.sweep_id} [{', '.join(s.name for s in slots)}]; "
+          f"logs in {log_dir}/", file=sys.stderr)
+    pool.start_all()
+    failed = 0
+    try:
+        while pool.workers:
+            for e in pool.reap():
+                failed += e.died
+                if e.died:
+                    print(f"hpo: agent {e.slot.name}: {e.describe()}; see {log_dir / (e.slot.name + '.log')}",
+                          file=sys.stderr)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pool.stop()
+        return 130
+    return 1 if failed else 0

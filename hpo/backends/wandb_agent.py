@@ -1,0 +1,200 @@
+"""One W&B agent process per GPU slot; it keeps the trainer, its data and its CUDA context warm.
+
+    python -m hpo.backends.wandb_agent --connect HOST:PORT --name gpu0-w0          # offline controller
+    python -m hpo.backends.wandb_agent --sweep ENTITY/PROJECT/ID --count N [...]   # W&B server (wandb.agent)
+
+Offline, the hpo controller hands out the runs the engine proposed and says when
+to stop one; online, the W&B server does (a stop arrives from wandb.agent as an
+exception in the run). Either way each run is a wandb run, an MLflow child run
+(when a controller is connected) and, through the controller, an Optuna trial.
+The controller's authkey comes from the environment, never argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from multiprocessing.connection import Client, Connection
+from typing import Any, Mapping
+
+from hpo.report import Interrupted, Outcome, Reporter, load_trainer, run_trainer
+from hpo.spec import unflatten
+
+AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
+EXIT_CODE = {"complete": 0, "pruned": 0, "failed": 1, "interrupted": 255}
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("interrupted")
+
+
+def _watch_parent(pid: int) -> None:
+    # A controller killed with SIGKILL cannot stop its agents: they notice and stop themselves.
+    while os.getppid() == pid:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def wandb_settings() -> Any:
+    import wandb
+
+    # No console capture, system-stats sampler or code saving: the run is a record of the trial.
+    return wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False,
+                          x_save_requirements=False)
+
+
+def flat_params(config: Mapping[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """A run's nested config -> hpo's dotted parameter names (all leaves when names is None)."""
+    if names is None:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            if isinstance(value, Mapping) and value:
+                out.update({f"{key}.{k}": v for k, v in flat_params(value, None).items()})
+            else:
+                out[key] = value
+        return out
+    flat = {}
+    for name in names:
+        node: Any = config
+        for part in name.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            flat[name] = node
+    return flat
+
+
+class Agent:
+    """The trainer, the MLflow child runs and the link to the controller, for one slot."""
+
+    def __init__(self, name: str, conn: Connection | None, trainer_ref: str | None):
+        self.name, self.conn, self.online = name, conn, False
+        self.setup: dict[str, Any] = {}
+        if conn is not None:
+            conn.send(("hello", name))
+            self.setup = conn.recv()[1]
+        self.trainer_ref = trainer_ref or self.setup.get("trainer")
+        self.trainer = load_trainer(self.trainer_ref)
+        self.trial_run = self._trial_run() if self.setup else None
+        if os.environ.get("HPO_THREADS") and "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(int(os.environ["HPO_THREADS"]))
+
+    def _trial_run(self):
+        from hpo.runner import TrialRun
+        from hpo.tracking import Tracker
+
+        s = self.setup
+        return TrialRun(Tracker(s["tracking_uri"]), s["experiment_id"], s["parent_id"], "wandb", s["study"],
+                        self.name, self.trainer_ref,
+                        extra_tags={"hpo.git_sha": s.get("git_sha", "none"), "hpo.wandb_mode": s["mode"]})
+
+    def ask(self, *msg: Any) -> Any:
+        self.conn.send(msg)
+        return self.conn.recv()
+
+    def trial(self, wb: Any, name: str, number: int, params: dict[str, Any]) -> Outcome:
+        """Run the trainer once; log every epoch to the wandb run (and MLflow, and the controller)."""
+        stop = [False]
+
+        def on_report(step: int, metrics: Mapping[str, float]) -> None:
+            wb.log({"epoch": step, **metrics})
+            if self.conn is not None:
+                stop[0] = self.ask("report", name, step, dict(metrics))[0] == "stop"
+
+        metric = self.setup.get("metric")
+        try:
+            if self.trial_run is None:
+                reporter = Reporter(metric, sink=on_report)
+                outcome = run_trainer(self.trainer, unflatten(params), reporter)
+            else:
+                outcome, _ = self.trial_run.run(
+                    number, params, self.trainer, metric, should_stop=lambda s, v: stop[0],
+                    on_start=lambda run_id: self.conn.send(("started", name, run_id)), on_report=on_report)
+        except Interrupted:
+            self._end(wb, name, Outcome("interrupted", reason="interrupted"))
+            raise
+        if stop[0] and outcome.state == "pruned":
+            outcome = Outcome("pruned", outcome.value, reason="stopped by W&B hyperband")
+        elif self.online and outcome.error_type == "Exception" and not outcome.error:
+            # wandb.agent stops an in-process run by raising a bare Exception in its thread.
+            outcome = Outcome("pruned", outcome.value, reason="stopped by the W&B sweep controller")
+        self._end(wb, name, outcome)
+        return outcome
+
+    def _end(self, wb: Any, name: str, outcome: Outcome) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(("end", name, asdict(outcome)))
+            except OSError:  # the controller is gone (interrupt): the run still ends below
+                pass
+        wb.summary["hpo_state"] = outcome.state
+        wb.finish(exit_code=EXIT_CODE[outcome.state])
+
+    # -- offline: runs from the hpo controller ---------------------------
+    def serve_offline(self) -> int:
+        import wandb
+
+        done = 0
+        while (msg := self.ask("next"))[0] == "run":
+            job, s = msg[1], self.setup
+            wb = wandb.init(mode="offline", dir=s["dir"], project=s["project"], entity=s["entity"],
+                            group=s["group"], job_type="hpo-sweep", id=job["name"], name=f"trial-{job['number']}",
+                            config=unflatten(job["params"]), tags=["hpo", self.name], reinit="finish_previous",
+                            settings=wandb_settings())
+            self.trial(wb, job["name"], job["number"], job["params"])
+            done += 1
+        return done
+
+    # -- online: runs from the W&B server ----------------------------------
+    def serve_online(self, sweep: str, count: int | None) -> None:
+        import wandb
+
+        entity, project, sweep_id = sweep.split("/")
+        self.online = True
+        # wandb.agent runs each run in a thread and stops cleanly on KeyboardInterrupt.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+        def one_run() -> None:
+            wb = wandb.init(settings=wandb_settings())
+            params = flat_params(dict(wb.config), self.setup.get("names"))
+            number = self.ask("begin", wb.id, params)[1] if self.conn is not None else wb.id
+            self.trial(wb, wb.id, number, params)
+
+        wandb.agent(sweep_id, function=one_run, entity=entity, project=project, count=count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hpo.backends.wandb_agent")
+    p.add_argument("--name", default=f"agent-{os.getpid()}")
+    p.add_argument("--connect", help="HOST:PORT of the hpo controller (authkey in $HPO_WANDB_AUTHKEY)")
+    p.add_argument("--sweep", help="ENTITY/PROJECT/SWEEP_ID on the W&B server")
+    p.add_argument("--count", type=int)
+    p.add_argument("--trainer")
+    p.add_argument("--parent-pid", type=int)
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if a.parent_pid:
+        threading.Thread(target=_watch_parent, args=(a.parent_pid,), daemon=True).start()
+    conn = None
+    if a.connect:
+        host, _, port = a.connect.rpartition(":")
+        conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
+    try:
+        agent = Agent(a.name, conn, a.trainer)
+        if a.sweep:
+            agent.serve_online(a.sweep, a.count)
+        else:
+            agent.serve_offline()
+    except (Interrupted, KeyboardInterrupt):
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""W&B's own sweep engine (the `sweeps` package) driven with no server.
+
+`sweeps.next_run` proposes each configuration (grid / random / bayes) from every
+run so far; `sweeps.stop_runs` applies W&B's Hyperband after each reported
+epoch. This module only keeps the run list the engine reads: it never decides.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from hpo.spec import Spec
+
+# hpo's closed set of trial states -> the W&B run state the engine reads. A run
+# that Hyperband stopped ends "killed", as it does on W&B's server.
+RUN_STATE = {"complete": "finished", "pruned": "killed", "failed": "failed", "interrupted": "crashed"}
+
+
+def _sweeps():
+    # sweeps 0.2.0 predates pydantic 2: its SweepRun model uses a class-based Config
+    # (PydanticDeprecatedSince20 + a "keys have changed" UserWarning). It works; only
+    # the warnings are silenced, here, rather than patching site-packages.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+def engine_config(spec: Spec) -> dict[str, Any]:
+    """The sweep config as the engine takes it, with W&B's defaults filled in.
+
+    Two departures from the file, both forced by sweeps 0.2.0:
+    - `run_cap` is dropped: the package's schema predates it (W&B's server knows
+      it); hpo holds the budget itself.
+    - nested `parameters` blocks are given flattened under hpo's dotted names:
+      the package's SweepConfig silently drops nested blocks when it validates,
+      so bayes and random would never vary them.
+    """
+    raw = {k: copy.deepcopy(v) for k, v in spec.raw.items() if k != "run_cap"}
+    raw["parameters"] = {p.name: dict(p.config) for p in spec.params}
+    return copy.deepcopy(dict(_sweeps().SweepConfig(raw)))
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars (the engine samples with numpy 2) -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
+
+
+@dataclass
+class Engine:
+    """The runs of one sweep as W&B's controller sees them, and the budget over them."""
+
+    spec: Spec
+    budget: int
+    runs: list[Any] = field(default_factory=list)  # sweeps.SweepRun, in hand-out order
+    marked: set[str] = field(default_factory=set)  # runs the engine said to stop
+    lost: set[str] = field(default_factory=set)  # runs a dead worker or an interrupt ended
+
+    def __post_init__(self) -> None:
+        self.config = engine_config(self.spec)
+        self.hyperband = (self.config.get("early_terminate") or {}).get("type") == "hyperband"
+
+    def counted(self) -> int:
+        """Runs that use the budget: all but those lost to a dead worker or an interrupt."""
+        return sum(r.name not in self.lost for r in self.runs)
+
+    def propose(self, name: str) -> dict[str, Any] | None:
+        """The engine's next configuration as flat params, or None (budget spent, grid done)."""
+        if self.counted() >= self.budget:
+            return None
+        sweeps = _sweeps()
+        run = sweeps.next_run(self.config, self.runs, validate=False)
+        if run is None:
+            return None
+        run.name, run.state, run.config = name, sweeps.RunState.running, plain(run.config)
+        self.runs.append(run)
+        return {k: v["value"] for k, v in run.config.items()}
+
+    def report(self, name: str, metrics: Mapping[str, float]) -> bool:
+        """Add one epoch to the run's history; True when the engine says to stop it."""
+        run = self._run(name)
+        run.history.append(dict(metrics))
+        run.summary_metrics.update(metrics)
+        if self.hyperband and name not in self.marked:
+            self.marked.update(r.name for r in _sweeps().stop_runs(self.config, self.runs, validate=False))
+        return name in self.marked
+
+    def end(self, name: str, state: str, infra: bool = False) -> None:
+        run = self._run(name)
+        run.state = RUN_STATE[state]
+        run.stopped = state == "pruned"
+        if infra:
+            self.lost.add(name)
+
+    def resume(self, previous: Iterable[tuple[str, Mapping[str, Any], list[dict], str, bool]]) -> None:
+        """Runs of an earlier `hpo run` of this sweep (from the Optuna mirror)."""
+        sweeps = _sweeps()
+        for name, params, history, state, infra in previous:
+            summary = {k: v for h in history for k, v in h.items()}
+            if infra:
+                self.lost.add(name)
+            # By alias: under pydantic 2 the model's old `allow_population_by_field_name`
+            # is not honoured, so `history=` / `summary_metrics=` would be dropped silently.
+            self.runs.append(sweeps.SweepRun(name=name, config={k: {"value": v} for k, v in params.items()},
+                                             sampledHistory=list(history), summaryMetrics=summary,
+                                             state=RUN_STATE[state], stopped=state == "pruned"))
+
+    def _run(self, name: str) -> Any:
+        return next(r for r in self.runs if r.name == name)

@@ -1,0 +1,332 @@
+"""W&B Sweeps backend: W&B's engine offline with real agents, wandb offline runs, MLflow and the mirror.
+
+The W&B cloud cannot be reached from here: the online path is tested up to the
+launch plan and the error a user gets when the server is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import load_study, run_hpo, runs_of, write
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_KEY = "0123456789abcdef" * 2 + "deadbeef"  # 40 chars, the shape of a W&B key
+OFFLINE = """
+name: wtiny
+method: random
+metric: {name: val_acc, goal: maximize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 3}
+parameters:
+  epochs: {value: 6}
+  hidden: {values: [16, 32]}
+  lr: {distribution: log_uniform_values, min: 1.0e-5, max: 5.0e-2}
+  optimizer: {values: [sgd, adam]}
+  batch_size: {value: 128}
+command: [python, -m, hpo.train, "${args}"]
+"""
+GRID = """
+name: wgrid
+method: grid
+metric: {name: val_acc, goal: maximize}
+parameters:
+  epochs: {value: 1}
+  hidden: {values: [8, 16, 32]}
+  lr: {values: [0.01, 0.001]}
+  batch_size: {value: 256}
+"""
+
+
+@pytest.fixture
+def wandb_env(tmp_path: Path) -> dict[str, str]:
+    """wandb offline, its folders in tmp, and a (fake) key that must never be written anywhere."""
+    home = tmp_path / "wandb-home"
+    return {"WANDB_MODE": "offline", "WANDB_DIR": str(home), "WANDB_CACHE_DIR": str(home / "cache"),
+            "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_SILENT": "true", "WANDB_API_KEY": FAKE_KEY,
+            "HOME": str(tmp_path)}
+
+
+# -- reading a wandb offline run (wandb 0.31 has no Python reader for .wandb files) -----------
+def _records(path: Path):
+    """The protobuf records of a .wandb file: a header, then LevelDB-log framing in 32 KiB blocks."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, buf = 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or kind == 0:  # block trailer / zero padding
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            yield rec
+
+
+def read_offline_run(folder: Path) -> dict:
+    out: dict = {"config": {}, "history": [], "exit": None}
+    for rec in _records(next(folder.glob("run-*.wandb"))):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out.update(id=rec.run.run_id, group=rec.run.run_group, project=rec.run.project)
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+        elif kind == "config":
+            out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
+        elif kind == "history":
+            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                                   for i in rec.history.item})
+        elif kind == "exit":
+            out["exit"] = rec.exit.exit_code
+    out["config"].pop("_wandb", None)
+    return out
+
+
+# -- the default sweep.yaml ---------------------------------------------------------------------
+def test_default_sweep_yaml_is_a_valid_wandb_sweep():
+    import jsonschema
+
+    from hpo.backends.wandb_engine import _sweeps
+    from hpo.schema import wandb_schema
+
+    raw = yaml.safe_load((REPO / "sweep.yaml").read_text())
+    jsonschema.Draft7Validator(wandb_schema()).validate(raw)  # W&B's schema (+ run_cap, which its server takes)
+    _sweeps().SweepConfig({k: v for k, v in raw.items() if k != "run_cap"})  # the engine's own validation
+    assert raw["command"][-3:] == ["-m", "hpo.train", "${args}"]
+    from hpo.train import parse_args
+
+    assert parse_args(["--lr=0.01", "--hidden=64", "--optimizer=adam"]) == {"lr": 0.01, "hidden": 64,
+                                                                             "optimizer": "adam"}
+
+
+# -- the engine decides -------------------------------------------------------------------------
+def test_engine_hands_out_what_sweeps_next_run_proposes(tmp_path):
+    from hpo import spec as specmod
+    from hpo.backends.wandb_engine import Engine, _sweeps
+
+    sweeps = _sweeps()
+    spec = specmod.load(write(tmp_path / "g.yaml", GRID))
+    engine = Engine(spec, budget=100)
+    shadow: list = []  # the same run list, driven by sweeps.next_run directly
+    handed = []
+    while (params := engine.propose(f"r{len(handed)}")) is not None:
+        expected = sweeps.next_run(engine.config, shadow)
+        expected.name, expected.state = f"r{len(handed)}", sweeps.RunState.running
+        shadow.append(expected)
+        assert params == {k: v["value"] for k, v in expected.config.items()}
+        handed.append((params["hidden"], params["lr"]))
+    assert sorted(handed) == sorted((h, lr) for h in (8, 16, 32) for lr in (0.01, 0.001))
+
+
+def test_engine_stops_what_sweeps_stop_runs_marks(tmp_path):
+    from hpo import spec as specmod
+    from hpo.backends.wandb_engine import Engine
+
+    spec = specmod.load(write(tmp_path / "s.yaml", OFFLINE))
+    engine = Engine(spec, budget=3)
+    for name, acc in (("good", 0.9), ("mid", 0.5)):
+        engine.propose(name)
+        for step in range(3):
+            assert not engine.report(name, {"val_acc": acc}) or name == "mid"
+        engine.end(name, "complete")
+    engine.propose("bad")
+    stopped = [engine.report("bad", {"val_acc": 0.1}) for _ in range(3)]
+    assert stopped[0] is False and any(stopped)  # band 1 (after 2 epochs): below the kept third
+    assert engine.propose("over") is None, "budget of 3 runs"
+
+
+def test_nested_parameters_reach_the_engine(tmp_path):
+    """sweeps 0.2.0 drops nested blocks when it validates; hpo hands them over flattened."""
+    from hpo import spec as specmod
+    from hpo.backends.wandb_engine import Engine
+
+    spec = specmod.load(write(tmp_path / "n.yaml", """
+        method: random
+        parameters:
+          opt: {parameters: {lr: {min: 0.1, max: 0.2}, name: {values: [a, b]}}}
+          epochs: {value: 1}
+    """))
+    params = Engine(spec, budget=1).propose("r0")
+    assert set(params) == {"opt.lr", "opt.name", "epochs"}
+    assert 0.1 <= params["opt.lr"] <= 0.2 and type(params["opt.lr"]) is float  # numpy 2 scalars made plain
+
+
+# -- offline end to end -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_offline_ten_runs_two_agents_hyperband(tmp_path, wandb_env):
+    sweep = write(tmp_path / "sweep.yaml", OFFLINE)
+    out = run_hpo("run", str(sweep), "--backend", "wandb", "--offline", "--workers", "2", "--trials", "10",
+                  "--no-progress", cwd=tmp_path, env=wandb_env, check=True)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    sweep_dir = tmp_path / "runs" / "wtiny"
+
+    folders = sorted((sweep_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 10
+    wb = {r["id"]: r for r in map(read_offline_run, folders)}
+    assert len(wb) == 10 and {r["group"] for r in wb.values()} == {"wtiny"}
+
+    trials = load_study(sweep_dir, "wtiny").get_trials()
+    states = Counter(t.state for t in trials)
+    assert len(trials) == 10 and states[TrialState.COMPLETE] + states[TrialState.PRUNED] == 10
+    assert states[TrialState.PRUNED] >= 1, "W&B hyperband from epoch 1 over a wide lr range stops runs"
+    assert summary["pruned"] == states[TrialState.PRUNED]
+    assert {t.user_attrs["hpo.worker"] for t in trials} == {"cpu0", "cpu1"}
+
+    client, _, parents, children = runs_of(sweep_dir, "wtiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 10
+    mlflow = {c.info.run_id: c for c in children}
+    for t in trials:
+        run = wb[t.user_attrs["wandb.run_id"]]
+        child = mlflow[t.user_attrs["hpo.mlflow_run_id"]]
+        assert run["config"] == t.params, "the wandb run's config is the config the engine proposed"
+        assert child.data.params == {k: str(v) for k, v in t.params.items()}
+        assert child.data.tags["hpo.backend"] == "wandb"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        epochs = [h["epoch"] for h in run["history"] if "epoch" in h]
+        assert epochs == sorted(t.intermediate_values) and epochs[0] == 1
+        if t.state == TrialState.PRUNED:
+            assert child.info.status == "KILLED" and child.data.tags["hpo.state"] == "pruned"
+            assert t.user_attrs["hpo.reason"] == "stopped by W&B hyperband"
+            assert len(epochs) < 6
+        else:
+            assert child.info.status == "FINISHED" and len(epochs) == 6
+        assert run["exit"] == 0
+        steps = client.get_metric_history(child.info.run_id, "val_acc")
+        assert [m.step for m in steps] == epochs
+    # The key was in every agent's environment and nowhere on disk.
+    for path in sweep_dir.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert FAKE_KEY not in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_offline_grid_visits_every_point_once_across_agents(tmp_path, wandb_env):
+    sweep = write(tmp_path / "grid.yaml", GRID)
+    run_hpo("run", str(sweep), "--backend", "wandb", "--offline", "--workers", "2", "--no-progress",
+            cwd=tmp_path, env=wandb_env, check=True)
+    sweep_dir = tmp_path / "runs" / "wgrid"
+    trials = load_study(sweep_dir, "wgrid").get_trials()
+    assert sorted((t.params["hidden"], t.params["lr"]) for t in trials) == \
+        sorted((h, lr) for h in (8, 16, 32) for lr in (0.01, 0.001))
+    assert {t.user_attrs["hpo.worker"] for t in trials} == {"cpu0", "cpu1"}
+    configs = [read_offline_run(f)["config"] for f in (sweep_dir / "wandb").glob("offline-run-*")]
+    assert sorted((c["hidden"], c["lr"]) for c in configs) == sorted((t.params["hidden"], t.params["lr"]) for t in trials)
+
+
+# -- online: launch plan and an unreachable server ------------------------------------------------
+def test_agent_launch_plan_one_per_gpu_slot_no_key_in_argv():
+    from hpo.backends.wandb import launch_plan
+    from hpo.workers import plan
+
+    slots = plan(["0", "1"], workers_per_gpu=2)
+    base = {"PATH": "/usr/bin", "WANDB_API_KEY": FAKE_KEY, "CUDA_VISIBLE_DEVICES": "0,1"}
+    launches = launch_plan(slots, sweep="ent/proj/abc123", count=7, base_env=base)
+    assert [lp.env["CUDA_VISIBLE_DEVICES"] for lp in launches] == ["0", "0", "1", "1"]
+    for lp in launches:
+        argv = list(lp.argv)
+        assert argv[1:3] == ["-m", "hpo.backends.wandb_agent"]
+        assert argv[argv.index("--sweep") + 1] == "ent/proj/abc123" and argv[argv.index("--count") + 1] == "7"
+        assert argv[argv.index("--name") + 1] == lp.slot.name
+        assert lp.env["WANDB_API_KEY"] == FAKE_KEY, "the key travels in the inherited environment only"
+        assert not any(FAKE_KEY in a for a in argv)
+        assert FAKE_KEY not in lp.describe() and FAKE_KEY not in repr(lp)
+        assert "CUDA_VISIBLE_DEVICES" in lp.describe()
+
+
+def test_credentials_lookup_without_network(tmp_path):
+    from hpo.backends.wandb import has_credentials
+
+    netrc = tmp_path / "netrc"
+    assert not has_credentials({"NETRC": str(netrc)})
+    assert has_credentials({"WANDB_API_KEY": FAKE_KEY, "NETRC": str(netrc)})
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc.chmod(0o600)
+    assert has_credentials({"NETRC": str(netrc)})
+    assert not has_credentials({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.com"})
+
+
+def test_unreachable_wandb_server_is_one_clear_line(tmp_path, tiny_sweep):
+    """The W&B cloud cannot exist on this machine: a server that refuses connections stands in for it."""
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "online",
+           "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_CONFIG_DIR": str(tmp_path / "wbc"),
+           "WANDB_CACHE_DIR": str(tmp_path / "wbcache"), "HOME": str(tmp_path)}
+    start = time.monotonic()
+    out = run_hpo("run", str(tiny_sweep), "--backend", "wandb", "--project", "p", "--workers", "1",
+                  cwd=tmp_path, env=env, timeout=120)
+    assert time.monotonic() - start < 90  # ~11 s here (WANDB_HTTP_TIMEOUT=10 set by hpo); wandb alone: ~20 s
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and FAKE_KEY not in out.stderr + out.stdout
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("hpo: sweep 'tiny' on wandb")]
+    assert len(errors) == 1, out.stderr
+    assert errors[0].startswith("hpo: wandb: cannot create the sweep on http://127.0.0.1:9")
+    assert "--offline" in errors[0]
+    assert not (tmp_path / "runs" / "tiny" / "mlflow.db").exists(), "nothing runs before the sweep exists"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
+    import signal
+    import subprocess
+    import sys
+
+    sweep = write(tmp_path / "long.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 5000}")
+                  .replace("min_iter: 1", "min_iter: 4000"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **wandb_env}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--backend", "wandb", "--offline",
+                             "--workers", "2", "--trials", "4", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "runs" / "wtiny"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until both agents are inside a trial (its MLflow child exists)
+        time.sleep(1)
+        # The MLflow store exists once wandb runs do (the parent comes first): only then read it.
+        if len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2 and len(runs_of(sweep_dir, "wtiny")[3]) == 2:
+            break
+    time.sleep(1)
+    agents = _children(proc.pid)
+    assert len(agents) == 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and json.loads(out.strip().splitlines()[-1])["interrupted"] is True
+    assert not [pid for pid in agents if _running(pid)], "every agent stopped"
+    trials = load_study(sweep_dir, "wtiny").get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL and t.user_attrs["hpo.reason"] == "interrupted"
+                                    for t in trials)
+    _, _, parents, children = runs_of(sweep_dir, "wtiny")
+    assert parents[0].info.status == "KILLED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"KILLED"}
+    assert "Traceback" not in err
