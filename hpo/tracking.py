@@ -43,7 +43,13 @@ class Tracker:
     """Thin, retrying wrapper over MlflowClient for hpo's run layout."""
 
     def __init__(self, tracking_uri: str):
+        import logging
+
         from mlflow.tracking import MlflowClient
+
+        # "Creating initial MLflow database tables..." is noise next to hpo's own progress.
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -105,6 +105,13 @@ class _Context:
     trainer: Any
     trial_run: TrialRun
 
+    @property
+    def last_step(self) -> int | None:
+        if self.spec.hyperband is None:
+            return None
+        top = space.hyperband_resources(self.spec)[1]
+        return top if isinstance(top, int) else None
+
     def run(self, trial: optuna.Trial) -> Outcome:
         for key, value in (("hpo.worker", self.trial_run.worker), ("hpo.host", socket.gethostname()),
                            ("hpo.pid", os.getpid()),
@@ -114,7 +121,7 @@ class _Context:
         try:
             outcome, _ = self.trial_run.run(
                 trial.number, params, self.trainer, self.spec.metric,
-                should_stop=lambda step, value: _prune(trial, step, value),
+                should_stop=lambda step, value: _prune(trial, step, value, self.last_step),
                 on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
                 tags={f"hpo.{k}": str(trial.user_attrs[f"hpo.{k}"]) for k in ("retry_of", "attempt")
                       if f"hpo.{k}" in trial.user_attrs},
@@ -135,6 +142,9 @@ class _Context:
             self.study.tell(trial, state=OPTUNA_STATE[outcome.state])
 
 
-def _prune(trial: optuna.Trial, step: int, value: float) -> bool:
+def _prune(trial: optuna.Trial, step: int, value: float, last_step: int | None) -> bool:
     trial.report(value, step)
+    # Stopping a trial at its last epoch saves nothing and throws its result away.
+    if last_step is not None and step >= last_step:
+        return False
     return trial.should_prune()
