@@ -47,10 +47,14 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Interrupted("interrupted")
 
 
+_controller_gone = threading.Event()
+
+
 def _watch_parent(pid: int) -> None:
     # A controller killed with SIGKILL cannot stop its workers: they notice and stop themselves.
     while os.getppid() == pid:
         time.sleep(1.0)
+    _controller_gone.set()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -91,9 +95,15 @@ def serve(cfg: WorkerConfig) -> int:
         extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
     ))
     done = 0
-    while (trial := storage.claim(study)) is not None:
-        ctx.run(trial)
-        done += 1
+    try:
+        while (trial := storage.claim(study)) is not None:
+            ctx.run(trial)
+            done += 1
+    except Interrupted:
+        if _controller_gone.is_set():  # nobody else is left to close the sweep's parent run
+            ctx.trial_run.tracker.set_tags(ctx.trial_run.parent_id, {"hpo.state": "controller died"})
+            ctx.trial_run.tracker.client.set_terminated(ctx.trial_run.parent_id, status="KILLED")
+        raise
     return done
 
 

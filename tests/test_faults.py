@@ -175,3 +175,33 @@ def test_a_writer_killed_inside_the_journal_lock_blocks_nobody(tmp_path):
     study.enqueue_trial({})
     assert time.monotonic() - start < 5
     assert len(study.get_trials()) == 1
+
+
+def test_controller_killed_with_sigkill_loses_nothing(tmp_path):
+    sweep = _sweep(tmp_path, "ctl", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 4}\n          sleep: {value: 1.0}")
+    args = (str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
+    proc = _start(tmp_path, *args)
+    sweep_dir = tmp_path / "runs" / "ctl"
+    _wait_for(lambda: len(_running(sweep_dir, "ctl")) == 2)
+    pids = [t.user_attrs["hpo.pid"] for t in _running(sweep_dir, "ctl")]
+    proc.kill()
+    proc.communicate(timeout=30)
+
+    def workers_gone():
+        try:
+            for pid in pids:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            return all(not Path(f"/proc/{p}").exists() for p in pids)
+        return False
+
+    _wait_for(workers_gone, timeout=20)
+    trials = load_study(sweep_dir, "ctl").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    _, _, parents, children = runs_of(sweep_dir, "ctl")
+    assert not [r for r in parents + children if r.info.status == "RUNNING"], "workers closed their runs and the parent"
+    assert parents[0].data.tags["hpo.state"] == "controller died"
+
+    run_hpo("run", *args, "--no-progress", cwd=tmp_path, env=ENV, check=True)
+    done = [t for t in load_study(sweep_dir, "ctl").get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in done) == [1, 2, 3, 4]
