@@ -330,3 +330,24 @@ def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
     assert parents[0].info.status == "KILLED"
     assert len(children) == 2 and {c.info.status for c in children} == {"KILLED"}
     assert "Traceback" not in err
+
+
+def test_exponent_forms_reach_the_engine_as_the_same_law():
+    """sweeps 0.2.0 rejects log_uniform & co. as deprecated; hpo hands it the `_values` form."""
+    import math
+
+    import yaml
+
+    from hpo import spec as specmod
+    from hpo.backends.wandb_engine import engine_config
+
+    sp = specmod.from_dict(yaml.safe_load("""
+        method: random
+        parameters:
+          a: {distribution: log_uniform, min: -5, max: -1}
+          b: {distribution: inv_log_uniform, min: 1, max: 3}
+    """))
+    params = engine_config(sp)["parameters"]
+    assert params["a"]["distribution"] == "log_uniform_values"
+    assert (params["a"]["min"], params["a"]["max"]) == (math.exp(-5), math.exp(-1))
+    assert (params["b"]["min"], params["b"]["max"]) == (math.exp(-3), math.exp(-1))

@@ -8,6 +8,7 @@ epoch. This module only keeps the run list the engine reads: it never decides.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -32,16 +33,30 @@ def _sweeps():
 def engine_config(spec: Spec) -> dict[str, Any]:
     """The sweep config as the engine takes it, with W&B's defaults filled in.
 
-    Two departures from the file, both forced by sweeps 0.2.0:
+    Departures from the file, all forced by sweeps 0.2.0:
     - `run_cap` is dropped: the package's schema predates it (W&B's server knows
       it); hpo holds the budget itself.
     - nested `parameters` blocks are given flattened under hpo's dotted names:
       the package's SweepConfig silently drops nested blocks when it validates,
       so bayes and random would never vary them.
+    - the exponent forms (log_uniform, inv_log_uniform, q_log_uniform), which the
+      package rejects as deprecated, are given as the `_values` form of the same law.
     """
     raw = {k: copy.deepcopy(v) for k, v in spec.raw.items() if k != "run_cap"}
-    raw["parameters"] = {p.name: dict(p.config) for p in spec.params}
+    raw["parameters"] = {p.name: _values_form(dict(p.config)) for p in spec.params}
     return copy.deepcopy(dict(_sweeps().SweepConfig(raw)))
+
+
+def _values_form(c: dict[str, Any]) -> dict[str, Any]:
+    d = c.get("distribution")
+    if d == "log_uniform":  # exp(U(min, max)) == log-uniform on [e^min, e^max]
+        return {"distribution": "log_uniform_values", "min": math.exp(c["min"]), "max": math.exp(c["max"])}
+    if d == "inv_log_uniform":  # exp(-U(min, max)) == log-uniform on [e^-max, e^-min]
+        return {"distribution": "log_uniform_values", "min": math.exp(-c["max"]), "max": math.exp(-c["min"])}
+    if d == "q_log_uniform":
+        return {"distribution": "q_log_uniform_values", "min": math.exp(c["min"]), "max": math.exp(c["max"]),
+                "q": c.get("q", 1.0)}
+    return c
 
 
 def plain(value: Any) -> Any:
