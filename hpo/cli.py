@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Callable
 
@@ -12,8 +13,9 @@ from hpo.errors import HpoError, SpecError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, like every other bad input
-        raise UsageError(f"{self.prog}: {message}")
+    def error(self, message: str):  # one line, `--flag: what is wrong`, exit code 2, like every other bad input
+        found = re.match(r"argument ([-\w]+)(?:/[-\w]+)?: (.*)", message)
+        raise UsageError(f"{found[1]}: {found[2]}" if found else f"{self.prog}: {message}")
 
 
 def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
