@@ -29,8 +29,8 @@ NOT_IN_OPTUNA = {
     "q_log_uniform": "ray, wandb",
     "q_log_uniform_values": "ray, wandb",
     "categorical_w_probabilities": "ray, wandb",
-    "beta": "wandb",
-    "q_beta": "wandb",
+    "beta": "ray, wandb",
+    "q_beta": "ray, wandb",
 }
 CHOICE_TYPES = (type(None), bool, int, float, str)
 

@@ -238,8 +238,8 @@ def test_optuna_refuses_what_it_cannot_express_and_names_ray_and_wandb(cfg, tmp_
 
 
 @pytest.mark.parametrize("cfg", [{"distribution": "beta", "a": 2, "b": 3}, {"distribution": "q_beta", "q": 0.1}])
-def test_beta_is_wandb_only(cfg):
-    with pytest.raises(UsageError, match=r"^parameters\.x: .*--backend wandb$"):
+def test_beta_is_for_ray_and_wandb_only(cfg):
+    with pytest.raises(UsageError, match=r"^parameters\.x: .*--backend ray or --backend wandb$"):
         space.check(make({"x": cfg}))
 
 
