@@ -79,7 +79,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     store = a.storage or os.environ.get("HPO_STORAGE")
     if not store:
         raise UsageError("--storage: required (a journal file path or an RDB URL), or set HPO_STORAGE")
-    threads = int(os.environ.get("HPO_THREADS", "0")) or None
+    threads = os.environ.get("HPO_THREADS", "")
+    threads = int(threads) if threads.isdigit() and int(threads) > 0 else None
     cfg = WorkerConfig(a.study, store, a.tracking_uri or os.environ.get("HPO_TRACKING_URI"), a.name or "",
                        a.trainer, a.parent_pid, threads)
     from hpo.report import Interrupted
@@ -140,10 +141,15 @@ def cmd_best(a: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
-    from hpo import dashboard
+    from dataclasses import replace
+
+    from hpo import dashboard, storage
     from hpo.sweep import prepare
 
-    store = a.storage or prepare(_settings(a)).storage
+    if not 1 <= a.port <= 65535:
+        raise UsageError(f"--port: must be 1-65535 (got {a.port})")
+    store = a.storage or prepare(replace(_settings(a), inspect_only=True)).storage
+    storage.require_existing(store)
     return dashboard.serve(store, a.host, a.port)
 
 

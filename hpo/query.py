@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -14,9 +15,8 @@ from hpo.sweep import Settings, prepare
 
 def open_existing(s: Settings) -> tuple[optuna.Study, str]:
     """The sweep's study, without creating anything."""
-    sw = prepare(s)
-    if "://" not in sw.storage and not __import__("os").path.exists(sw.storage):
-        raise UsageError(f"--storage: no sweep at {sw.storage}; run `hpo run` first")
+    sw = prepare(replace(s, inspect_only=True))
+    storage.require_existing(sw.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=sw.name, storage=storage.open_storage(sw.storage))

@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HpoError, MissingDependency
+from hpo.errors import HpoError, MissingDependency, UsageError
 
 # Failures that are not the trial's fault: the trial is re-run and not counted.
 INFRA_REASONS = ("worker died", "interrupted")
@@ -35,7 +35,16 @@ def is_rdb(url: str) -> bool:
 
 def mask(url: str) -> str:
     """The URL with any password replaced by ***, safe to print, log or tag."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    tail = re.sub(r"(?i)((?:password|passwd|pwd|token|key)=)[^&]*", r"\1***", tail)
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -54,7 +63,7 @@ def open_storage(url: str) -> BaseStorage:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise HpoError(f"--storage: cannot open {mask(url)}: {mask(first)}") from None
     if "://" in url:
-        raise ValueError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
+        raise UsageError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
     path = Path(url).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(str(path) + ".flock")))
@@ -83,6 +92,13 @@ class FlockLock:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def require_existing(url: str) -> None:
+    """For commands that read a sweep: a journal file or SQLite file that is not there is a typo."""
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None if is_rdb(url) else url
+    if path is not None and not Path(path).expanduser().is_file():
+        raise UsageError(f"--storage: no sweep at {mask(url)}; run `hpo run` first or check the path")
 
 
 def reason(t: FrozenTrial) -> str | None:
@@ -142,7 +158,9 @@ def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | No
     retried = retried_numbers(trials)
     taken = {json.dumps(t.params, sort_keys=True) for t in trials
              if (counts_toward_budget(t) and t.number not in retried) or t.state == TrialState.RUNNING}
-    taken |= {t.user_attrs.get("hpo.grid_point") for t in trials if t.state == TrialState.WAITING}
+    # A trial taken but not yet started has no params: its grid point is in its attrs.
+    taken |= {t.user_attrs.get("hpo.grid_point") for t in trials
+              if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     fresh = [p for p in grid if json.dumps(p, sort_keys=True) not in taken][:missing]
     for point in fresh:
         study.enqueue_trial(point, user_attrs={"hpo.queued": True, "hpo.grid_point": json.dumps(point, sort_keys=True)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,12 +69,19 @@ def open_parent(sw: Sweep, study: optuna.Study) -> tuple[Tracker, str, str]:
     return tracker, exp, parent
 
 
+UNCLAIMED_GRACE_S = 120
+
+
 def is_local_orphan(t: FrozenTrial, live_pids: set[int]) -> bool:
     """A RUNNING trial on this host whose worker process is gone."""
     if t.state != TrialState.RUNNING:
         return False
     host, pid = t.user_attrs.get("hpo.host"), t.user_attrs.get("hpo.pid")
-    if host not in (None, socket.gethostname()):
+    if host is None or pid is None:
+        # Just taken by a worker (here or elsewhere) that has not said who it is yet.
+        started = t.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() > UNCLAIMED_GRACE_S
+    if host != socket.gethostname():
         return False
     return pid not in live_pids and not _alive(pid)
 
@@ -117,22 +125,28 @@ def summarize(sw: Sweep, study: optuna.Study, parent: str, interrupted: bool) ->
     if complete:
         pick = max if sw.spec.direction == "maximize" else min
         best = pick(complete, key=lambda t: t.value)
+    # Ray and W&B trials keep their own number (the MLflow child's hpo.trial tag) in the mirror.
+    extra = {"best_run_id": best.user_attrs.get("hpo.mlflow_run_id"),
+             "best_trial_tag": str(best.user_attrs.get("hpo.trial", best.number))} if best else {}
     return Result(sw.name, storage.count(trials), best.value if best else None,
-                  dict(best.params) if best else {}, best.number if best else None, parent, interrupted)
+                  dict(best.params) if best else {}, best.number if best else None, parent, interrupted, extra)
 
 
-def close_parent(sw: Sweep, tracker: Tracker, exp: str, result: Result) -> None:
+def close_parent(sw: Sweep, tracker: Tracker, exp: str, result: Result, failed: bool = False) -> None:
     """Best value and params, counts, sweep.yaml as an artifact, and the end status."""
     tracker.end_running_children(exp, result.parent_run_id, "interrupted" if result.interrupted else "worker died")
     c = result.counts
     metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
                "trials_retried": c.retried}
-    tags = {"hpo.state": "interrupted" if result.interrupted else "finished"}
+    tags = {"hpo.state": "failed" if failed else "interrupted" if result.interrupted else "finished"}
     if result.best_value is not None:
         metrics[f"best_{sw.spec.metric or 'value'}"] = result.best_value
-        tags["hpo.best_trial"] = str(result.best_trial)
+        tags["hpo.best_trial"] = result.extra.get("best_trial_tag", str(result.best_trial))
+        if result.extra.get("best_run_id"):
+            tags["hpo.best_run_id"] = result.extra["best_run_id"]
         tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
     best = {"value": result.best_value, "trial": result.best_trial, "params": result.best_params,
             "metric": sw.spec.metric, "goal": sw.spec.goal}
-    tracker.finish_parent(result.parent_run_id, "KILLED" if result.interrupted else "FINISHED", metrics, tags,
+    status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
+    tracker.finish_parent(result.parent_run_id, status, metrics, tags,
                           {"sweep.yaml": sw.sweep_text, "best.json": json.dumps(best, indent=2, default=str)})

@@ -40,6 +40,7 @@ class Settings:
     trainer: str | None = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
+    inspect_only: bool = False  # status / best / dashboard: read a sweep, whatever its backend
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,13 @@ def prepare(s: Settings) -> Sweep:
     if s.backend not in BACKENDS:
         raise UsageError(f"--backend: {s.backend!r} is not one of {', '.join(BACKENDS)}")
     spec = specmod.load(s.sweep_file, s.space)
-    if s.backend == "optuna":
+    if s.backend == "optuna" and not s.inspect_only:
         from hpo import space
 
         space.check(spec)
     name = study_name(spec, s.study)
+    if Path(s.root).exists() and not Path(s.root).is_dir():
+        raise UsageError(f"--root: {s.root} is a file, not a folder")
     sweep_dir = Path(s.root) / name
     store = s.storage or str(sweep_dir / "optuna.log")
     if "://" in store and not storagemod.is_rdb(store):
@@ -115,6 +118,8 @@ def prepare(s: Settings) -> Sweep:
     if s.workers is not None and gpus and s.gpus != "auto":
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
     slots = workers.plan(gpus, s.workers_per_gpu, s.workers)
+    if not spec.metric:  # W&B asks for it only with bayes or hyperband; hpo records every trial's value
+        raise UsageError("metric.name: required: hpo records each trial's last value of this metric")
     text = Path(s.sweep_file).read_text(encoding="utf-8")
     return Sweep(spec, name, sweep_dir, store, uri, _budget(s, spec), tuple(slots), s.backend,
                  s.trainer, text, s.progress, dict(s.options))

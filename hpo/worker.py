@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from hpo import space, spec as specmod, storage
-from hpo.errors import UsageError
+from hpo.errors import HpoError, UsageError
 from hpo.report import Interrupted, Outcome, load_trainer
 from hpo.runner import TrialRun
 from hpo.tracking import Tracker
@@ -59,6 +59,7 @@ def _watch_parent(pid: int) -> None:
 
 
 def load_study(cfg: WorkerConfig) -> tuple[optuna.Study, specmod.Spec]:
+    storage.require_existing(cfg.storage)
     store = storage.open_storage(cfg.storage)
     try:
         bare = optuna.load_study(study_name=cfg.study, storage=store)
@@ -88,8 +89,12 @@ def serve(cfg: WorkerConfig) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    uri = cfg.tracking_uri or attrs.get("hpo.tracking_uri")
+    if not uri:
+        raise UsageError("--tracking-uri: required here: the sweep's tracking URI holds a password, "
+                         "so hpo did not store it in the study")
     ctx = _Context(study, spec, space.distributions(spec), trainer, TrialRun(
-        tracker=Tracker(cfg.tracking_uri or attrs["hpo.tracking_uri"]), experiment_id=attrs["hpo.experiment_id"],
+        tracker=Tracker(uri), experiment_id=attrs["hpo.experiment_id"],
         parent_id=attrs["hpo.parent_run_id"], backend="optuna", study=study.study_name,
         worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=trainer_ref,
         extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
@@ -97,7 +102,11 @@ def serve(cfg: WorkerConfig) -> int:
     done = 0
     try:
         while (trial := storage.claim(study)) is not None:
-            ctx.run(trial)
+            try:
+                ctx.run(trial)
+            except Exception as exc:  # MLflow or storage down: do not leave the trial RUNNING
+                storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
+                raise HpoError(f"worker {ctx.trial_run.worker}: {type(exc).__name__}: {exc}") from exc
             done += 1
     except Interrupted:
         if _controller_gone.is_set():  # nobody else is left to close the sweep's parent run

@@ -538,3 +538,15 @@ def test_valid_sweep_round_trip_through_load(tmp_path):
     assert [p.name for p in s.params] == ["lr", "opt.name"]
     assert isinstance(space.sampler(s), optuna.samplers.TPESampler)
     assert [p.name for p in spec.load(tmp_path / "sweep.yaml", tmp_path / "space.yaml").params] == ["hidden"]
+
+
+def test_hpo_needs_a_metric_for_every_method(tmp_path, monkeypatch):
+    """W&B asks for metric.name only with bayes or hyperband; hpo records each trial's value of it."""
+    from hpo import sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  x: {values: [1, 2]}\n")
+    assert make({"x": {"values": [1, 2]}}).metric is None  # a valid W&B sweep...
+    with pytest.raises(UsageError, match=r"^metric\.name: required"):
+        sweep.prepare(sweep.Settings("s.yaml", workers=1))  # ...that hpo refuses before writing anything
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

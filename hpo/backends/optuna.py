@@ -43,18 +43,25 @@ def run(sw: Sweep) -> studymod.Result:
     tracker, exp, parent = studymod.open_parent(sw, study)
     # A controller killed earlier may have left trials RUNNING: their workers are gone.
     studymod.fail_orphans(study, tracker, set(), "worker died", "found RUNNING when the sweep resumed")
+    storage.queue_retries(study, sw.options.get("retries", 0))
     storage.fill_queue(study, sw.budget, sw.grid)
     pool = make_pool(sw)
     progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.progress)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    interrupted = False
+    interrupted, aborted = False, False
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
         pool.start_all()
         _watch(sw, study, tracker, pool, progress)
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:
+        aborted = True
+        raise
     finally:
+        # A second Ctrl-C must not cut the clean-up short: runs would stay RUNNING.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for e in pool.stop():
                 if e.died and not interrupted:
@@ -63,9 +70,10 @@ def run(sw: Sweep) -> studymod.Result:
             studymod.fail_orphans(study, tracker, set(), why)
             progress.close()
             result = studymod.summarize(sw, study, parent, interrupted)
-            studymod.close_parent(sw, tracker, exp, result)
+            studymod.close_parent(sw, tracker, exp, result, failed=aborted)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     return result
 
 

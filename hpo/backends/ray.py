@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
-from hpo.errors import HpoError, MissingDependency
+from hpo.errors import HpoError, MissingDependency, UsageError
 
 try:
     import ray
@@ -284,7 +284,11 @@ def start_ray(sw: Sweep) -> bool:
         return False
     address = _address(sw)
     if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises several types for "not there"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(f"--ray-address: cannot connect to {address!r}: {first}") from None
         return True
     gpus = _gpu_ids(sw)
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -354,11 +358,13 @@ def run(sw: Sweep) -> studymod.Result:
     for key, value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"),
                        ("RAY_AIR_NEW_OUTPUT", "0")):
         os.environ.setdefault(key, value)
-    with ThreadPoolExecutor(1) as pool:  # MLflow's first open (its schema) overlaps Ray's start
+    # A cluster address is checked before anything is written; a local Ray's start
+    # overlaps MLflow's first open (its schema), which takes seconds too.
+    started = start_ray(sw) if _address(sw) else False
+    with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(_open, sw)
-        started = False
         try:
-            started = start_ray(sw)
+            started = started or start_ray(sw)
             resources, concurrency = placement(sw)
             study, tracker, exp, parent = opening.result()
         except BaseException:
@@ -394,6 +400,7 @@ def run(sw: Sweep) -> studymod.Result:
         raise HpoError(f"Ray Tune failed: {exc}") from exc
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not cut clean-up
         try:
             if started:  # local: no trial writes after this; a cluster keeps running
                 ray.shutdown()
@@ -407,4 +414,5 @@ def run(sw: Sweep) -> studymod.Result:
             _sessions.pop(sw.name, None)
             tune_log.setLevel(level)
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     return result

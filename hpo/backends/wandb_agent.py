@@ -108,6 +108,13 @@ class Agent:
                 stop[0] = self.ask("report", name, step, dict(metrics))[0] == "stop"
 
         metric = self.setup.get("metric")
+        run_ids: list[str] = []
+
+        def started(run_id: str) -> None:
+            run_ids.append(run_id)
+            if self.conn is not None:
+                self.conn.send(("started", name, run_id))
+
         try:
             if self.trial_run is None:
                 reporter = Reporter(metric, sink=on_report)
@@ -115,15 +122,19 @@ class Agent:
             else:
                 outcome, _ = self.trial_run.run(
                     number, params, self.trainer, metric, should_stop=lambda s, v: stop[0],
-                    on_start=lambda run_id: self.conn.send(("started", name, run_id)), on_report=on_report)
+                    on_start=started, on_report=on_report)
         except Interrupted:
             self._end(wb, name, Outcome("interrupted", reason="interrupted"))
             raise
+        before = outcome
         if stop[0] and outcome.state == "pruned":
             outcome = Outcome("pruned", outcome.value, reason="stopped by W&B hyperband")
         elif self.online and outcome.error_type == "Exception" and not outcome.error:
             # wandb.agent stops an in-process run by raising a bare Exception in its thread.
             outcome = Outcome("pruned", outcome.value, reason="stopped by the W&B sweep controller")
+        if outcome is not before and run_ids and self.trial_run is not None:
+            # The child run was closed with the trainer's view; record W&B's (same as the mirror).
+            self.trial_run.tracker.end_child(run_ids[-1], outcome.state, outcome.tags())
         self._end(wb, name, outcome)
         return outcome
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import signal
 import threading
 import time
@@ -200,8 +201,11 @@ class Controller:
         run = self.active.pop(name)
         if self.engine is not None:
             self.engine.end(name, outcome.state, outcome.reason in INFRA_REASONS)
+        slot = next((s for s in self.sw.slots if s.name == run.worker), None)
         attrs = {"hpo.worker": run.worker, "hpo.backend": "wandb", "hpo.mlflow_run_id": run.mlflow_run_id,
-                 "wandb.run_id": name, "wandb.mode": self.setup["mode"], "hpo.trial": run.number}
+                 "wandb.run_id": name, "wandb.mode": self.setup["mode"], "hpo.trial": run.number,
+                 "hpo.host": socket.gethostname(),
+                 "hpo.cuda_visible_devices": slot.cuda_visible_devices if slot else ""}
         mirror.add_trial(self.study, self.sw.spec, run.params, outcome, run.history, attrs)
 
     def _lost(self, worker: str, reason: str, detail: str) -> None:
@@ -258,10 +262,12 @@ def run(sw: Sweep, online_sweep: str | None = None) -> studymod.Result:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not cut clean-up
         try:
             ctl.stop(interrupted)
             result = studymod.summarize(sw, study, parent, interrupted)
             studymod.close_parent(sw, tracker, exp, result)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
     return result
