@@ -23,13 +23,14 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "inter
 
 ASHA = """
     name: rt
-    method: random
+    method: grid
     metric: {name: val_acc, goal: maximize}
     early_terminate: {type: hyperband, min_iter: 1, max_iter: 4, eta: 2}
     parameters:
       epochs: {value: 4}
       hidden: {value: 16}
-      lr: {distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-1}
+      # Two good learning rates first set the rungs; the six hopeless ones after them must be cut.
+      lr: {values: [0.05, 0.02, 1.0e-6, 2.0e-6, 3.0e-6, 4.0e-6, 5.0e-6, 6.0e-6]}
       optimizer: {value: adam}
       batch_size: {value: 128}
 """
