@@ -351,3 +351,37 @@ def test_exponent_forms_reach_the_engine_as_the_same_law():
     assert params["a"]["distribution"] == "log_uniform_values"
     assert (params["a"]["min"], params["a"]["max"]) == (math.exp(-5), math.exp(-1))
     assert (params["b"]["min"], params["b"]["max"]) == (math.exp(-3), math.exp(-1))
+
+
+def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
+    """An agent killed mid-run: its run FAILED ('worker died') in MLflow and the mirror; the budget still holds."""
+    import signal
+    import subprocess
+    import sys
+
+    sweep = write(tmp_path / "kill.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 40}")
+                  .replace("min_iter: 1", "min_iter: 30"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **wandb_env}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--backend", "wandb", "--offline",
+                             "--workers", "2", "--trials", "4", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "runs" / "wtiny"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until an agent is inside a run (its MLflow child exists)
+        time.sleep(0.5)
+        if (sweep_dir / "mlflow.db").exists() and runs_of(sweep_dir, "wtiny")[3]:
+            break
+    victim = _children(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    trials = load_study(sweep_dir, "wtiny").get_trials()
+    dead = [t for t in trials if t.user_attrs.get("hpo.reason") == "worker died"]
+    assert len(dead) == 1 and dead[0].state == TrialState.FAIL
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4, "the budget still holds"
+    _, _, parents, children = runs_of(sweep_dir, "wtiny")
+    assert parents[0].info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["hpo.reason"] == "worker died"
