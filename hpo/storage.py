@@ -13,6 +13,8 @@ import fcntl
 import json
 import os
 import re
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -56,7 +58,11 @@ def open_storage(url: str) -> BaseStorage:
         else:
             kwargs["pool_pre_ping"] = True
         try:
-            return RDBStorage(url, engine_kwargs=kwargs)
+            # Heartbeats let the controller notice a worker on another machine that died mid-trial.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=max(1, heartbeat_grace() // 6),
+                                  grace_period=heartbeat_grace())
         except ImportError:
             raise MissingDependency("psycopg[binary]", f"the storage {mask(url)}") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors: one line, password masked
@@ -92,6 +98,53 @@ class FlockLock:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def heartbeat_grace() -> int:
+    """Seconds without a heartbeat after which an RDB trial's worker counts as dead."""
+    value = os.environ.get("HPO_HEARTBEAT_GRACE_S", "60")
+    return int(value) if value.isdigit() and int(value) > 0 else 60
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose worker stopped sending heartbeats (RDB storages only)."""
+    store = study._storage  # noqa: SLF001 - RDBStorage, or Optuna's cache around it
+    if not _heartbeat_interval(store):
+        return []
+    return store._get_stale_trial_ids(study._study_id)  # noqa: SLF001 - Optuna's own staleness query
+
+
+def _heartbeat_interval(store: BaseStorage) -> int | None:
+    getter = getattr(store, "get_heartbeat_interval", None)  # RDBStorage and Optuna's cache around it
+    return getter() if getter else None
+
+
+class Heartbeat:
+    """While a trial runs, record its heartbeat every few seconds (RDB storages; a no-op elsewhere)."""
+
+    def __init__(self, study: optuna.Study, trial_id: int):
+        self._store, self._trial_id = study._storage, trial_id  # noqa: SLF001
+        self._stop = threading.Event()
+        interval = _heartbeat_interval(self._store)
+        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True) if interval else None
+
+    def _beat(self, interval: int) -> None:
+        while not self._stop.is_set():
+            try:
+                self._store.record_heartbeat(self._trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage marks the trial stale
+                pass
+            self._stop.wait(interval)
+
+    def __enter__(self) -> "Heartbeat":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def require_existing(url: str) -> None:

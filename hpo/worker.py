@@ -103,7 +103,8 @@ def serve(cfg: WorkerConfig) -> int:
     try:
         while (trial := storage.claim(study)) is not None:
             try:
-                ctx.run(trial)
+                with storage.Heartbeat(study, trial._trial_id):  # noqa: SLF001
+                    ctx.run(trial)
             except Exception as exc:  # MLflow or storage down: do not leave the trial RUNNING
                 storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
                 raise HpoError(f"worker {ctx.trial_run.worker}: {type(exc).__name__}: {exc}") from exc

@@ -125,3 +125,49 @@ def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
     assert all("s3cret-pw" not in json.dumps(t.user_attrs) for t in trials)
     for log in (tmp_path / "runs" / "pg" / "logs").iterdir():
         assert "s3cret-pw" not in log.read_text()
+
+
+@pytest.mark.postgres
+def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_path, postgres_url):
+    """A worker on 'another machine' (its own hostname, in a UTS namespace) is SIGKILLed mid-trial:
+    the controller cannot see its process, so the trial's missing heartbeat is what fails it."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to give the worker another hostname")
+    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="hb") + "      epochs: {value: 6}\n      sleep: {value: 1.0}\n")
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "HPO_HEARTBEAT_GRACE_S": "6"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ctl = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--storage", postgres_url, "--study",
+                            "hb", "--workers", "1", "--trials", "6", "--trainer", "fault_trainers:slow",
+                            "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "runs" / "hb" / "mlflow.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'hb' / 'mlflow.db'}"
+    remote = subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname remote-box && exec {sys.executable} -m hpo "
+                               f"worker --study hb --tracking-uri {uri} --name remote"],
+                              cwd=tmp_path, env={**env, "HPO_STORAGE": postgres_url}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    import optuna
+
+    from hpo.storage import open_storage
+
+    study = optuna.load_study(study_name="hb", storage=open_storage(postgres_url))
+    victim = None
+    while victim is None and time.monotonic() < deadline + 60:
+        time.sleep(0.5)
+        victim = next((t for t in study.get_trials() if t.state == TrialState.RUNNING
+                       and t.user_attrs.get("hpo.host") == "remote-box"), None)
+    assert victim is not None, "the remote worker took a trial"
+    remote.kill()
+    remote.wait()
+    out, err = ctl.communicate(timeout=240)
+    assert ctl.returncode == 0, err
+    trials = {t.number: t for t in study.get_trials()}
+    dead = trials[victim.number]
+    assert dead.state == TrialState.FAIL and dead.user_attrs["hpo.reason"] == "worker died"
+    assert "no heartbeat" in dead.user_attrs["hpo.error"] and "remote-box" in dead.user_attrs["hpo.error"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 6, "the killed trial was replaced"
+    _, _, parents, children = runs_of(tmp_path / "runs" / "hb", "hb")
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]

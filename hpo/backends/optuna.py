@@ -97,6 +97,7 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
                 pool.start(slot)
         best = studymod.summarize(sw, study, "", False).best_value if c.complete else None
         progress.update(trials, best, pool.alive())
+        _fail_stale(study, tracker)
         if not pool.workers and not c.waiting:
             studymod.fail_orphans(study, tracker, set(), "worker died", "worker gone before the trial ended")
             if not _remote_running(study):
@@ -105,6 +106,18 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
                 if not storage.count(study.get_trials(deepcopy=False)).waiting:
                     return
         time.sleep(POLL_SECONDS)
+
+
+def _fail_stale(study: optuna.Study, tracker) -> None:
+    """Trials whose worker (on any machine) stopped sending heartbeats: failed and re-queued."""
+    stale = set(storage.stale_trial_ids(study))
+    if not stale:
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t._trial_id in stale:  # noqa: SLF001
+            where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
+            studymod.fail_trial(study, tracker, t, "worker died",
+                                f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
 
 
 def _remote_running(study: optuna.Study) -> int:
