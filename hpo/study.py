@@ -59,10 +59,11 @@ def open_parent(sw: Sweep, study: optuna.Study) -> tuple[Tracker, str, str]:
               "backend": sw.backend, "slots": len(sw.slots)}
     parent = tracker.start_parent(exp, sw.name, params, tags, resume_id=study.user_attrs.get("hpo.parent_run_id"))
     attrs = {
-        "hpo.spec": json.dumps(sw.spec.raw), "hpo.parent_run_id": parent, "hpo.experiment_id": exp,
+        "hpo.spec": json.dumps(sw.spec.raw), "hpo.experiment_id": exp,
         "hpo.tracking_uri": sw.tracking_uri if storage.mask(sw.tracking_uri) == sw.tracking_uri else "",
         "hpo.git_sha": git_sha() or "", "hpo.trainer": sw.trainer or "", "hpo.backend": sw.backend,
         "hpo.budget": sw.budget,
+        "hpo.parent_run_id": parent,  # last: a joining `hpo worker` waits for it, then reads the rest
     }
     for key, value in attrs.items():
         study.set_user_attr(key, value)

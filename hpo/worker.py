@@ -58,17 +58,24 @@ def _watch_parent(pid: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def load_study(cfg: WorkerConfig) -> tuple[optuna.Study, specmod.Spec]:
+def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, specmod.Spec]:
+    """The sweep's study and spec; waits up to `wait` s for a controller that is still setting it up."""
     storage.require_existing(cfg.storage)
     store = storage.open_storage(cfg.storage)
-    try:
-        bare = optuna.load_study(study_name=cfg.study, storage=store)
-    except KeyError:
-        raise UsageError(f"--study: no study named {cfg.study!r} in {storage.mask(cfg.storage)}") from None
-    raw = bare.user_attrs.get("hpo.spec")
-    if raw is None:
-        raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
-    spec = specmod.from_dict(json.loads(raw))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            attrs = optuna.load_study(study_name=cfg.study, storage=store).user_attrs
+        except KeyError:
+            attrs = None
+        if attrs is not None and "hpo.parent_run_id" in attrs:
+            break
+        if time.monotonic() > deadline:
+            if attrs is None:
+                raise UsageError(f"--study: no study named {cfg.study!r} in {storage.mask(cfg.storage)}")
+            raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
+        time.sleep(1.0)
+    spec = specmod.from_dict(json.loads(attrs["hpo.spec"]))
     study = optuna.load_study(
         study_name=cfg.study, storage=store, sampler=space.sampler(spec), pruner=space.pruner(spec)
     )

@@ -370,7 +370,8 @@ def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until an agent is inside a run (its MLflow child exists)
         time.sleep(0.5)
-        if (sweep_dir / "mlflow.db").exists() and runs_of(sweep_dir, "wtiny")[3]:
+        # Read the MLflow store only once a wandb run exists: by then the controller has made its schema.
+        if list((sweep_dir / "wandb").glob("offline-run-*")) and runs_of(sweep_dir, "wtiny")[3]:
             break
     victim = _children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
