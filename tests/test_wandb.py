@@ -296,14 +296,11 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
-    import signal
+def _start_offline(tmp_path: Path, wandb_env: dict, sweep: Path, busy_agents: int):
+    """`hpo run --backend wandb --offline` (2 agents, 4 runs) in the background, once `busy_agents` are in a run."""
     import subprocess
     import sys
 
-    sweep = write(tmp_path / "long.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 5000}")
-                  .replace("min_iter: 1", "min_iter: 4000"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **wandb_env}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--backend", "wandb", "--offline",
@@ -311,11 +308,22 @@ def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sweep_dir = tmp_path / "runs" / "wtiny"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until both agents are inside a trial (its MLflow child exists)
-        time.sleep(1)
-        # The MLflow store exists once wandb runs do (the parent comes first): only then read it.
-        if len(list((sweep_dir / "wandb").glob("offline-run-*"))) == 2 and len(runs_of(sweep_dir, "wtiny")[3]) == 2:
+    while time.monotonic() < deadline:  # until the agents are inside a run (its MLflow child exists)
+        time.sleep(0.5)
+        # Read the MLflow store only once wandb runs exist: by then the controller has made its schema.
+        if (len(list((sweep_dir / "wandb").glob("offline-run-*"))) >= busy_agents
+                and len(runs_of(sweep_dir, "wtiny")[3]) >= busy_agents):
             break
+    return proc, sweep_dir
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
+    import signal
+
+    sweep = write(tmp_path / "long.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 5000}")
+                  .replace("min_iter: 1", "min_iter: 4000"))
+    proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=2)
     time.sleep(1)
     agents = _children(proc.pid)
     assert len(agents) == 2
@@ -353,26 +361,14 @@ def test_exponent_forms_reach_the_engine_as_the_same_law():
     assert (params["b"]["min"], params["b"]["max"]) == (math.exp(-3), math.exp(-1))
 
 
+@pytest.mark.slow
 def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
     """An agent killed mid-run: its run FAILED ('worker died') in MLflow and the mirror; the budget still holds."""
     import signal
-    import subprocess
-    import sys
 
     sweep = write(tmp_path / "kill.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 40}")
                   .replace("min_iter: 1", "min_iter: 30"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **wandb_env}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--backend", "wandb", "--offline",
-                             "--workers", "2", "--trials", "4", "--no-progress"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sweep_dir = tmp_path / "runs" / "wtiny"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until an agent is inside a run (its MLflow child exists)
-        time.sleep(0.5)
-        # Read the MLflow store only once a wandb run exists: by then the controller has made its schema.
-        if list((sweep_dir / "wandb").glob("offline-run-*")) and runs_of(sweep_dir, "wtiny")[3]:
-            break
+    proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=1)
     victim = _children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
