@@ -16,8 +16,9 @@ from hpo import storage
 class Progress:
     """A rich Live table on a terminal; one line per finished trial elsewhere (logs, CI)."""
 
-    def __init__(self, title: str, budget: int, metric: str | None, enabled: bool = True):
+    def __init__(self, title: str, budget: int, metric: str | None, direction: str, enabled: bool = True):
         self.title, self.budget, self.metric, self.enabled = title, budget, metric, enabled
+        self.direction = direction
         self.console = Console(stderr=True)
         self.live: Live | None = None
         self._seen: set[int] = set()
@@ -25,12 +26,13 @@ class Progress:
             self.live = Live(console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
 
-    def update(self, trials: Iterable[FrozenTrial], best: float | None, workers: int) -> None:
+    def update(self, trials: Iterable[FrozenTrial], workers: int) -> None:
         if not self.enabled:
             return
         trials = list(trials)
         if self.live is not None:
-            self.live.update(self._table(trials, best, workers))
+            best = storage.best_trial(trials, self.direction)
+            self.live.update(self._table(trials, None if best is None else best.value, workers))
             return
         for t in trials:
             if t.state.is_finished() and t.number not in self._seen:

@@ -31,9 +31,6 @@ class Param:
     distribution: str
     config: Mapping[str, Any] = field(default_factory=dict)
 
-    def get(self, key: str) -> Any:
-        return self.config.get(key)
-
     def grid_count(self) -> int:
         """How many points grid_values() has, without building them (a grid may be huge)."""
         c = self.config

@@ -197,6 +197,14 @@ def count(trials: Iterable[FrozenTrial]) -> Counts:
     return Counts(**c)
 
 
+def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
+    """The best COMPLETE trial for `direction` ("maximize" / "minimize"), or None."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    return (max if direction == "maximize" else min)(done, key=lambda t: t.value)
+
+
 def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None) -> int:
     """Enqueue trials until finished + queued + running == budget; return how many were added."""
     trials = study.get_trials(deepcopy=False)

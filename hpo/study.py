@@ -121,11 +121,7 @@ def fail_trial(study: optuna.Study, tracker: Tracker, t: FrozenTrial, why: str, 
 
 def summarize(sw: Sweep, study: optuna.Study, parent: str, interrupted: bool) -> Result:
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = None
-    if complete:
-        pick = max if sw.spec.direction == "maximize" else min
-        best = pick(complete, key=lambda t: t.value)
+    best = storage.best_trial(trials, sw.spec.direction)
     # Ray and W&B trials keep their own number (the MLflow child's hpo.trial tag) in the mirror.
     extra = {"best_run_id": best.user_attrs.get("hpo.mlflow_run_id"),
              "best_trial_tag": str(best.user_attrs.get("hpo.trial", best.number))} if best else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,3 @@ def run(s: Settings | Sweep):
         from hpo.backends import wandb as backend  # type: ignore[no-redef]
     return backend.run(sw)
 
-
-def with_budget(sw: Sweep, budget: int) -> Sweep:
-    return replace(sw, budget=budget)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from hpo.storage import mask
 
 T = TypeVar("T")
 
@@ -145,6 +144,3 @@ class Tracker:
 def default_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
 
-
-def display_uri(uri: str) -> str:
-    return mask(uri)

@@ -132,12 +132,12 @@ class _Context:
     trainer: Any
     trial_run: TrialRun
 
-    @property
-    def last_step(self) -> int | None:
-        if self.spec.hyperband is None:
-            return None
-        top = space.hyperband_resources(self.spec)[1]
-        return top if isinstance(top, int) else None
+    last_step: int | None = None  # the pruner's max_resource: never prune there
+
+    def __post_init__(self) -> None:
+        if self.spec.hyperband is not None:
+            top = space.hyperband_resources(self.spec)[1]
+            self.last_step = top if isinstance(top, int) else None
 
     def run(self, trial: optuna.Trial) -> Outcome:
         for key, value in (("hpo.worker", self.trial_run.worker), ("hpo.host", socket.gethostname()),

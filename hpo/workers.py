@@ -158,9 +158,6 @@ class Pool:
     def alive(self) -> int:
         return sum(w.proc.poll() is None for w in self.workers.values())
 
-    def pids(self) -> set[int]:
-        return {w.proc.pid for w in self.workers.values()}
-
     def stop(self, grace: float = 8.0) -> list[Exit]:
         """SIGTERM every worker (each ends its trial as interrupted), SIGKILL after `grace` s."""
         for w in self.workers.values():

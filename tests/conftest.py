@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,13 @@ def tiny_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(textwrap.dedent(TINY))
     return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write(path: Path, text: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_hpo, write
+from conftest import free_port, run_hpo, write
 
 TESTS = Path(__file__).parent
 SECRET = "wandb-key-0123456789abcdef-SECRET"
@@ -59,11 +58,6 @@ def test_no_secret_in_any_output_or_store(finished):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _listening(port: int) -> set[str]:
     """Local addresses listening on `port`, read from /proc (IPv4)."""
@@ -77,7 +71,7 @@ def _listening(port: int) -> set[str]:
 
 
 def _dashboard(tmp: Path, sweep: Path, *extra: str):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "dashboard", str(sweep), "--port", str(port), *extra],
                             cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

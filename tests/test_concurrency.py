@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from conftest import load_study, run_hpo, runs_of, write
+from conftest import free_port, load_study, run_hpo, runs_of, write
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -49,11 +48,6 @@ def _pg_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def postgres_url(tmp_path_factory):
@@ -73,7 +67,7 @@ def postgres_url(tmp_path_factory):
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "hpo", "--auth=scram-sha-256",
                     f"--pwfile={pwfile}"], check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
     subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
                     "start"], check=True, capture_output=True)

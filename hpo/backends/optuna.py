@@ -15,6 +15,7 @@ import time
 import optuna
 
 from hpo import storage, study as studymod
+from hpo.backends import sigterm_as_ctrl_c
 from hpo.errors import HpoError
 from hpo.progress import Progress
 from hpo.sweep import Sweep
@@ -22,10 +23,6 @@ from hpo.workers import Exit, Pool, slot_env, threads_per_worker, worker_argv
 
 POLL_SECONDS = 0.25
 MAX_QUICK_DEATHS = 5  # a worker that dies this often within seconds of starting is broken
-
-
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
 
 
 def make_pool(sw: Sweep, extra_env: dict[str, str] | None = None) -> Pool:
@@ -46,8 +43,8 @@ def run(sw: Sweep) -> studymod.Result:
     storage.queue_retries(study, sw.options.get("retries", 0))
     storage.fill_queue(study, sw.budget, sw.grid)
     pool = make_pool(sw)
-    progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.progress)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.spec.direction, sw.progress)
+    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
     interrupted, aborted = False, False
     previous_int = signal.getsignal(signal.SIGINT)
     try:
@@ -93,10 +90,8 @@ def _watch(sw: Sweep, study: optuna.Study, tracker, pool: Pool, progress: Progre
         trials = study.get_trials(deepcopy=False)
         c = storage.count(trials)
         if c.waiting:
-            for slot in [s for s in pool.slots if s.index not in pool.workers]:
-                pool.start(slot)
-        best = studymod.summarize(sw, study, "", False).best_value if c.complete else None
-        progress.update(trials, best, pool.alive())
+            pool.fill()
+        progress.update(trials, pool.alive())
         _fail_stale(study, tracker)
         if not pool.workers and not c.waiting:
             studymod.fail_orphans(study, tracker, set(), "worker died", "worker gone before the trial ended")

@@ -239,8 +239,7 @@ class Session:
         running = [SimpleNamespace(number=trial_number(tid), state=TrialState.RUNNING, intermediate_values=s.values,
                                    user_attrs={"hpo.worker": s.worker, "hpo.cuda_visible_devices": s.cuda})
                    for tid, s in self.seen.items()]
-        best = studymod.summarize(self.sw, self.study, "", False).best_value
-        self.progress.update([*self.trials, *running], best, len(running))
+        self.progress.update([*self.trials, *running], len(running))
 
 
 _sessions: dict[str, Session] = {}
@@ -371,7 +370,7 @@ def run(sw: Sweep) -> studymod.Result:
             if started:
                 ray.shutdown()
             raise
-    progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.progress)
+    progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.spec.direction, sw.progress)
     session = _sessions[sw.name] = Session(sw, study, tracker, exp, progress)
     previous = signal.signal(signal.SIGTERM, _sigterm_to_sigint)
     tune_log = logging.getLogger("ray.tune")

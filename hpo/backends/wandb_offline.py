@@ -32,6 +32,7 @@ import optuna
 
 from hpo import mirror
 from hpo import study as studymod
+from hpo.backends import sigterm_as_ctrl_c
 from hpo.backends.wandb_engine import Engine
 from hpo.errors import HpoError
 from hpo.progress import Progress
@@ -123,7 +124,7 @@ class Controller:
             trainer=sw.trainer, parent_pid=os.getpid(), extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(sw.slots), lambda s: list(plan[s.index].argv), lambda s: dict(plan[s.index].env),
                          sw.dir / "logs")
-        self.progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.progress)
+        self.progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.spec.direction, sw.progress)
         self.setup = {
             "study": sw.name, "tracking_uri": sw.tracking_uri, "experiment_id": exp, "parent_id": parent,
             "metric": sw.spec.metric, "trainer": sw.trainer, "dir": str(sw.dir.resolve()),
@@ -148,7 +149,7 @@ class Controller:
                         raise HpoError(f"wandb agents keep dying at start; see {self.sw.dir / 'logs'}")
                     if self._more():
                         self.pool.start(e.slot)
-            self.progress.update(self.study.get_trials(deepcopy=False), self._best(), self.pool.alive())
+            self.progress.update(self.study.get_trials(deepcopy=False), self.pool.alive())
             if not self.pool.workers:
                 return
 
@@ -217,9 +218,6 @@ class Controller:
                     self.tracker.end_child(run.mlflow_run_id, state, {"hpo.reason": reason, "hpo.error": detail})
                 self._end(name, Outcome(state, reason=reason, error=detail))
 
-    def _best(self) -> float | None:
-        return studymod.summarize(self.sw, self.study, "", False).best_value
-
     def stop(self, interrupted: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.pool.stop()
@@ -245,17 +243,13 @@ def previous_runs(study: optuna.Study, metric: str | None):
                reason in INFRA_REASONS)
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(sw: Sweep, online_sweep: str | None = None) -> studymod.Result:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = studymod.open_study(sw)
     tracker, exp, parent = studymod.open_parent(sw, study)
     ctl = Controller(sw, study, tracker, exp, parent, online_sweep)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
     interrupted = False
     try:
         ctl.serve()
