@@ -7,6 +7,7 @@ or on other machines.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -38,6 +39,22 @@ def _clip(value: Any, limit: int = 6000) -> str:
     return text[:limit]
 
 
+@functools.lru_cache(maxsize=1)
+def _sqlite_wal() -> None:
+    """SQLite stores in WAL mode with NORMAL sync: a commit no longer waits for an fsync of the
+    whole database, and readers (the MLflow UI) do not block the workers' writes."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _pragmas(dbapi_connection, record):  # noqa: ARG001
+        if type(dbapi_connection).__module__.startswith("sqlite3"):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+
 class Tracker:
     """Thin, retrying wrapper over MlflowClient for hpo's run layout."""
 
@@ -51,6 +68,8 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = tracking_uri
+        if tracking_uri.startswith("sqlite:"):
+            _sqlite_wal()
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
     # -- parent ---------------------------------------------------------
