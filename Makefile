@@ -7,14 +7,15 @@ PY     := $(VENV)/bin/python
 HPO    := $(VENV)/bin/hpo
 ARGS   ?=
 
-.PHONY: setup sweep test test-fast bench dashboard mlflow-ui clean
+.PHONY: setup sweep test test-fast bench dashboard mlflow-ui clean constraints
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions the tests passed with: a fresh machine gets the same set.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 sweep: setup
@@ -38,3 +39,7 @@ mlflow-ui: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# After changing dependencies: re-resolve, run the tests, then commit the new pins.
+constraints:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^hpo' > constraints.txt

@@ -67,7 +67,7 @@ def plain(trials: int, epochs: int, hidden: int, batch: int, root: Path) -> tupl
 
 
 def with_hpo(trials: int, epochs: int, hidden: int, batch: int, root: Path) -> tuple[float, int]:
-    from hpo import sweep
+    from hpo import api as sweep
 
     path = root / "sweep.yaml"
     path.write_text(textwrap.dedent(SWEEP.format(epochs=epochs, hidden=hidden, batch=batch)))

@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Callable
 
+from hpo.backends.base import ENGINES
 from hpo.errors import HpoError, SpecError, UsageError
 
 
@@ -26,14 +27,14 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/NAME/mlflow.db)")
     p.add_argument("--root", default="runs", help="folder that holds one sub-folder per sweep (default: runs)")
     if with_run:
-        p.add_argument("--backend", default="optuna", choices=["optuna", "ray", "wandb"])
+        p.add_argument("--backend", default="optuna", choices=list(ENGINES), help="the engine (default: optuna)")
         p.add_argument("--trials", type=int, help="trial budget across all workers (default: run_cap, else 20)")
         p.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
         p.add_argument("--workers-per-gpu", type=int, default=1)
         p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
         p.add_argument("--retries", type=int, default=0,
-                       help="re-run a failed or killed trial's params up to N times (optuna backend)")
+                       help="re-run a failed or killed trial's params up to N times")
         p.add_argument("--no-progress", action="store_true", help="no live table; one line per finished trial")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
         p.add_argument("--ray-scheduler", default="asha", choices=["asha", "hyperband"],
@@ -45,36 +46,38 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
 
 
 def _settings(a: argparse.Namespace):
-    from hpo.sweep import Settings
+    from hpo.api import Settings
 
     return Settings(
         sweep_file=a.sweep_file, space=a.space, backend=getattr(a, "backend", "optuna"), study=a.study,
         storage=a.storage, tracking_uri=a.tracking_uri, root=a.root, trials=getattr(a, "trials", None),
         gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
-        progress=not getattr(a, "no_progress", False),
-        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline", "retries")
+        retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
+        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline")
                  if getattr(a, k, None) not in (None, False)},
     )
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from hpo import sweep
+    from hpo import api
 
-    sw = sweep.prepare(_settings(a))
-    print(f"hpo: sweep {sw.name!r} on {sw.backend}: {sw.budget} trials over {len(sw.slots)} worker(s) "
-          f"[{', '.join(s.name for s in sw.slots)}]; writing {sw.dir}/", file=sys.stderr)
-    result = sweep.run(sw)
+    plan = api.prepare(_settings(a))
+    print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {len(plan.slots)} worker(s) "
+          f"[{', '.join(s.name for s in plan.slots)}]; writing {plan.dir}/", file=sys.stderr)
+    result = api.run(plan)
     c = result.counts
     print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
-                      "best_params": result.best_params, "complete": c.complete, "pruned": c.pruned,
-                      "failed": c.failed, "parent_run_id": result.parent_run_id,
-                      "interrupted": result.interrupted}, default=str))
-    return 130 if result.interrupted else 0
+                      "best_params": result.best_params, "best_run_id": result.best_run_id,
+                      "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
+                      "parent_run_id": result.parent_run_id, "interrupted": result.interrupted}, default=str))
+    if result.exit_code == 1:
+        print(f"hpo: {result.failure_summary()}", file=sys.stderr)
+    return result.exit_code
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from hpo.worker import WorkerConfig, serve
+    from hpo.backends.optuna.worker import WorkerConfig, serve
 
     store = a.storage or os.environ.get("HPO_STORAGE")
     if not store:
@@ -83,7 +86,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
     threads = int(threads) if threads.isdigit() and int(threads) > 0 else None
     cfg = WorkerConfig(a.study, store, a.tracking_uri or os.environ.get("HPO_TRACKING_URI"), a.name or "",
                        a.trainer, a.parent_pid, threads)
-    from hpo.report import Interrupted
+    from hpo.trial import Interrupted
 
     try:
         n = serve(cfg)
@@ -100,10 +103,10 @@ def cmd_agent(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from hpo import sweep
+    from hpo import api
 
     try:
-        sw = sweep.prepare(_settings(a))
+        sw = api.prepare(_settings(a))
     except SpecError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -116,27 +119,25 @@ def cmd_validate(a: argparse.Namespace) -> int:
 def cmd_explain(a: argparse.Namespace) -> int:
     from hpo import explain, spec
 
-    print(explain.explain(spec.load(a.sweep_file, a.space)))
+    loaded = spec.load(a.sweep_file, a.space)
+    if a.json:
+        print(json.dumps(explain.as_json(loaded, _settings(a).options)))
+    else:
+        print(explain.explain(loaded, _settings(a).options))
     return 0
 
 
-def _open(a: argparse.Namespace):
-    from hpo import query as insp
-
-    return insp.open_existing(_settings(a))
-
-
 def cmd_status(a: argparse.Namespace) -> int:
-    from hpo import query as insp
+    from hpo import status
 
-    print(insp.status_text(*_open(a)))
+    print(status.status_text(*status.open_existing(_settings(a))))
     return 0
 
 
 def cmd_best(a: argparse.Namespace) -> int:
-    from hpo import query as insp
+    from hpo import status
 
-    print(json.dumps(insp.best(*_open(a)), default=str))
+    print(json.dumps(status.best(*status.open_existing(_settings(a))), default=str))
     return 0
 
 
@@ -144,7 +145,7 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from hpo import dashboard, storage
-    from hpo.sweep import prepare
+    from hpo.api import prepare
 
     if not 1 <= a.port <= 65535:
         raise UsageError(f"--port: must be 1-65535 (got {a.port})")
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _sweep_args(p, with_run=name in ("run", "validate"))
         p.set_defaults(fn=fn)
+        if name == "explain":
+            p.add_argument("--json", action="store_true", help="one JSON object: each engine's rungs")
         if name == "dashboard":
             p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             p.add_argument("--port", type=int, default=8080)

@@ -1,54 +1,40 @@
-"""`hpo explain`: what "hyperband" will actually do on each engine for this sweep."""
+"""`hpo explain`: what "hyperband" will actually do on each engine, asked of each engine itself.
+
+Each engine's `schedule()` reads the numbers from the same code that builds its
+pruner or scheduler, and says plainly when it cannot run the sweep at all.
+"""
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
-from hpo import space
+from hpo.backends import base
+from hpo.errors import HpoError
 from hpo.spec import Spec
 
 
-def _optuna(spec: Spec) -> list[str]:
-    low, top, eta = space.hyperband_resources(spec)
-    if top == "auto":
-        return [f"Optuna  HyperbandPruner(min_resource={low}, max_resource='auto', reduction_factor={eta}):",
-                "        max_resource is learned from the first finished trial."]
-    n = int(math.floor(math.log(top / low, eta) + 1e-9)) + 1
-    lines = [f"Optuna  HyperbandPruner(min_resource={low}, max_resource={top}, reduction_factor={eta}): "
-             f"{n} bracket(s) of successive halving; each trial lands in one bracket (by a hash of its number)."]
-    for b in range(n):
-        rungs = [low * eta ** (b + k) for k in range(n - b) if low * eta ** (b + k) < top]
-        lines.append(f"        bracket {b}: keeps the top 1/{eta} at steps {rungs or '(none: runs to the end)'}")
-    return lines
+def schedules(spec: Spec, options: dict | None = None) -> list[base.Schedule]:
+    out = []
+    for name in base.ENGINES:
+        try:
+            out.append(base.get(name).schedule(spec, dict(options or {})))
+        except HpoError as exc:  # e.g. the engine's package is not installed
+            out.append(base.Schedule(name, problem=str(exc), lines=(f"{name}: {exc}",)))
+    return out
 
 
-def _ray(spec: Spec) -> list[str]:
-    low, top, eta = space.hyperband_resources(spec)
-    top = top if top != "auto" else 100
-    rungs, r = [], low
-    while r < top:
-        rungs.append(r)
-        r *= eta
-    return [f"Ray     ASHA(grace_period={low}, max_t={top}, reduction_factor={eta}): asynchronous; at steps "
-            f"{rungs} a trial continues only if it is in the top 1/{eta} of trials that reached that step."]
-
-
-def _wandb(spec: Spec) -> list[str]:
-    hb = spec.hyperband
-    top = space.max_epochs(spec) or 100
-    bands = [b for b in hb.rungs(limit=top) if b < top]
-    return [f"W&B     hyperband (eta={hb.eta}): one ladder; a running run is stopped once its history passes "
-            f"index {bands} (after {[b + 1 for b in bands]} reports) if its {spec.metric} is outside the "
-            f"top 1/{hb.eta} of all runs' values there."]
-
-
-def explain(spec: Spec) -> str:
-    head = f"{spec.name or 'sweep'}: method {spec.method}, metric {spec.metric} ({spec.goal}), {len(spec.params)} parameters"
+def explain(spec: Spec, options: dict | None = None) -> str:
+    head = (f"{spec.name or 'sweep'}: method {spec.method}, metric {spec.metric} ({spec.goal}), "
+            f"{len(spec.params)} parameters")
+    lines = [head]
     if spec.hyperband is None:
-        return head + "\nno early_terminate: every trial runs all its epochs on every engine."
-    lines = [head, *_wandb(spec), *_ray(spec)]
-    try:
-        lines += _optuna(spec)
-    except Exception as exc:  # noqa: BLE001 - a distribution Optuna rejects
-        lines.append(f"Optuna  cannot run this sweep: {exc}")
+        lines.append("no early_terminate: every trial runs all its epochs on every engine.")
+    for s in schedules(spec, options):
+        lines += s.lines
     return "\n".join(lines)
+
+
+def as_json(spec: Spec, options: dict | None = None) -> dict[str, Any]:
+    return {s.engine: {"runs": s.runs, "problem": s.problem, "rungs": list(s.rungs),
+                       "stops_only_at_rungs": s.stops_only_at_rungs, "lines": list(s.lines)}
+            for s in schedules(spec, options)}

@@ -1,8 +1,9 @@
-"""Mirror trials that ran on Ray or W&B into the sweep's Optuna study.
+"""Trials that ran on Ray or W&B, written into the sweep's Optuna study as they run.
 
-Every finished trial is added with its params and their distributions, its
-per-step intermediate values, its final value and its state, so `hpo dashboard`
-shows a Ray or W&B sweep like an Optuna one.
+A trial appears RUNNING when it starts (so `hpo status` and optuna-dashboard show it),
+gets its per-step values as they are reported, and ends with its value and state. Its
+params carry Optuna distributions that contain them, whatever the W&B distribution.
+Only the controller writes the mirror.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hpo.report import Outcome
 from hpo.spec import Spec
-
-STATE = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
-         "failed": TrialState.FAIL, "interrupted": TrialState.FAIL}
+from hpo.trial import Outcome, State
 
 
 def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
     """An Optuna distribution that contains `value` for a spec parameter (any W&B distribution)."""
-    from hpo import space
+    from hpo.backends.optuna import space
 
     try:
         dist = space.to_optuna(spec.param(name))
@@ -33,7 +31,10 @@ def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
         pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return CategoricalDistribution([value])
-    p = spec.param(name)
+    try:
+        p = spec.param(name)
+    except StopIteration:
+        return CategoricalDistribution([value])
     c = p.config
     lo, hi = c.get("min", value), c.get("max", value)
     if "normal" in p.distribution:  # show the bulk of the law (mu +- 4 sigma), not one point
@@ -51,20 +52,29 @@ def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
     return FloatDistribution(float(lo), float(hi))
 
 
-def add_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], outcome: Outcome,
-              intermediate: Mapping[int, float], user_attrs: Mapping[str, Any]) -> int:
-    """Add one finished trial to the study; return its Optuna trial number."""
-    state = STATE[outcome.state]
-    values = {int(k): float(v) for k, v in intermediate.items() if math.isfinite(v)}
-    value = outcome.value
+def start_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
+    """A RUNNING trial with the params the engine chose; returns its storage id."""
+    template = optuna.trial.create_trial(
+        params=dict(params), distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
+        state=TrialState.RUNNING, user_attrs=dict(user_attrs))
+    return study._storage.create_new_trial(study._study_id, template_trial=template)  # noqa: SLF001
+
+
+def report(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
+    if math.isfinite(value):
+        study._storage.set_trial_intermediate_value(trial_id, int(step), float(value))  # noqa: SLF001
+
+
+def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attrs: Mapping[str, Any]) -> None:
+    """Its outcome's tags as user attrs, then its end state (and value when complete)."""
+    store = study._storage  # noqa: SLF001
     attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != "hpo.state"}}
-    trial = optuna.trial.create_trial(
-        params=dict(params),
-        distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
-        value=value if state == TrialState.COMPLETE else None,
-        intermediate_values=values,
-        state=state,
-        user_attrs=attrs,
-    )
-    study.add_trial(trial)
-    return len(study.get_trials(deepcopy=False)) - 1
+    for key, value in attrs.items():
+        store.set_trial_user_attr(trial_id, key, value)
+    complete = outcome.state == State.COMPLETE and outcome.value is not None
+    try:
+        store.set_trial_state_values(trial_id, state=outcome.state.optuna_state if complete or
+                                     outcome.state != State.COMPLETE else TrialState.FAIL,
+                                     values=[float(outcome.value)] if complete else None)
+    except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)
+        pass

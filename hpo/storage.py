@@ -25,9 +25,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, MissingDependency, UsageError
+from hpo.trial import INFRA_REASONS
 
-# Failures that are not the trial's fault: the trial is re-run and not counted.
-INFRA_REASONS = ("worker died", "interrupted")
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
 
 
@@ -235,19 +234,22 @@ def queue_retries(study: optuna.Study, retries: int) -> int:
     """
     if retries <= 0:
         return 0
-    trials = study.get_trials(deepcopy=False)
-    done = retried_numbers(trials)
     added = 0
-    for t in trials:
+    for t in retry_candidates(study.get_trials(deepcopy=False), retries):
         attempt = int(t.user_attrs.get("hpo.attempt", 0))
-        if t.state != TrialState.FAIL or t.number in done or attempt >= retries or not t.params:
-            continue
         attrs = {"hpo.queued": True, "hpo.retry_of": t.number, "hpo.attempt": attempt + 1}
         if "hpo.grid_point" in t.user_attrs:
             attrs["hpo.grid_point"] = t.user_attrs["hpo.grid_point"]
         study.enqueue_trial(dict(t.params), user_attrs=attrs)
         added += 1
     return added
+
+
+def retry_candidates(trials: list[FrozenTrial], retries: int) -> list[FrozenTrial]:
+    """Failed trials (trainer error, dead worker, Ctrl-C) not yet re-run `retries` times."""
+    done = retried_numbers(trials)
+    return [t for t in trials if t.state == TrialState.FAIL and t.number not in done and t.params
+            and int(t.user_attrs.get("hpo.attempt", 0)) < retries]
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

@@ -17,8 +17,6 @@ from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 
-# hpo's closed set of trial states -> MLflow run status.
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -117,9 +115,10 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def end_child(self, run_id: str, state: str, tags: Mapping[str, str] | None = None) -> None:
-        self.set_tags(run_id, {"hpo.state": state, **(tags or {})})
-        _retry(lambda: self.client.set_terminated(run_id, status=STATUS[state]))
+    def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child."""
+        self.set_tags(run_id, dict(tags or {}))
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
 
     # -- batched logging ------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -145,19 +144,10 @@ class Tracker:
             _retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
     # -- queries ----------------------------------------------------------
-    def children(self, experiment_id: str, parent_id: str) -> list[Any]:
-        return _retry(lambda: self.client.search_runs(
-            [experiment_id], filter_string=f"tags.{PARENT_TAG} = '{parent_id}'", max_results=50000))
-
-    def end_running_children(self, experiment_id: str, parent_id: str, why: str) -> int:
-        """Close every child still RUNNING (its worker is gone): KILLED/FAILED with a reason."""
-        n = 0
-        for run in self.children(experiment_id, parent_id):
-            if run.info.status == "RUNNING":
-                state = "interrupted" if why == "interrupted" else "failed"
-                self.end_child(run.info.run_id, state, {"hpo.reason": why})
-                n += 1
-        return n
+    def children(self, experiment_id: str, parent_id: str, running_only: bool = False) -> list[Any]:
+        """The parent's child runs (only those still RUNNING: the store filters, nothing else is fetched)."""
+        where = f"tags.{PARENT_TAG} = '{parent_id}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
+        return _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50000))
 
 
 def default_uri(sweep_dir: Path) -> str:

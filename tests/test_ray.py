@@ -37,10 +37,11 @@ ASHA = """
 
 
 def ray_trials(sweep_dir: Path):
-    """Ray's own record of the experiment (runs/NAME/ray/tune)."""
+    """Ray's own record of every Tuner the sweep ran (runs/NAME/ray/tune-*), oldest first."""
     from ray.tune import ExperimentAnalysis
 
-    return ExperimentAnalysis(str((sweep_dir / "ray" / "tune").resolve())).trials
+    found = sorted((sweep_dir / "ray").glob("tune-*"), key=lambda p: p.stat().st_mtime)
+    return [t for path in found for t in ExperimentAnalysis(str(path.resolve())).trials]
 
 
 def summary(out) -> dict:
@@ -183,24 +184,23 @@ def test_interrupt_then_resume_skips_finished_trials(tmp_path):
     assert proc.returncode == 130, stderr
     assert json.loads(stdout.strip().splitlines()[-1])["interrupted"] is True
     _, _, _, first = runs_of(sweep_dir, "resume")
-    done_first = {c.data.tags["hpo.ray_trial_id"]: c.info.run_id for c in first
+    done_first = {c.data.params["lr"]: c.info.run_id for c in first
                   if c.data.tags["hpo.state"] in ("complete", "pruned")}
     assert 2 <= len(done_first) < 8
     assert all(c.info.status != "RUNNING" for c in first)
     assert {c.data.tags["hpo.state"] for c in first if c.info.run_id not in done_first.values()} <= {"interrupted"}
 
-    run_hpo(*args, cwd=tmp_path, env=env, check=True)
-    trials = ray_trials(sweep_dir)
-    assert len(trials) == 8 and {t.status for t in trials} == {"TERMINATED"}
+    out = run_hpo(*args, cwd=tmp_path, env=env, check=True)
+    assert summary(out)["complete"] + summary(out)["pruned"] == 8
     _, _, parents, children = runs_of(sweep_dir, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [c for c in children if c.data.tags["hpo.state"] in ("complete", "pruned")]
-    per_trial = Counter(c.data.tags["hpo.ray_trial_id"] for c in finished)
-    assert len(per_trial) == 8 and set(per_trial.values()) == {1}, "each Ray trial finished exactly once"
-    for tid, run_id in done_first.items():  # finished before Ctrl-C: not run again
-        assert [c.info.run_id for c in children if c.data.tags["hpo.ray_trial_id"] == tid] == [run_id]
+    per_point = Counter(c.data.params["lr"] for c in finished)
+    assert len(per_point) == 8 and set(per_point.values()) == {1}, "each grid point finished exactly once"
+    for lr, run_id in done_first.items():  # finished before Ctrl-C: not run again
+        assert [c.info.run_id for c in children if c.data.params["lr"] == lr] == [run_id]
     assert all(c.info.status == STATUS[c.data.tags["hpo.state"]] for c in children)
     mirrored = load_study(sweep_dir, "resume").get_trials()
     kept = [m for m in mirrored if m.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert sorted(m.user_attrs["hpo.ray_trial_id"] for m in kept) == sorted(t.trial_id for t in trials)
+    assert sorted(m.user_attrs["hpo.mlflow_run_id"] for m in kept) == sorted(c.info.run_id for c in finished)
     assert all(m.user_attrs["hpo.reason"] == "interrupted" for m in mirrored if m not in kept)

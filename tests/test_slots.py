@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from hpo.errors import UsageError
-from hpo.workers import discover_gpus, parse_gpus, plan, slot_env, threads_per_worker, worker_argv
+from hpo.backends.optuna.controller import worker_argv
+from hpo.slots import discover_gpus, parse_gpus, plan, slot_env, threads_per_worker
 
 
 @pytest.mark.parametrize("n_gpus,per_gpu", [(4, 1), (4, 2), (8, 1), (8, 3)])
@@ -62,7 +63,7 @@ def test_worker_argv_is_a_list_without_secrets():
 
 
 def test_importing_the_controller_touches_no_gpu_and_no_torch():
-    code = ("import os, sys; before = dict(os.environ); import hpo, hpo.cli, hpo.sweep, hpo.backends.optuna, "
-            "hpo.workers, hpo.study; assert 'torch' not in sys.modules, 'torch imported'; "
+    code = ("import os, sys; before = dict(os.environ); import hpo, hpo.cli, hpo.api, hpo.session, hpo.backends.optuna, "
+            "hpo.slots, hpo.procs, hpo.backends.optuna.controller; assert 'torch' not in sys.modules, 'torch imported'; "
             "assert dict(os.environ) == before")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ W&B's own code (the `sweeps` package) is the reference wherever it defines the s
 from __future__ import annotations
 
 import math
-import time
+import re
 
 import numpy as np
 import optuna
@@ -17,7 +17,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hpo import space, spec, yamlsafe
+from hpo import spec
+from hpo.spec import hyperband
+from hpo.backends.optuna import space
+from hpo.spec import yamlsafe
 from hpo.errors import SpecError, UsageError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,7 +85,7 @@ def wandb_ppf(config: dict, q=QUANTILES):
 def test_inferred_distribution_matches_wandb(config, dist):
     from sweeps.params import HyperParameter
 
-    from hpo.schema import DEFINITIONS
+    from hpo.spec.schema import DEFINITIONS
 
     assert one(config).distribution == dist
     assert HyperParameter("x", config).type == DEFINITIONS[dist]
@@ -229,9 +232,9 @@ def test_q_uniform_grid_is_the_optuna_support():
 def test_optuna_refuses_what_it_cannot_express_and_names_ray_and_wandb(cfg, tmp_path):
     s = make({"opt": {"parameters": {"lr": cfg}}})
     assert s.param("opt.lr").config  # the spec itself is valid W&B
-    with pytest.raises(UsageError) as err:
-        space.check(s)
-    msg = str(err.value)
+    problems = space.check(s)
+    assert len(problems) == 1
+    msg = problems[0]
     assert msg.startswith("parameters.opt.lr: ")
     assert "--backend ray" in msg and "--backend wandb" in msg
     wandb_ppf(cfg, np.array([0.1, 0.5, 0.9]))  # and W&B itself can sample it
@@ -239,12 +242,12 @@ def test_optuna_refuses_what_it_cannot_express_and_names_ray_and_wandb(cfg, tmp_
 
 @pytest.mark.parametrize("cfg", [{"distribution": "beta", "a": 2, "b": 3}, {"distribution": "q_beta", "q": 0.1}])
 def test_beta_is_for_ray_and_wandb_only(cfg):
-    with pytest.raises(UsageError, match=r"^parameters\.x: .*--backend ray or --backend wandb$"):
-        space.check(make({"x": cfg}))
+    (problem,) = space.check(make({"x": cfg}))
+    assert re.match(r"^parameters\.x: .*--backend ray or --backend wandb$", problem)
 
 
 def test_prepare_fails_for_optuna_before_anything_is_written(tmp_path, monkeypatch):
-    from hpo import sweep
+    from hpo import api as sweep
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  w: {distribution: normal}\n")
@@ -323,11 +326,10 @@ def test_grid_needs_discrete_parameters():
     assert got == ["parameters.lr: grid search needs value, values, int_uniform or q_uniform, not uniform"]
 
 
+@pytest.mark.timeout(60)  # building the grid would run for hours
 def test_huge_grid_is_refused_without_building_it():
-    t0 = time.monotonic()
     got = problems({"a": {"min": 0, "max": 10**12}, "b": {"values": list(range(10))}}, method="grid")
     assert got[0].startswith("parameters: the grid has 10,000,000,000,010 points")
-    assert time.monotonic() - t0 < 2
 
 
 # ---------------------------------------------------------------- Hyperband
@@ -394,7 +396,7 @@ def test_hyperband_maps_to_optuna_hyperband_pruner(et, epochs, want):
     pr = space.pruner(s)
     assert isinstance(pr, optuna.pruners.HyperbandPruner)
     assert (pr._min_resource, pr._max_resource, pr._reduction_factor) == want
-    assert space.hyperband_resources(s) == want
+    assert hyperband.resources(s) == want
 
 
 def test_epochs_from_a_categorical_sets_the_max_resource():
@@ -509,14 +511,13 @@ def test_yaml_values_that_are_not_json_are_refused():
         spec.from_dict(raw)
 
 
+@pytest.mark.timeout(60)  # expanding the bomb would run out of memory or time
 def test_yaml_alias_bomb_is_refused_quickly():
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, cur in zip("abcdefgh", "bcdefghi"):
         lines.append(f"{cur}: &{cur} [{','.join(['*' + prev] * 9)}]")
-    t0 = time.monotonic()
     with pytest.raises(SpecError, match="aliases"):
         yamlsafe.load_text("\n".join(lines), label="bomb.yaml")
-    assert time.monotonic() - t0 < 2
 
 
 def test_yaml_ordinary_aliases_and_merges_still_work():
@@ -542,7 +543,7 @@ def test_valid_sweep_round_trip_through_load(tmp_path):
 
 def test_hpo_needs_a_metric_for_every_method(tmp_path, monkeypatch):
     """W&B asks for metric.name only with bayes or hyperband; hpo records each trial's value of it."""
-    from hpo import sweep
+    from hpo import api as sweep
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  x: {values: [1, 2]}\n")

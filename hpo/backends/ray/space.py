@@ -22,8 +22,8 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from hpo import space
-from hpo.spec import Param, Spec
+from hpo.backends.optuna import space
+from hpo.spec import Param, Spec, hyperband
 
 
 def _lognormal(mu: float, sigma: float, q: float | None, _spec: Any = None) -> float:
@@ -113,9 +113,16 @@ class _DefineByRun:
         return {name: _sample(domain) for name, domain in self.ray.items()}
 
 
-def search(spec: Spec, budget: int, concurrency: int,
-           seed: int | None = None) -> tuple[Searcher | BasicVariantGenerator, dict[str, Any], int]:
-    """(search algorithm, Tuner param_space, num_samples) for the sweep's method."""
+def search(spec: Spec, budget: int, concurrency: int, seed: int | None = None,
+           grid_points: list[dict[str, Any]] | None = None) -> tuple[Searcher | BasicVariantGenerator, dict[str, Any], int]:
+    """(search algorithm, Tuner param_space, num_samples) for `budget` more trials of the sweep's method.
+
+    `grid_points`: the grid points still to run (a resumed grid), in W&B's order.
+    """
+    if spec.method == "grid" and grid_points is not None:
+        points = grid_points[:budget]
+        return (BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency), param_space(spec),
+                len(points))
     if spec.method == "bayes":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -134,8 +141,8 @@ def search(spec: Spec, budget: int, concurrency: int,
 def max_t(spec: Spec) -> int:
     """The iteration at which a trial counts as complete (W&B max_iter, else the epochs)."""
     if spec.hyperband is None:
-        return space.max_epochs(spec) or 10**9
-    top = space.hyperband_resources(spec)[1]
+        return hyperband.max_epochs(spec) or 10**9
+    top = hyperband.resources(spec)[1]
     return int(top) if top != "auto" else 100
 
 
@@ -147,7 +154,7 @@ def scheduler(spec: Spec, kind: str = "asha") -> TrialScheduler | None:
     """
     if spec.hyperband is None:
         return None
-    low, _, eta = space.hyperband_resources(spec)
+    low, _, eta = hyperband.resources(spec)
     top = max(max_t(spec), low)
     if kind == "hyperband":
         return HyperBandScheduler(time_attr="training_iteration", max_t=top, reduction_factor=eta,
@@ -155,3 +162,18 @@ def scheduler(spec: Spec, kind: str = "asha") -> TrialScheduler | None:
     return AsyncHyperBandScheduler(time_attr="training_iteration", grace_period=low, max_t=top,
                                    reduction_factor=eta, brackets=int(spec.hyperband.s or 1),
                                    stop_last_trials=False)
+
+
+def rungs(spec: Spec, kind: str = "asha") -> list[int]:
+    """The iterations at which `scheduler(spec, kind)` may stop a trial, read from its own brackets."""
+    sched = scheduler(spec, kind)
+    if sched is None:
+        return []
+    if isinstance(sched, AsyncHyperBandScheduler):
+        return sorted({int(m) for b in sched._brackets for m, _ in b._rungs if m < max_t(spec)})  # noqa: SLF001
+    low, _, eta = hyperband.resources(spec)
+    out, r = [], low
+    while r < max_t(spec):
+        out.append(int(r))
+        r *= eta
+    return out

@@ -1,7 +1,7 @@
 """One W&B agent process per GPU slot; it keeps the trainer, its data and its CUDA context warm.
 
-    python -m hpo.backends.wandb_agent --connect HOST:PORT --name gpu0-w0          # offline controller
-    python -m hpo.backends.wandb_agent --sweep ENTITY/PROJECT/ID --count N [...]   # W&B server (wandb.agent)
+    python -m hpo.backends.wandb.agent --connect HOST:PORT --name gpu0-w0          # offline controller
+    python -m hpo.backends.wandb.agent --sweep ENTITY/PROJECT/ID --count N [...]   # W&B server (wandb.agent)
 
 Offline, the hpo controller hands out the runs the engine proposed and says when
 to stop one; online, the W&B server does (a stop arrives from wandb.agent as an
@@ -18,15 +18,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
 from multiprocessing.connection import Client, Connection
 from typing import Any, Mapping
 
-from hpo.report import Interrupted, Outcome, Reporter, load_trainer, run_trainer
+from hpo import trainer_ref as trainers
 from hpo.spec import unflatten
+from hpo.trial import Interrupted, Outcome, Reporter, State, close_child, lost, run_trainer
 
 AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
-EXIT_CODE = {"complete": 0, "pruned": 0, "failed": 1, "interrupted": 255}
 
 
 def _on_sigterm(signum, frame):
@@ -78,7 +77,7 @@ class Agent:
             conn.send(("hello", name))
             self.setup = conn.recv()[1]
         self.trainer_ref = trainer_ref or self.setup.get("trainer")
-        self.trainer = load_trainer(self.trainer_ref)
+        self.trainer = trainers.load(self.trainer_ref)
         self.trial_run = self._trial_run() if self.setup else None
         if os.environ.get("HPO_THREADS") and "torch" in sys.modules:
             import torch
@@ -86,7 +85,7 @@ class Agent:
             torch.set_num_threads(int(os.environ["HPO_THREADS"]))
 
     def _trial_run(self):
-        from hpo.runner import TrialRun
+        from hpo.trial import TrialRun
         from hpo.tracking import Tracker
 
         s = self.setup
@@ -124,28 +123,28 @@ class Agent:
                     number, params, self.trainer, metric, should_stop=lambda s, v: stop[0],
                     on_start=started, on_report=on_report)
         except Interrupted:
-            self._end(wb, name, Outcome("interrupted", reason="interrupted"))
+            self._end(wb, name, lost("interrupted"))
             raise
         before = outcome
-        if stop[0] and outcome.state == "pruned":
-            outcome = Outcome("pruned", outcome.value, reason="stopped by W&B hyperband")
+        if stop[0] and outcome.state == State.PRUNED:
+            outcome = Outcome(State.PRUNED, outcome.value, reason="stopped by W&B hyperband")
         elif self.online and outcome.error_type == "Exception" and not outcome.error:
             # wandb.agent stops an in-process run by raising a bare Exception in its thread.
-            outcome = Outcome("pruned", outcome.value, reason="stopped by the W&B sweep controller")
+            outcome = Outcome(State.PRUNED, outcome.value, reason="stopped by the W&B sweep controller")
         if outcome is not before and run_ids and self.trial_run is not None:
             # The child run was closed with the trainer's view; record W&B's (same as the mirror).
-            self.trial_run.tracker.end_child(run_ids[-1], outcome.state, outcome.tags())
+            close_child(self.trial_run.tracker, run_ids[-1], outcome)
         self._end(wb, name, outcome)
         return outcome
 
     def _end(self, wb: Any, name: str, outcome: Outcome) -> None:
         if self.conn is not None:
             try:
-                self.conn.send(("end", name, asdict(outcome)))
+                self.conn.send(("end", name, outcome.fields()))
             except OSError:  # the controller is gone (interrupt): the run still ends below
                 pass
-        wb.summary["hpo_state"] = outcome.state
-        wb.finish(exit_code=EXIT_CODE[outcome.state])
+        wb.summary["hpo_state"] = outcome.state.value
+        wb.finish(exit_code=outcome.state.exit_code)
 
     # -- offline: runs from the hpo controller ---------------------------
     def serve_offline(self) -> int:
@@ -181,7 +180,7 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hpo.backends.wandb_agent")
+    p = argparse.ArgumentParser(prog="hpo.backends.wandb.agent")
     p.add_argument("--name", default=f"agent-{os.getpid()}")
     p.add_argument("--connect", help="HOST:PORT of the hpo controller (authkey in $HPO_WANDB_AUTHKEY)")
     p.add_argument("--sweep", help="ENTITY/PROJECT/SWEEP_ID on the W&B server")

@@ -18,18 +18,13 @@ from typing import Any
 
 import optuna
 
-from hpo import space, spec as specmod, storage
+from hpo import spec as specmod
+from hpo import storage, trainer_ref
+from hpo.backends.optuna import space
 from hpo.errors import HpoError, UsageError
-from hpo.report import Interrupted, Outcome, load_trainer
-from hpo.runner import TrialRun
+from hpo.spec import hyperband
 from hpo.tracking import Tracker
-
-OPTUNA_STATE = {
-    "complete": optuna.trial.TrialState.COMPLETE,
-    "pruned": optuna.trial.TrialState.PRUNED,
-    "failed": optuna.trial.TrialState.FAIL,
-    "interrupted": optuna.trial.TrialState.FAIL,
-}
+from hpo.trial import Interrupted, Outcome, State, TrialRun, lost
 
 
 @dataclass(frozen=True)
@@ -90,8 +85,8 @@ def serve(cfg: WorkerConfig) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, spec = load_study(cfg)
     attrs = study.user_attrs
-    trainer_ref = cfg.trainer or attrs.get("hpo.trainer")
-    trainer = load_trainer(trainer_ref)
+    ref = cfg.trainer or attrs.get("hpo.trainer")
+    trainer = trainer_ref.load(ref)
     if cfg.threads and "torch" in __import__("sys").modules:
         import torch
 
@@ -103,7 +98,7 @@ def serve(cfg: WorkerConfig) -> int:
     ctx = _Context(study, spec, space.distributions(spec), trainer, TrialRun(
         tracker=Tracker(uri), experiment_id=attrs["hpo.experiment_id"],
         parent_id=attrs["hpo.parent_run_id"], backend="optuna", study=study.study_name,
-        worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=trainer_ref,
+        worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=ref,
         extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
     ))
     done = 0
@@ -136,8 +131,7 @@ class _Context:
 
     def __post_init__(self) -> None:
         if self.spec.hyperband is not None:
-            top = space.hyperband_resources(self.spec)[1]
-            self.last_step = top if isinstance(top, int) else None
+            self.last_step = hyperband.last_step(self.spec)
 
     def run(self, trial: optuna.Trial) -> Outcome:
         for key, value in (("hpo.worker", self.trial_run.worker), ("hpo.host", socket.gethostname()),
@@ -154,7 +148,7 @@ class _Context:
                       if f"hpo.{k}" in trial.user_attrs},
             )
         except Interrupted:
-            self._tell(trial, Outcome("interrupted", reason="interrupted"))
+            self._tell(trial, lost("interrupted"))
             raise
         self._tell(trial, outcome)
         return outcome
@@ -163,10 +157,10 @@ class _Context:
         for key, value in outcome.tags().items():
             if key != "hpo.state":
                 trial.set_user_attr(key, value)
-        if outcome.state == "complete":
+        if outcome.state == State.COMPLETE:
             self.study.tell(trial, outcome.value)
         else:
-            self.study.tell(trial, state=OPTUNA_STATE[outcome.state])
+            self.study.tell(trial, state=outcome.state.optuna_state)
 
 
 def _prune(trial: optuna.Trial, step: int, value: float, last_step: int | None) -> bool:

@@ -1,4 +1,4 @@
-"""Load, validate and flatten a W&B-format sweep.yaml.
+"""Load and validate a W&B-format sweep.yaml into a Spec.
 
 Validation uses W&B's own JSON schema (shipped by the `sweeps` package) plus the
 semantic checks the schema cannot express. Every problem is reported as
@@ -9,121 +9,15 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from hpo import yamlsafe
 from hpo.errors import SpecError
-from hpo.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
+from hpo.spec import yamlsafe
+from hpo.spec.model import DISCRETE, Hyperband, Param, Spec
+from hpo.spec.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
 
 MAX_GRID_POINTS = 1_000_000
-
-# The distributions a parameter can have, in W&B's names.
-DISCRETE = ("constant", "categorical", "int_uniform", "q_uniform")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One flattened parameter: a dotted name, a W&B distribution and its filled config."""
-
-    name: str
-    distribution: str
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-    def grid_count(self) -> int:
-        """How many points grid_values() has, without building them (a grid may be huge)."""
-        c = self.config
-        if self.distribution == "constant":
-            return 1
-        if self.distribution == "categorical":
-            return len(c["values"])
-        if self.distribution == "int_uniform":
-            return max(0, c["max"] - c["min"] + 1)
-        if self.distribution == "q_uniform":
-            lo, hi = q_range(c)
-            return max(0, hi - lo + 1)
-        raise ValueError(f"{self.name}: {self.distribution} has no grid")
-
-    def grid_values(self) -> list[Any]:
-        """The points a grid search visits, in W&B's order."""
-        c = self.config
-        if self.distribution == "constant":
-            return [c["value"]]
-        if self.distribution == "categorical":
-            return list(c["values"])
-        if self.distribution == "int_uniform":
-            return list(range(c["min"], c["max"] + 1))
-        if self.distribution == "q_uniform":
-            # The multiples of q inside [min, max]: the same support as space.to_optuna.
-            lo, hi = q_range(c)
-            q = c["q"]
-            return [k * q for k in range(lo, hi + 1)]
-        raise ValueError(f"{self.name}: {self.distribution} has no grid")
-
-
-def q_range(config: Mapping[str, Any]) -> tuple[int, int]:
-    """(first, last) k such that k * q lies in [min, max] (a float slack of 1e-9 steps)."""
-    q = config["q"]
-    return math.ceil(config["min"] / q - 1e-9), math.floor(config["max"] / q + 1e-9)
-
-
-@dataclass(frozen=True)
-class Hyperband:
-    """W&B's early_terminate block: one ladder of stop points."""
-
-    min_iter: int | None
-    max_iter: int | None
-    s: int | None
-    eta: float
-    strict: bool = False
-
-    def rungs(self, limit: int = 1000) -> list[int]:
-        """W&B's bands: the history indexes at which its controller may stop a run."""
-        if self.max_iter is not None and self.s is not None:
-            bands, band = [], float(self.max_iter)
-            for _ in range(int(self.s)):
-                band /= self.eta
-                if band < 1:
-                    break
-                bands.append(int(band))
-            return sorted(bands)
-        bands, band = [], self.min_iter or 1  # int * int stays exact, as in W&B
-        while band <= limit and len(bands) < 100:
-            bands.append(int(band))
-            band *= self.eta
-        return bands
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A validated sweep: everything the backends need, nothing engine-specific."""
-
-    raw: Mapping[str, Any]
-    name: str | None
-    method: str
-    metric: str | None
-    goal: str
-    params: tuple[Param, ...]
-    hyperband: Hyperband | None = None
-    run_cap: int | None = None
-
-    @property
-    def direction(self) -> str:
-        return "maximize" if self.goal == "maximize" else "minimize"
-
-    def param(self, name: str) -> Param:
-        return next(p for p in self.params if p.name == name)
-
-    def grid_size(self) -> int:
-        return math.prod(p.grid_count() for p in self.params)
-
-    def grid(self) -> list[dict[str, Any]]:
-        """Every grid point, the last parameter varying fastest."""
-        points: list[dict[str, Any]] = [{}]
-        for p in self.params:
-            points = [{**pt, p.name: v} for pt in points for v in p.grid_values()]
-        return points
 
 
 def load(path: str | Path, space: str | Path | None = None) -> Spec:
@@ -305,15 +199,3 @@ def _hyperband(block: Any) -> Hyperband | None:
         eta=block.get("eta", 3),
         strict=bool(block.get("strict", False)),
     )
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a.b": 1}` -> `{"a": {"b": 1}}`: the nested config W&B hands a run."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hpo import storage
 from hpo.errors import UsageError
-from hpo.sweep import Settings, prepare
+from hpo.api import Settings, prepare
 
 
 def open_existing(s: Settings) -> tuple[optuna.Study, str]:

@@ -18,7 +18,7 @@ from optuna.distributions import (
 )
 
 from hpo.errors import UsageError
-from hpo.spec import Param, Spec
+from hpo.spec import Param, Spec, hyperband
 
 # Distributions only Ray and W&B can sample (Optuna has no normal, no q-log, no weights).
 NOT_IN_OPTUNA = {
@@ -97,43 +97,41 @@ def sampler(spec: Spec, seed: int | None = None) -> optuna.samplers.BaseSampler:
         )
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: trials running in parallel count as bad guesses, so parallel workers spread out.
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
-def max_epochs(spec: Spec) -> int | None:
-    """The most epochs a trial can run, read from an `epochs` parameter if there is one."""
-    try:
-        p = spec.param("epochs")
-    except StopIteration:
-        return None
-    if p.distribution == "constant":
-        return int(p.config["value"])
-    if p.distribution in ("categorical", "int_uniform", "q_uniform"):
-        return int(max(p.grid_values()))
-    return None
-
-
-def hyperband_resources(spec: Spec) -> tuple[int, int | str, int]:
-    """(min_resource, max_resource, reduction_factor) for Optuna's HyperbandPruner."""
-    hb = spec.hyperband
-    assert hb is not None
-    eta = int(hb.eta)
-    top = hb.max_iter or max_epochs(spec) or "auto"
-    if hb.min_iter is not None:
-        low = hb.min_iter
-    else:
-        low = max(1, int(round(hb.max_iter / eta ** int(hb.s))))
-    return low, top, eta
 
 
 def pruner(spec: Spec) -> optuna.pruners.BasePruner:
     """early_terminate hyperband -> HyperbandPruner; none -> no pruning."""
     if spec.hyperband is None:
         return optuna.pruners.NopPruner()
-    low, top, eta = hyperband_resources(spec)
+    low, top, eta = hyperband.resources(spec)
     return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=top, reduction_factor=eta)
 
 
-def check(spec: Spec) -> None:
-    """Fail before anything runs if Optuna cannot run this spec."""
-    distributions(spec)
+def check(spec: Spec) -> list[str]:
+    """What Optuna cannot run in this spec, one line per parameter."""
+    problems = []
+    for p in spec.params:
+        try:
+            to_optuna(p)
+        except UsageError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def schedule_lines(spec: Spec) -> tuple[list[int], list[str]]:
+    """The rungs of the HyperbandPruner that `pruner(spec)` builds, and how to say them."""
+    low, top, eta = hyperband.resources(spec)
+    head = f"Optuna  HyperbandPruner(min_resource={low}, max_resource={top!r}, reduction_factor={eta})"
+    if top == "auto":
+        return [], [head + ": max_resource is learned from the first finished trial."]
+    n = int(math.floor(math.log(top / low, eta) + 1e-9)) + 1
+    lines = [f"{head}: {n} bracket(s) of successive halving; each trial lands in one bracket "
+             "(by a hash of its number)."]
+    rungs: set[int] = set()
+    for b in range(n):  # bracket b is a SuccessiveHalvingPruner with min_early_stopping_rate=b
+        steps = [low * eta ** (b + k) for k in range(n - b) if low * eta ** (b + k) < top]
+        rungs.update(steps)
+        lines.append(f"        bracket {b}: keeps the top 1/{eta} at steps {steps or '(none: runs to the end)'}")
+    return sorted(rungs), lines

@@ -1,8 +1,8 @@
 """The offline W&B controller: W&B's sweep engine in `hpo run`, agents on this machine.
 
-The controller owns the engine (hpo.backends.wandb_engine) and is the only
-writer of the Optuna mirror. One long-lived agent per slot
-(`python -m hpo.backends.wandb_agent`, CUDA_VISIBLE_DEVICES from the slot) talks
+The controller owns the engine (engine.py) and reports each run's events to the
+Session, which writes the Optuna mirror. One long-lived agent per slot
+(`python -m hpo.backends.wandb.agent`, CUDA_VISIBLE_DEVICES from the slot) talks
 to it over a local authenticated socket: it asks for a run, streams each epoch
 and gets "continue" or "stop" back, and says how the run ended. The address is in
 the agent's argv; the authkey only in its environment.
@@ -20,41 +20,27 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener, wait
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import optuna
 
-from hpo import mirror
-from hpo import study as studymod
-from hpo.backends import sigterm_as_ctrl_c
-from hpo.backends.wandb_engine import Engine
-from hpo.errors import HpoError
-from hpo.progress import Progress
-from hpo.report import Outcome, git_sha
-from hpo.storage import INFRA_REASONS
-from hpo.sweep import Sweep
-from hpo.workers import Pool
+from hpo import storage
+from hpo.backends.wandb.engine import Engine
+from hpo.procs import Pool
+from hpo.provenance import git_sha
+from hpo.trial import INFRA_REASONS, Outcome
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
 
 POLL_SECONDS = 0.2
-MAX_QUICK_DEATHS = 5
 AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
-
-
-@dataclass
-class Active:
-    """A run handed to an agent and not yet ended."""
-
-    number: int
-    worker: str
-    params: dict[str, Any]
-    mlflow_run_id: str = ""
-    history: dict[int, float] = field(default_factory=dict)
 
 
 class Server:
@@ -105,37 +91,36 @@ class Server:
 
 
 class Controller:
-    """Hands out the engine's runs, applies its stops, mirrors every ended run."""
+    """Hands out the engine's runs, applies its stops, reports every run's events to the Session."""
 
-    def __init__(self, sw: Sweep, study: optuna.Study, tracker, exp: str, parent: str,
-                 online_sweep: str | None = None):
-        from hpo.backends.wandb import launch_plan
+    def __init__(self, plan: Plan, session: Session, online_sweep: str | None = None):
+        from hpo.backends.wandb.online import launch_plan
 
-        self.sw, self.study, self.tracker, self.exp, self.parent = sw, study, tracker, exp, parent
-        self.engine = None if online_sweep else Engine(sw.spec, sw.budget)
+        self.plan, self.session, self.study = plan, session, session.study
+        self.engine = None if online_sweep else Engine(plan.spec, plan.budget)
         if self.engine is not None:
-            self.engine.resume(previous_runs(study, sw.spec.metric))
-        self.begun = len(study.get_trials(deepcopy=False))
-        self.active: dict[str, Active] = {}
+            self.engine.resume(previous_runs(self.study, plan.spec.metric))
+        self.begun = len(self.study.get_trials(deepcopy=False))
+        self.active: dict[str, str] = {}  # run name -> the agent running it
         self.workers: dict[Connection, str] = {}
         self.server = Server()
-        plan = {p.slot.index: p for p in launch_plan(
-            list(sw.slots), connect=self.server.address, sweep=online_sweep, count=sw.budget if online_sweep else None,
-            trainer=sw.trainer, parent_pid=os.getpid(), extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
-        self.pool = Pool(list(sw.slots), lambda s: list(plan[s.index].argv), lambda s: dict(plan[s.index].env),
-                         sw.dir / "logs")
-        self.progress = Progress(sw.name, sw.budget, sw.spec.metric, sw.spec.direction, sw.progress)
+        launches = {p.slot.index: p for p in launch_plan(
+            list(plan.slots), connect=self.server.address, sweep=online_sweep,
+            count=plan.budget if online_sweep else None, trainer=plan.trainer, parent_pid=os.getpid(),
+            extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
+        self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
+                         lambda s: dict(launches[s.index].env), plan.dir / "logs")
+        self.cuda = {s.name: s.cuda_visible_devices for s in plan.slots}
         self.setup = {
-            "study": sw.name, "tracking_uri": sw.tracking_uri, "experiment_id": exp, "parent_id": parent,
-            "metric": sw.spec.metric, "trainer": sw.trainer, "dir": str(sw.dir.resolve()),
-            "project": sw.options.get("project") or sw.name, "entity": sw.options.get("entity"),
-            "group": sw.name, "git_sha": git_sha() or "none", "mode": "online" if online_sweep else "offline",
-            "names": [p.name for p in sw.spec.params],
+            "study": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": session.experiment_id,
+            "parent_id": session.parent_run_id, "metric": plan.spec.metric, "trainer": plan.trainer,
+            "dir": str(plan.dir.resolve()), "project": plan.options.get("project") or plan.name,
+            "entity": plan.options.get("entity"), "group": plan.name, "git_sha": git_sha() or "none",
+            "mode": "online" if online_sweep else "offline", "names": [p.name for p in plan.spec.params],
         }
 
     # -- the loop ---------------------------------------------------------
     def serve(self) -> None:
-        quick_deaths = 0
         self.pool.start_all()
         while True:
             for conn in self.server.ready(POLL_SECONDS):
@@ -143,18 +128,15 @@ class Controller:
             for e in self.pool.reap():
                 if e.died:
                     self._lost(e.slot.name, "worker died", e.describe())
-                    quick = time.monotonic() - self.pool.restarts_at.get(e.slot.index, 0) < 5
-                    quick_deaths = quick_deaths + 1 if quick else 0
-                    if quick_deaths >= MAX_QUICK_DEATHS:
-                        raise HpoError(f"wandb agents keep dying at start; see {self.sw.dir / 'logs'}")
+                    self.session.worker_exited(f"{e.describe()} on {e.slot.name}", str(self.plan.dir / "logs" / f"{e.slot.name}.log"))
                     if self._more():
                         self.pool.start(e.slot)
-            self.progress.update(self.study.get_trials(deepcopy=False), self.pool.alive())
+            self.session.refresh(self.pool.alive())
             if not self.pool.workers:
                 return
 
     def _more(self) -> bool:
-        return self.engine is not None and self.engine.counted() < self.sw.budget
+        return self.engine is not None and self.engine.counted() < self.plan.budget
 
     def _receive(self, conn: Connection) -> None:
         try:
@@ -172,7 +154,7 @@ class Controller:
         elif kind == "begin":  # online: a run the W&B server handed to this agent
             conn.send(("number", self._begin(self.workers.get(conn, "?"), *args)))
         elif kind == "started":
-            self.active[args[0]].mlflow_run_id = args[1]
+            self.session.child_started(args[0], args[1])
         elif kind == "report":
             conn.send(("stop",) if self._report(*args) else ("continue",))
         elif kind == "end":
@@ -180,55 +162,64 @@ class Controller:
 
     def _next(self, worker: str) -> tuple:
         name = secrets.token_hex(4)  # the W&B run id: unique in the project, as wandb makes them
-        params = self.engine.propose(name)
-        if params is None:
-            return ("done",)
+        retry = self._retry()
+        if retry is not None:
+            params, attrs = dict(retry.params), {"hpo.retry_of": retry.number,
+                                                 "hpo.attempt": int(retry.user_attrs.get("hpo.attempt", 0)) + 1}
+            self.engine.add(name, params, replaces=retry.user_attrs.get("wandb.run_id"))
+        else:
+            params, attrs = self.engine.propose(name), {}
+            if params is None:
+                return ("done",)
         number = len(self.engine.runs) - 1
-        self.active[name] = Active(number, worker, params)
+        self._start(name, number, worker, params, attrs)
         return ("run", {"name": name, "number": number, "params": params})
+
+    def _retry(self):
+        """A failed run to hand out again (`--retries`); its RUNNING retry marks it taken."""
+        if not self.plan.retries or self.engine is None:
+            return None
+        found = storage.retry_candidates(self.session.trials(), self.plan.retries)
+        return found[0] if found else None
+
+    def _start(self, name: str, number: int, worker: str, params: dict[str, Any], attrs: dict) -> None:
+        self.active[name] = worker
+        self.session.trial_started(name, number, params, worker, self.cuda.get(worker, ""),
+                                   {"wandb.run_id": name, "wandb.mode": self.setup["mode"], **attrs})
 
     def _begin(self, worker: str, name: str, params: dict[str, Any]) -> int:
         number, self.begun = self.begun, self.begun + 1
-        self.active[name] = Active(number, worker, params)
+        self._start(name, number, worker, params, {})
         return number
 
     def _report(self, name: str, step: int, metrics: dict[str, float]) -> bool:
-        metric = self.sw.spec.metric
-        if metric in metrics:
-            self.active[name].history[step] = metrics[metric]
+        self.session.trial_reported(name, step, metrics.get(self.plan.spec.metric))
         return self.engine is not None and self.engine.report(name, metrics)
 
     def _end(self, name: str, outcome: Outcome) -> None:
-        run = self.active.pop(name)
+        self.active.pop(name, None)
         if self.engine is not None:
-            self.engine.end(name, outcome.state, outcome.reason in INFRA_REASONS)
-        slot = next((s for s in self.sw.slots if s.name == run.worker), None)
-        attrs = {"hpo.worker": run.worker, "hpo.backend": "wandb", "hpo.mlflow_run_id": run.mlflow_run_id,
-                 "wandb.run_id": name, "wandb.mode": self.setup["mode"], "hpo.trial": run.number,
-                 "hpo.host": socket.gethostname(),
-                 "hpo.cuda_visible_devices": slot.cuda_visible_devices if slot else ""}
-        mirror.add_trial(self.study, self.sw.spec, run.params, outcome, run.history, attrs)
+            self.engine.end(name, outcome.state, outcome.infra)
+        self.session.trial_finished(name, outcome)
 
     def _lost(self, worker: str, reason: str, detail: str) -> None:
-        """The run of an agent that is gone: ended in MLflow, the engine and the mirror."""
-        state = "interrupted" if reason == "interrupted" else "failed"
-        for name, run in list(self.active.items()):
-            if run.worker == worker:
-                if run.mlflow_run_id:
-                    self.tracker.end_child(run.mlflow_run_id, state, {"hpo.reason": reason, "hpo.error": detail})
-                self._end(name, Outcome(state, reason=reason, error=detail))
+        """The run of an agent that is gone: ended in the engine, and by the Session in MLflow and Optuna."""
+        for name, w in list(self.active.items()):
+            if w == worker:
+                self.active.pop(name)
+                if self.engine is not None:
+                    self.engine.end(name, "interrupted" if reason == "interrupted" else "failed", True)
+                self.session.trial_lost(name, reason, detail)
 
     def stop(self, interrupted: bool) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.pool.stop()
         for conn in self.server.ready(0):  # ends the agents sent while stopping
             while conn in self.server.conns and conn.poll():
                 self._receive(conn)
         reason = "interrupted" if interrupted else "worker died"
-        for worker in {run.worker for run in self.active.values()}:
+        for worker in set(self.active.values()):
             self._lost(worker, reason, "the sweep was interrupted" if interrupted else "agent gone")
         self.server.close()
-        self.progress.close()
 
 
 def previous_runs(study: optuna.Study, metric: str | None):
@@ -243,25 +234,14 @@ def previous_runs(study: optuna.Study, metric: str | None):
                reason in INFRA_REASONS)
 
 
-def run(sw: Sweep, online_sweep: str | None = None) -> studymod.Result:
+def run(plan: Plan, session: Session, online_sweep: str | None = None) -> None:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = studymod.open_study(sw)
-    tracker, exp, parent = studymod.open_parent(sw, study)
-    ctl = Controller(sw, study, tracker, exp, parent, online_sweep)
-    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
+    ctl = Controller(plan, session, online_sweep)
     interrupted = False
     try:
         ctl.serve()
     except KeyboardInterrupt:
         interrupted = True
+        raise
     finally:
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not cut clean-up
-        try:
-            ctl.stop(interrupted)
-            result = studymod.summarize(sw, study, parent, interrupted)
-            studymod.close_parent(sw, tracker, exp, result)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
-    return result
+        ctl.stop(interrupted)

@@ -1,14 +1,4 @@
-"""W&B Sweeps backend: the sweep on W&B's server when logged in, else W&B's engine here.
-
-Online (`hpo run --backend wandb --project P`): wandb.sweep creates the sweep
-from sweep.yaml (run_cap = the budget, so it holds across every agent) and one
-agent process per slot runs wandb.agent with the hpo trainer in-process.
-`hpo agent ENTITY/PROJECT/SWEEP_ID` adds agents to an existing sweep.
-
-Offline (`--offline`, or no W&B credentials): hpo.backends.wandb_offline runs
-the `sweeps` package, the engine behind W&B's controller, with no server.
-Each run is a wandb run in offline mode under runs/NAME/wandb/ (`wandb sync`
-uploads it later). Both ways each run is an MLflow child run and an Optuna trial.
+"""W&B's server: credentials, creating the sweep, the agents' launch plan, `hpo agent`.
 
 The API key only ever travels in the environment an agent inherits.
 """
@@ -27,9 +17,8 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from hpo.errors import HpoError, MissingDependency, UsageError
-from hpo.study import Result
-from hpo.sweep import Sweep
-from hpo.workers import Pool, Slot, parse_gpus, plan, slot_env, threads_per_worker
+from hpo.procs import Pool
+from hpo.slots import Slot, parse_gpus, plan, slot_env, threads_per_worker
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH", re.IGNORECASE)
@@ -62,7 +51,7 @@ def launch_plan(slots: list[Slot], *, sweep: str | None = None, connect: str | N
     base = {**(os.environ if base_env is None else base_env), **(extra_env or {}), "HPO_THREADS": str(threads)}
     out = []
     for slot in slots:
-        argv = [sys.executable, "-m", "hpo.backends.wandb_agent", "--name", slot.name]
+        argv = [sys.executable, "-m", "hpo.backends.wandb.agent", "--name", slot.name]
         argv += ["--sweep", sweep] if sweep else []
         argv += ["--connect", connect] if connect else []
         argv += ["--count", str(count)] if count else []
@@ -84,7 +73,7 @@ def has_credentials(env: Mapping[str, str] = os.environ) -> bool:
         return False
 
 
-def _wandb():
+def wandb_module():
     try:
         import wandb
     except ImportError:
@@ -92,32 +81,14 @@ def _wandb():
     return wandb
 
 
-def run(sw: Sweep) -> Result:
-    """On the W&B server when there are credentials (and neither --offline nor WANDB_MODE=offline);
-    else W&B's engine here, with no server."""
-    from hpo.backends import wandb_offline
-
-    _wandb()
-    offline = sw.options.get("offline") or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-    if offline or not has_credentials():
-        if not offline:
-            print("hpo: no W&B credentials (WANDB_API_KEY or ~/.netrc): running W&B's sweep engine offline; "
-                  "`wandb login` for the W&B server", file=sys.stderr)
-        return wandb_offline.run(sw)
-    if not sw.options.get("project"):
-        raise UsageError("--project: required for a sweep on the W&B server (or use --offline)")
-    path = create_sweep(sw)
-    return wandb_offline.run(sw, online_sweep=path)
-
-
-def sweep_config(sw: Sweep) -> dict:
+def sweep_config(sw) -> dict:
     """sweep.yaml as W&B's server takes it, with run_cap = the budget (it holds across agents)."""
     return {**sw.spec.raw, "run_cap": sw.budget}
 
 
-def create_sweep(sw: Sweep) -> str:
+def create_sweep(sw) -> str:
     """wandb.sweep; returns ENTITY/PROJECT/SWEEP_ID and prints the id and URL."""
-    wandb = _wandb()
+    wandb = wandb_module()
     for key, value in TIMEOUTS.items():
         os.environ.setdefault(key, value)
     project, entity = sw.options["project"], sw.options.get("entity")
@@ -140,7 +111,7 @@ def unreachable(exc: BaseException) -> str:
 
 def agent_command(a: argparse.Namespace) -> int:
     """`hpo agent ENTITY/PROJECT/SWEEP_ID`: one wandb agent per slot until the sweep ends or Ctrl-C."""
-    _wandb()
+    wandb_module()
     parts = a.sweep_id.split("/")
     if len(parts) != 3 or not all(parts):
         raise UsageError(f"sweep_id: expected ENTITY/PROJECT/SWEEP_ID, got {a.sweep_id!r}")

@@ -1,0 +1,167 @@
+"""What the CLI and Python callers use: Settings in, a validated Plan, a Result out.
+
+    from hpo import api
+    result = api.run(api.Settings("sweep.yaml", trials=12, workers=2))
+
+Nothing is written until `run`: `prepare` only reads and checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo import slots as slotsmod
+from hpo import spec as specmod
+from hpo import storage as storagemod
+from hpo import tracking, trainer_ref
+from hpo.errors import UsageError
+from hpo.storage import Counts
+
+DEFAULT_BUDGET = 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a user chooses on the command line (or from Python)."""
+
+    sweep_file: str | Path = "sweep.yaml"
+    space: str | Path | None = None
+    backend: str = "optuna"
+    study: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    root: str | Path = "runs"
+    trials: int | None = None
+    gpus: str = "auto"
+    workers_per_gpu: int = 1
+    workers: int | None = None
+    trainer: str | None = None
+    retries: int = 0
+    progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # engine-specific settings (ray_address, project...)
+    inspect_only: bool = False  # status / best / dashboard: read a sweep, whatever its backend
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sweep ready to run: the spec, where it writes, its budget and its worker slots."""
+
+    spec: specmod.Spec
+    name: str
+    dir: Path
+    storage: str
+    tracking_uri: str
+    budget: int
+    slots: tuple[slotsmod.Slot, ...]
+    backend: str
+    trainer: str | None
+    sweep_text: str
+    retries: int = 0
+    progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> list[dict[str, Any]] | None:
+        return self.spec.grid() if self.spec.method == "grid" else None
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a sweep ended."""
+
+    study: str
+    counts: Counts
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | str | None  # the engine's own trial number (the child run's hpo.trial tag)
+    parent_run_id: str
+    best_run_id: str | None = None
+    interrupted: bool = False
+    aborted: str | None = None  # why the sweep stopped before its budget (crash loop, engine error)
+    failures: dict[str, int] = field(default_factory=dict)  # "reason: error" -> how many trials
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """130 interrupted; 1 when no trial finished (complete or pruned) or the sweep aborted; else 0."""
+        if self.interrupted:
+            return 130
+        if self.aborted or self.counts.complete + self.counts.pruned == 0:
+            return 1
+        return 0
+
+    def failure_summary(self) -> str:
+        """One line naming the commonest failure, for a sweep in which no trial finished."""
+        c = self.counts
+        head = f"no trial finished ({c.failed} failed, {c.retried} lost to dead workers or interrupts)"
+        if self.aborted:
+            head = self.aborted
+        if not self.failures:
+            return head
+        (what, n), = Counter(self.failures).most_common(1)
+        return f"{head}; commonest failure: {what} ({n}x)"
+
+
+def study_name(spec: specmod.Spec, override: str | None) -> str:
+    name = override or spec.name or "sweep"
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
+        field_name = "--study" if override else "name"
+        raise UsageError(f"{field_name}: {name!r} must be letters, digits, _ . - (at most 100)")
+    return name
+
+
+def budget(s: Settings, spec: specmod.Spec) -> int:
+    """--trials, else the sweep's run_cap, else 20; a grid never runs more than its points."""
+    if s.trials is not None and s.trials < 1:
+        raise UsageError(f"--trials: must be at least 1 (got {s.trials})")
+    asked = s.trials or spec.run_cap
+    if spec.method == "grid":
+        return min(asked or spec.grid_size(), spec.grid_size())
+    return asked or DEFAULT_BUDGET
+
+
+def prepare(s: Settings) -> Plan:
+    """Validate the sweep file and every setting; raise UsageError on the first problem."""
+    from hpo.backends import base
+
+    backend = base.get(s.backend)
+    spec = specmod.load(s.sweep_file, s.space)
+    name = study_name(spec, s.study)
+    if Path(s.root).exists() and not Path(s.root).is_dir():
+        raise UsageError(f"--root: {s.root} is a file, not a folder")
+    sweep_dir = Path(s.root) / name
+    store = s.storage or str(sweep_dir / "optuna.log")
+    if "://" in store and not storagemod.is_rdb(store):
+        raise UsageError(f"--storage: unknown scheme in {storagemod.mask(store)}; use a file path or an RDB URL")
+    uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(sweep_dir)
+    trainer_ref.check(s.trainer)
+    gpus = slotsmod.parse_gpus(s.gpus)
+    if s.workers is not None and gpus and s.gpus != "auto":
+        raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
+    if s.retries < 0:
+        raise UsageError(f"--retries: must be 0 or more (got {s.retries})")
+    slots = slotsmod.plan(gpus, s.workers_per_gpu, s.workers)
+    text = Path(s.sweep_file).read_text(encoding="utf-8")
+    plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,
+                s.trainer, text, s.retries, s.progress, dict(s.options))
+    if not s.inspect_only:
+        problems = backend.check(plan)
+        if problems:
+            raise UsageError(problems[0])
+    if not spec.metric:  # W&B asks for it only with bayes or hyperband; hpo records every trial's value
+        raise UsageError("metric.name: required: hpo records each trial's last value of this metric")
+    return plan
+
+
+def run(s: Settings | Plan) -> Result:
+    """Run a sweep to its budget on the chosen engine; return its Result."""
+    from hpo.backends import base
+    from hpo.session import Session
+
+    plan = s if isinstance(s, Plan) else prepare(s)
+    return Session(plan, base.get(plan.backend)).run()

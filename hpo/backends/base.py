@@ -1,0 +1,68 @@
+"""The backend contract: what an engine must do, and the one registry the CLI and `api.run` read.
+
+An engine translates the Plan (search space, early stopping) into its own terms,
+starts trials, and reports their events to the Session. It never opens or closes
+the study or the MLflow parent run, never closes a child run of a trial it did not
+run itself, and never decides the exit code: the Session does all of that the
+same way for every engine. To add an engine: copy a package under hpo/backends/,
+fill these three methods, add one line to ENGINES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from hpo.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
+    from hpo.spec import Spec
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The early stopping an engine will build for a spec: `hpo explain` prints it, tests check against it."""
+
+    engine: str
+    rungs: tuple[int, ...] = ()  # steps (1-based reports) at which a trial may be stopped
+    stops_only_at_rungs: bool = True  # False: a trial past a rung can still be stopped later (W&B)
+    lines: tuple[str, ...] = ()
+    problem: str | None = None  # set when the engine cannot run the sweep at all
+
+    @property
+    def runs(self) -> bool:
+        return self.problem is None
+
+
+class Backend(Protocol):
+    """One engine. `name` is what `--backend` takes."""
+
+    name: str
+    mirrored: bool  # True: the Session writes each trial into the Optuna study (Ray, W&B)
+
+    def check(self, plan: Plan) -> list[str]:
+        """What this engine cannot run in the plan, one `field: what is wrong` line each (empty: it can)."""
+
+    def schedule(self, spec: Spec, options: dict) -> Schedule:
+        """The rungs at which this engine stops trials, from the code that builds its pruner/scheduler."""
+
+    def begin(self, plan: Plan) -> Plan:
+        """Create what must exist outside hpo's stores before the Session writes anything (the sweep on
+        W&B's server); return the plan to run, e.g. with that sweep's id in its options."""
+
+    def run(self, plan: Plan, session: Session) -> None:
+        """Run trials until the budget is met or the session aborts; raise KeyboardInterrupt if interrupted."""
+
+
+# name -> module that holds `BACKEND`; imported only when asked for (Ray and wandb are heavy).
+ENGINES = {"optuna": "hpo.backends.optuna", "ray": "hpo.backends.ray", "wandb": "hpo.backends.wandb"}
+
+
+def get(name: str) -> Backend:
+    """The engine registered under `name`."""
+    if name not in ENGINES:
+        raise UsageError(f"--backend: {name!r} is not one of {', '.join(ENGINES)}")
+    return importlib.import_module(ENGINES[name]).BACKEND

@@ -1,0 +1,51 @@
+"""Optuna: a queue of trials in the study's storage, one long-lived worker process per slot.
+
+The controller (this engine, under the Session) enqueues the budget and starts the
+workers (hpo.backends.optuna.worker, CUDA_VISIBLE_DEVICES per slot); each worker
+takes queued trials, samples them with the sweep's sampler (TPE/random/grid) and
+stops them with its HyperbandPruner. `hpo worker` on another machine joins the same
+queue. The workers write the study themselves: this engine is not mirrored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hpo.backends.base import Schedule
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
+    from hpo.spec import Spec
+
+
+class OptunaBackend:
+    name = "optuna"
+    mirrored = False
+
+    def check(self, plan: Plan) -> list[str]:
+        from hpo.backends.optuna import space
+
+        return space.check(plan.spec)
+
+    def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
+        from hpo.backends.optuna import space
+
+        problems = space.check(spec)
+        if problems:
+            return Schedule(self.name, problem=problems[0], lines=(f"Optuna  cannot run this sweep: {problems[0]}",))
+        if spec.hyperband is None:
+            return Schedule(self.name, lines=("Optuna  NopPruner: every trial runs all its epochs.",))
+        rungs, lines = space.schedule_lines(spec)
+        return Schedule(self.name, tuple(rungs), True, tuple(lines))
+
+    def begin(self, plan: Plan) -> Plan:
+        return plan
+
+    def run(self, plan: Plan, session: Session) -> None:
+        from hpo.backends.optuna import controller
+
+        controller.run(plan, session)
+
+
+BACKEND = OptunaBackend()

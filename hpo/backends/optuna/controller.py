@@ -1,0 +1,98 @@
+"""The Optuna engine's loop: keep the queue at the budget, keep every slot's worker alive."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from hpo import storage
+from hpo.procs import Exit, Pool
+from hpo.slots import Slot, slot_env, threads_per_worker
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
+
+POLL_SECONDS = 0.25
+
+
+def worker_argv(study: str, slot: Slot, parent_pid: int, extra: list[str] = ()) -> list[str]:
+    """The argv of a slot's worker (secrets such as the storage URL travel in the env, not here)."""
+    return [sys.executable, "-m", "hpo", "worker", "--study", study, "--name", slot.name,
+            "--parent-pid", str(parent_pid), *extra]
+
+
+def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
+    threads = threads_per_worker(list(plan.slots))
+    base = {**os.environ, "HPO_STORAGE": plan.storage, "HPO_TRACKING_URI": plan.tracking_uri,
+            "HPO_THREADS": str(threads), **(extra_env or {})}
+    extra = ["--trainer", plan.trainer] if plan.trainer else []
+    return Pool(list(plan.slots), lambda s: worker_argv(plan.name, s, os.getpid(), extra),
+                lambda s: slot_env(s, base, threads), plan.dir / "logs")
+
+
+def run(plan: Plan, session: Session) -> None:
+    study = session.study
+    storage.queue_retries(study, plan.retries)
+    storage.fill_queue(study, plan.budget, plan.grid)
+    pool = make_pool(plan)
+    reason = "worker died"
+    try:
+        pool.start_all()
+        _watch(plan, session, pool)
+    except KeyboardInterrupt:
+        reason = "interrupted"
+        raise
+    finally:
+        for e in pool.stop():  # each worker ends its own trial; one killed after the grace cannot
+            if e.died:
+                _on_death(session, e, reason)
+
+
+def _watch(plan: Plan, session: Session, pool: Pool) -> None:
+    study = session.study
+    while True:
+        for e in pool.reap():
+            if e.died:
+                _on_death(session, e)
+                session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))
+        storage.queue_retries(study, plan.retries)
+        storage.fill_queue(study, plan.budget, plan.grid)
+        c = session.counts()
+        if c.waiting:
+            pool.fill()
+        session.refresh(pool.alive())
+        _fail_stale(session)
+        if not pool.workers and not c.waiting:
+            session.fail_orphans("worker died", "worker gone before the trial ended")
+            # Wait for every RUNNING trial: on other machines, or taken by a worker killed before it
+            # said who it is (failed as an orphan after a grace period, then run again).
+            if not session.counts().running:
+                storage.queue_retries(study, plan.retries)
+                storage.fill_queue(study, plan.budget, plan.grid)
+                if not session.counts().waiting:
+                    return
+        time.sleep(POLL_SECONDS)
+
+
+def _fail_stale(session: Session) -> None:
+    """Trials whose worker (on any machine) stopped sending heartbeats: failed and re-queued."""
+    stale = set(storage.stale_trial_ids(session.study))
+    if not stale:
+        return
+    for t in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id in stale:  # noqa: SLF001
+            where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
+            session.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
+
+
+def _on_death(session: Session, e: Exit, reason: str = "worker died") -> None:
+    """Fail the dead worker's trial in Optuna and MLflow; the loop refills the queue."""
+    for t in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("hpo.pid") == e.pid and t.user_attrs.get("hpo.host") == socket.gethostname():
+            session.fail_trial(t, reason, f"{e.describe()} on {e.slot.name}")

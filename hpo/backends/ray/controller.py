@@ -1,0 +1,278 @@
+"""The Ray engine's controller side: start Ray, run Tuners for the trials still needed, report to the Session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray import tune
+
+from hpo.backends.ray import space as ray_space
+from hpo.backends.ray.trainable import RUN_ID, STEP, CUDA, TrialContext, plain, train_trial, trial_number
+from hpo.errors import HpoError, UsageError
+from hpo.provenance import git_sha
+from hpo.trial import Outcome, State, close_child
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
+
+MAX_FAILURES = 2  # Ray re-runs a trial whose worker died this many times
+
+
+@dataclass
+class _Seen:
+    run_id: str = ""
+    reports: int = 0
+    stopped: bool = False
+
+
+class Side:
+    """The controller's view of one Tuner: turns Tune's callbacks into Session events."""
+
+    def __init__(self, plan: Plan, session: Session):
+        self.plan, self.session = plan, session
+        self.max_t = ray_space.max_t(plan.spec)
+        self.scheduler = plan.options.get("ray_scheduler", "asha")
+        self.seen: dict[str, _Seen] = {}
+
+    def start(self, trial) -> None:
+        params = {k: plain(v) for k, v in trial.config.items()}
+        self.session.trial_started(trial.trial_id, trial_number(trial.trial_id), params,
+                                   attrs={"hpo.ray_trial_id": trial.trial_id})
+        self.seen[trial.trial_id] = _Seen()
+
+    def result(self, trial, result: dict) -> None:
+        s = self.seen.setdefault(trial.trial_id, _Seen())
+        run_id = result.get(RUN_ID, "")
+        if run_id and run_id != s.run_id:
+            if s.run_id:  # HyperBand paused it and Ray started it again from its first epoch
+                close_child(self.session.tracker, s.run_id, Outcome(State.INTERRUPTED, reason="paused"))
+            s.run_id, s.reports = run_id, 0
+            self.session.child_started(trial.trial_id, run_id)
+        s.reports += 1
+        s.stopped = bool(result.get("done"))  # Tune marks the result on which its scheduler stops a trial
+        live = self.session.live.get(trial.trial_id)
+        if live is not None:
+            live.cuda, live.worker = str(result.get(CUDA, "")), f"{result.get('hostname', '')}-{result.get('pid', '')}"
+        if STEP in result:
+            self.session.trial_reported(trial.trial_id, int(result[STEP]), result.get(self.plan.spec.metric))
+        self.session.refresh(len(self.session.live))
+
+    def complete(self, trial) -> None:
+        s = self.seen.pop(trial.trial_id, _Seen())
+        live = self.session.live.get(trial.trial_id)
+        values = live.values if live else {}
+        value = values[max(values)] if values else None
+        tags = self._child_tags(trial.trial_id, s.run_id or (live.run_id if live else ""))
+        if tags.get("hpo.state") == "failed":  # the trainer failed: its run says why
+            outcome = Outcome(State.FAILED, reason=tags.get("hpo.reason", "error"),
+                              error_type=tags.get("hpo.error_type"), error=tags.get("hpo.error"))
+        elif s.stopped and s.reports < self.max_t:
+            outcome = Outcome(State.PRUNED, value, reason=f"stopped by {self.scheduler} after {s.reports} reports")
+        else:
+            outcome = Outcome(State.COMPLETE, value)
+        # A stopped trial may be gone before it closed its run: close it here too (idempotent).
+        self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED,
+                                    attrs=self._attrs(trial))
+        self.session.refresh(len(self.session.live))
+
+    def died(self, trial, again: bool) -> None:
+        """Its worker (a Ray actor) died; `again`: Ray runs the trial's config once more."""
+        detail = str(getattr(trial, "error_message", "") or "").strip().splitlines()
+        detail_text = detail[-1][:500] if detail else "the Ray actor died"
+        self.seen.pop(trial.trial_id, None)
+        self.session.trial_lost(trial.trial_id, "worker died", detail_text)
+        try:
+            self.session.worker_exited(f"worker died ({detail_text})", "")
+        except HpoError:
+            return  # session.aborting is set: the stopper ends the Tuner
+        if again:
+            self.start(trial)
+
+    def _child_tags(self, trial_id: str, run_id: str) -> dict[str, str]:
+        client = self.session.tracker.client
+        if run_id:
+            return dict(client.get_run(run_id).data.tags)
+        runs = client.search_runs([self.session.experiment_id], f"tags.`hpo.ray_trial_id` = '{trial_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        return dict(runs[0].data.tags) if runs else {}
+
+    @staticmethod
+    def _attrs(trial) -> dict[str, Any]:
+        return {"hpo.ray_trial_id": trial.trial_id}
+
+
+_sides: dict[str, Side] = {}
+
+
+class Bridge(tune.Callback):
+    """Tune callback in the controller; it holds only a key, so the Tuner can pickle it."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        _sides[self.key].start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        _sides[self.key].result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        _sides[self.key].complete(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        _sides[self.key].died(trial, again=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _sides[self.key].died(trial, again=False)
+
+
+class Abort(tune.Stopper):
+    """Stops the whole Tuner once the Session gives up (crash loop)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return _sides[self.key].session.aborting is not None
+
+
+# -- Ray itself ------------------------------------------------------------------------------
+def _address(plan: Plan) -> str | None:
+    """`--ray-address`, else $RAY_ADDRESS (as `ray.init` reads it); None: a local Ray of our own."""
+    return plan.options.get("ray_address") or os.environ.get("RAY_ADDRESS") or None
+
+
+def _gpu_ids(plan: Plan) -> list[str]:
+    return list(dict.fromkeys(s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices))
+
+
+def start_ray(plan: Plan) -> bool:
+    """Join `--ray-address`, or start a local Ray on this machine's cores and the chosen GPUs.
+
+    The local Ray gets every core unless $HPO_RAY_NUM_CPUS says otherwise (tests, shared boxes).
+    Returns whether this call started Ray (and so must shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    address = _address(plan)
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises several types for "not there"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(f"--ray-address: cannot connect to {address!r}: {first}") from None
+        return True
+    gpus = _gpu_ids(plan)
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:  # Ray hands out exactly these ids, one CUDA_VISIBLE_DEVICES per trial
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:
+        cpus = plan.options.get("ray_num_cpus") or os.environ.get("HPO_RAY_NUM_CPUS") or os.cpu_count() or 1
+        ray.init(address="local", num_cpus=int(cpus), num_gpus=len(gpus), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    finally:
+        if gpus and saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        elif gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return True
+
+
+def _cluster() -> dict[str, float]:
+    return {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+
+
+def placement(plan: Plan) -> tuple[dict[str, float], int]:
+    """(resources per trial, concurrent trials): gpu 1/k on the chosen GPUs, else CPU slots."""
+    res = _cluster()
+    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    ids = _gpu_ids(plan)
+    cluster = bool(_address(plan))  # its resources, not this machine's slots, set the concurrency
+    per_gpu = len(plan.slots) // len(ids) if ids else (1 if gpus and cluster else 0)
+    if per_gpu:
+        slots = int(gpus * per_gpu) if cluster else len(plan.slots)
+        return {"cpu": min(1.0, cpus / slots), "gpu": 1.0 / per_gpu}, slots
+    slots = int(cpus) if cluster else len(plan.slots)
+    return {"cpu": min(1.0, cpus / slots)}, slots
+
+
+def _todo_grid(plan: Plan, session: Session) -> list[dict[str, Any]] | None:
+    """A grid's points no counted trial has covered yet, in W&B's order."""
+    if plan.grid is None:
+        return None
+    from hpo import storage
+
+    trials = session.trials()
+    retried = storage.retried_numbers(trials)
+    done = {json.dumps(t.params, sort_keys=True, default=str) for t in trials
+            if storage.counts_toward_budget(t) and t.number not in retried}
+    return [p for p in plan.grid if json.dumps(p, sort_keys=True, default=str) not in done]
+
+
+def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: list | None):
+    searcher, space, samples = ray_space.search(plan.spec, n, concurrency, plan.options.get("seed"), grid)
+    limit = None if isinstance(searcher, tune.search.BasicVariantGenerator) else concurrency  # it limits itself
+    mode = "max" if plan.spec.direction == "maximize" else "min"
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=plan.spec.metric, mode=mode, search_alg=searcher,
+            scheduler=ray_space.scheduler(plan.spec, plan.options.get("ray_scheduler", "asha")),
+            num_samples=samples, max_concurrent_trials=limit, reuse_actors=True),
+        run_config=tune.RunConfig(name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,
+                                  callbacks=[Bridge(plan.name)], stop=Abort(plan.name),
+                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
+    )
+
+
+def run(plan: Plan, session: Session) -> None:
+    """Tuners until the budget is met (a round's trials lost to dead workers are run in the next)."""
+    # Tune's console output is off; the trial's cwd stays the controller's (relative data dirs);
+    # Ctrl-C reaches the Session (Tune's own handler would swallow it).
+    for key, value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
+                       ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
+        os.environ.setdefault(key, value)
+    started = start_ray(plan)
+    tune_log = logging.getLogger("ray.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)  # hpo's progress shows the trials
+    _sides[plan.name] = Side(plan, session)
+    try:
+        resources, concurrency = placement(plan)
+        session.tracker.set_tags(session.parent_run_id, {
+            "hpo.ray.address": _address(plan) or "local", "hpo.ray.cluster_resources": json.dumps(_cluster()),
+            "hpo.ray.trial_resources": json.dumps(resources), "hpo.ray.concurrency": str(concurrency)})
+        ctx = TrialContext(plan.tracking_uri, session.experiment_id, session.parent_run_id, plan.name,
+                           plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
+                           plan.trainer, git_sha() or "none")
+        trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+        while (n := session.remaining()) > 0:
+            before = session.counted()
+            path = str((plan.dir / "ray" / f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve())
+            grid = _todo_grid(plan, session)
+            if grid == []:
+                return
+            _tuner(plan, trainable, n, concurrency, path, grid).fit()
+            if session.aborting:
+                raise HpoError(session.aborting)
+            if session.counted() == before:
+                raise HpoError(f"ray: a Tuner of {n} trials finished none of them; see {plan.dir / 'ray'}")
+    except Exception as exc:
+        if isinstance(exc, HpoError) or "ray" not in type(exc).__module__:
+            raise
+        raise HpoError(f"Ray Tune failed: {exc}") from exc
+    finally:
+        _sides.pop(plan.name, None)
+        tune_log.setLevel(level)
+        if started:  # local: no trial writes after this; a cluster keeps running
+            ray.shutdown()

@@ -1,0 +1,94 @@
+"""Worker processes: one per slot, each in its own session, reaped and replaced by the controller."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hpo.slots import Slot
+
+
+@dataclass
+class Worker:
+    slot: Slot
+    proc: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Exit:
+    slot: Slot
+    pid: int
+    code: int
+
+    @property
+    def died(self) -> bool:
+        return self.code != 0
+
+    def describe(self) -> str:
+        if self.code < 0:
+            return f"worker died (signal {signal.Signals(-self.code).name})"
+        return f"worker died (exit code {self.code})"
+
+
+class Pool:
+    """One process per slot; reports exits so the controller can fail and replace."""
+
+    def __init__(self, slots: list[Slot], argv: Callable[[Slot], list[str]],
+                 env: Callable[[Slot], dict[str, str]], log_dir: Path):
+        self.slots, self._argv, self._env, self.log_dir = slots, argv, env, log_dir
+        self.workers: dict[int, Worker] = {}
+        self.restarts_at: dict[int, float] = {}  # slot index -> when its worker last started
+
+    def start(self, slot: Slot) -> Worker:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{slot.name}.log", "ab") as log:
+            # Own session: Ctrl-C reaches the controller only, which stops workers in order.
+            proc = subprocess.Popen(self._argv(slot), env=self._env(slot), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.workers[slot.index] = Worker(slot, proc)
+        self.restarts_at[slot.index] = time.monotonic()
+        return self.workers[slot.index]
+
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self.start(slot)
+
+    def reap(self) -> list[Exit]:
+        """Workers that exited since the last call (they leave the pool)."""
+        out = []
+        for index, w in list(self.workers.items()):
+            code = w.proc.poll()
+            if code is not None:
+                out.append(Exit(w.slot, w.proc.pid, code))
+                del self.workers[index]
+        return out
+
+    def fill(self) -> int:
+        """Start a worker in every empty slot; return how many were started."""
+        empty = [s for s in self.slots if s.index not in self.workers]
+        for slot in empty:
+            self.start(slot)
+        return len(empty)
+
+    def alive(self) -> int:
+        return sum(w.proc.poll() is None for w in self.workers.values())
+
+    def stop(self, grace: float = 8.0) -> list[Exit]:
+        """SIGTERM every worker (each ends its trial as interrupted), SIGKILL after `grace` s."""
+        for w in self.workers.values():
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for w in self.workers.values():
+            try:
+                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        return self.reap()

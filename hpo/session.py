@@ -1,0 +1,326 @@
+"""A sweep's life, the same on every engine.
+
+The Session opens (or resumes) the Optuna study and the MLflow parent run before
+any worker starts, turns SIGTERM into Ctrl-C, shows progress, mirrors the trials
+of engines that do not write Optuna themselves, fails the trials of workers that
+died, stops a crash loop, and closes everything with one summary: the parent ends
+FINISHED, KILLED (interrupted) or FAILED (aborted, or no trial finished).
+Engines (hpo.backends) only start trials and report their events here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import mirror, orphans, storage
+from hpo.api import Plan, Result
+from hpo.errors import HpoError, UsageError
+from hpo.progress import Progress
+from hpo.provenance import git_sha
+from hpo.spec import changes, from_dict
+from hpo.tracking import Tracker
+from hpo.trial import Outcome, close_child, lost
+
+if TYPE_CHECKING:
+    from hpo.backends.base import Backend
+
+
+@dataclass
+class Live:
+    """A running trial of a mirrored engine, as the Session sees it."""
+
+    trial_id: int
+    number: int | str
+    worker: str
+    cuda: str
+    run_id: str = ""
+    values: dict[int, float] = field(default_factory=dict)
+
+
+class Session:
+    """Owns one sweep on one engine from open to close; `run()` returns its Result."""
+
+    def __init__(self, plan: Plan, backend: Backend):
+        self.plan, self.backend = plan, backend
+        self.spec = plan.spec
+        self.study: optuna.Study | None = None
+        self.tracker: Tracker | None = None
+        self.experiment_id = self.parent_run_id = ""
+        self.progress: Progress | None = None
+        self.live: dict[Any, Live] = {}
+        self.aborting: str | None = None
+        self.max_deaths = max(5, 2 * len(plan.slots))
+        self._deaths, self._counted_at_death = 0, -1
+
+    # -- the whole life -------------------------------------------------------------------
+    def run(self) -> Result:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.plan = self.backend.begin(self.plan)  # e.g. the sweep on W&B's server: before anything is written
+        self.open()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, _first_ctrl_c)
+        signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+        interrupted, error = False, None
+        try:
+            if self.nothing_left():
+                print(f"hpo: sweep {self.plan.name!r} has {self.counted()}/{self.plan.budget} trials finished; "
+                      "nothing left to run (raise --trials to run more, or --study NAME for a new study)",
+                      file=sys.stderr)
+            else:
+                self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
+                                         self.plan.progress)
+                self.backend.run(self.plan, self)
+        except KeyboardInterrupt:
+            interrupted = True
+        except HpoError as exc:
+            error = exc
+        except Exception as exc:  # an engine's own failure: the sweep is closed FAILED, then reported
+            error = HpoError(f"{self.plan.backend} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        finally:
+            # A second Ctrl-C must not cut the clean-up short: runs would stay RUNNING.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                result = self.close(interrupted, str(error) if error else self.aborting)
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        if error is not None:
+            raise error
+        return result
+
+    # -- open -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """The study (created, or resumed when its spec and engine match) and the parent run."""
+        plan = self.plan
+        store = storage.open_storage(plan.storage)  # first: an unreachable database writes nothing
+        try:
+            old = optuna.load_study(study_name=plan.name, storage=store)
+        except KeyError:
+            old = None
+        if old is not None:
+            self._check_resume(old)
+        plan.dir.mkdir(parents=True, exist_ok=True)
+        self.study = optuna.create_study(study_name=plan.name, storage=store, direction=self.spec.direction,
+                                         load_if_exists=True)
+        self._open_parent()
+        if old is not None:  # a controller killed earlier leaves RUNNING trials and child runs behind
+            self.fail_orphans("worker died", "found RUNNING when the sweep resumed")
+            if self.backend.mirrored:
+                self._end_running_children("worker died")
+
+    def _check_resume(self, old: optuna.Study) -> None:
+        attrs, where = old.user_attrs, f"{self.plan.name!r} in {storage.mask(self.plan.storage)}"
+        if old.direction.name.lower() != self.spec.direction:
+            raise UsageError(f"metric.goal: study {where} already exists with goal {old.direction.name.lower()}; "
+                             "use --study NAME for a new study")
+        if attrs.get("hpo.backend") and attrs["hpo.backend"] != self.plan.backend:
+            raise UsageError(f"--backend: study {where} was run on {attrs['hpo.backend']}; resume it there, "
+                             "or use --study NAME for a new study")
+        if "hpo.spec" in attrs:
+            changed = changes(from_dict(json.loads(attrs["hpo.spec"])), self.spec)
+            if changed:
+                raise UsageError(f"{changed[0]}: study {where} was made with a different sweep "
+                                 f"({'; '.join(changed)}); use --study NAME for a new study")
+
+    def _open_parent(self) -> None:
+        plan, study = self.plan, self.study
+        self.tracker = Tracker(plan.tracking_uri)
+        self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
+        tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
+                "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
+                "hpo.state": "running"}
+        params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
+                  "backend": plan.backend, "slots": len(plan.slots)}
+        self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
+                                                       resume_id=study.user_attrs.get("hpo.parent_run_id"))
+        attrs = {
+            "hpo.spec": json.dumps(self.spec.raw), "hpo.experiment_id": self.experiment_id,
+            "hpo.tracking_uri": plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
+            "hpo.git_sha": git_sha() or "", "hpo.trainer": plan.trainer or "", "hpo.backend": plan.backend,
+            "hpo.budget": plan.budget,
+            "hpo.parent_run_id": self.parent_run_id,  # last: a joining `hpo worker` waits for it
+        }
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+
+    # -- what engines ask -----------------------------------------------------------------
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    def counts(self) -> storage.Counts:
+        return storage.count(self.trials())
+
+    def counted(self) -> int:
+        """Trials that used the budget: complete, pruned, or failed by the trainer (not re-run)."""
+        return self.counts().finished
+
+    def remaining(self) -> int:
+        """Trials still to start for the budget to be met."""
+        c = self.counts()
+        return max(0, self.plan.budget - c.finished - c.running - c.waiting)
+
+    def nothing_left(self) -> bool:
+        c = self.counts()
+        if c.finished < self.plan.budget or c.running or c.waiting:
+            return False
+        return not (self.plan.retries and storage.retry_candidates(self.trials(), self.plan.retries))
+
+    def worker_exited(self, what: str, log: str = "") -> None:
+        """A worker or agent process ended with an error: counted towards the crash-loop rule.
+
+        Rule (every engine): `max_deaths` deaths in a row with no trial counted in between
+        means every new worker dies too; the sweep stops, FAILED, exit 1.
+        """
+        counted = self.counted()
+        if counted != self._counted_at_death:
+            self._deaths, self._counted_at_death = 0, counted
+        self._deaths += 1
+        if self._deaths >= self.max_deaths and not self.aborting:
+            self.aborting = (f"workers keep dying: {self._deaths} deaths in a row with no trial finished "
+                             f"(last: {what}){'; see ' + log if log else ''}")
+            raise HpoError(self.aborting)
+
+    def refresh(self, workers: int) -> None:
+        """Redraw progress (running trials of mirrored engines included)."""
+        if self.progress is None:
+            return
+        running = [SimpleNamespace(number=lv.number, state=TrialState.RUNNING, intermediate_values=lv.values,
+                                   user_attrs={"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda})
+                   for lv in self.live.values()]
+        trials = [t for t in self.trials() if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
+        self.progress.update([*trials, *running], workers)
+
+    # -- events of mirrored engines (Ray, W&B): the Session writes their Optuna trials --------
+    def trial_started(self, key: Any, number: int | str, params: Mapping[str, Any], worker: str = "",
+                      cuda: str = "", attrs: Mapping[str, Any] | None = None) -> None:
+        user_attrs = {"hpo.backend": self.plan.backend, "hpo.trial": number, "hpo.worker": worker,
+                      "hpo.cuda_visible_devices": cuda, "hpo.host": socket.gethostname(), "hpo.pid": os.getpid(),
+                      **(attrs or {})}
+        trial_id = mirror.start_trial(self.study, self.spec, params, user_attrs)
+        self.live[key] = Live(trial_id, number, worker, cuda)
+
+    def child_started(self, key: Any, run_id: str) -> None:
+        lv = self.live.get(key)
+        if lv is not None:
+            lv.run_id = run_id
+            self.study._storage.set_trial_user_attr(lv.trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
+
+    def trial_reported(self, key: Any, step: int, value: float | None) -> None:
+        lv = self.live.get(key)
+        if lv is not None and value is not None:
+            lv.values[int(step)] = float(value)
+            mirror.report(self.study, lv.trial_id, step, value)
+
+    def trial_finished(self, key: Any, outcome: Outcome, close: bool = False,
+                       attrs: Mapping[str, Any] | None = None) -> None:
+        """The trial's end state in the study; `close`: also amend its child run (the controller knows better)."""
+        lv = self.live.pop(key, None)
+        if lv is None:
+            return
+        if close and lv.run_id:
+            close_child(self.tracker, lv.run_id, outcome)
+        where = {"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda}  # an engine may learn them late
+        mirror.finish_trial(self.study, lv.trial_id, outcome, {**where, **(attrs or {})})
+
+    def trial_lost(self, key: Any, reason: str, detail: str = "") -> None:
+        """The process running it is gone (`worker died`) or was stopped (`interrupted`)."""
+        self.trial_finished(key, lost(reason, detail), close=True)
+
+    # -- trials of engines that write Optuna themselves (their workers did not finish them) ----
+    def fail_trial(self, t: FrozenTrial, reason: str, detail: str = "") -> None:
+        """FAIL a RUNNING trial (its worker is gone) and close its child run the same way."""
+        store = self.study._storage  # noqa: SLF001
+        if detail:
+            store.set_trial_user_attr(t._trial_id, "hpo.error", detail)  # noqa: SLF001
+        storage.fail_trial(self.study, t._trial_id, reason)  # noqa: SLF001
+        run_id = t.user_attrs.get("hpo.mlflow_run_id")
+        if run_id:
+            close_child(self.tracker, run_id, lost(reason, detail))
+
+    def fail_orphans(self, reason: str, detail: str = "", live_pids: set[int] = frozenset()) -> int:
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if orphans.is_local_orphan(t, set(live_pids)):
+                self.fail_trial(t, reason, detail)
+                n += 1
+        return n
+
+    # -- close ----------------------------------------------------------------------------
+    def close(self, interrupted: bool, aborted: str | None) -> Result:
+        reason = "interrupted" if interrupted else "worker died"
+        for key in list(self.live):
+            self.trial_lost(key, reason, "the sweep was interrupted" if interrupted else "its worker is gone")
+        self.fail_orphans(reason)
+        self._end_running_children(reason)
+        if self.progress is not None:
+            self.progress.close()
+        result = self.summarize(interrupted, aborted)
+        self._close_parent(result)
+        return result
+
+    def _end_running_children(self, reason: str) -> None:
+        for run in self.tracker.children(self.experiment_id, self.parent_run_id, running_only=True):
+            close_child(self.tracker, run.info.run_id, lost(reason))
+
+    def summarize(self, interrupted: bool, aborted: str | None) -> Result:
+        trials = self.trials()
+        best = storage.best_trial(trials, self.spec.direction)
+        failures: dict[str, int] = {}
+        for t in trials:
+            if t.state == TrialState.FAIL:
+                what = " ".join(str(t.user_attrs.get(k, "")) for k in ("hpo.reason", "hpo.error_type")).strip()
+                error = str(t.user_attrs.get("hpo.error", ""))[:120]
+                key = f"{what or 'failed'}{': ' + error if error else ''}"
+                failures[key] = failures.get(key, 0) + 1
+        return Result(
+            self.plan.name, storage.count(trials), best.value if best else None,
+            dict(best.params) if best else {}, best.user_attrs.get("hpo.trial", best.number) if best else None,
+            self.parent_run_id, best.user_attrs.get("hpo.mlflow_run_id") if best else None,
+            interrupted, aborted, failures)
+
+    def _close_parent(self, result: Result) -> None:
+        c, metric = result.counts, self.spec.metric or "value"
+        metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
+                   "trials_retried": c.retried}
+        failed = result.exit_code == 1
+        state = "failed" if failed else "interrupted" if result.interrupted else "finished"
+        tags = {"hpo.state": state}
+        if failed:
+            tags["hpo.failure"] = result.failure_summary()
+        if result.best_value is not None:
+            metrics[f"best_{metric}"] = result.best_value
+            tags["hpo.best_trial"] = str(result.best_trial)
+            if result.best_run_id:
+                tags["hpo.best_run_id"] = result.best_run_id
+            tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
+        best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
+                "params": result.best_params, "metric": self.spec.metric, "goal": self.spec.goal}
+        status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
+        self.tracker.finish_parent(self.parent_run_id, status, metrics, tags,
+                                   {"sweep.yaml": self.plan.sweep_text,
+                                    "best.json": json.dumps(best, indent=2, default=str)})
+
+
+def _first_ctrl_c(signum, frame):  # noqa: ARG001
+    # The clean-up that follows must not be cut short by a second Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_ctrl_c(signum, frame):  # noqa: ARG001
+    # Through SIGINT, so an engine that handles Ctrl-C itself (Ray Tune) stops the same way.
+    signal.raise_signal(signal.SIGINT)

@@ -1,0 +1,87 @@
+"""GPU slots: which worker sees which GPU.
+
+Slot planning is plain data in, `CUDA_VISIBLE_DEVICES` out: it is tested with
+4 or 8 "GPUs" on a machine with none. The controller never initializes CUDA;
+it discovers GPUs through CUDA_VISIBLE_DEVICES or nvidia-smi.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from hpo.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: a name and the one GPU it sees ("" = CPU only)."""
+
+    index: int
+    name: str
+    cuda_visible_devices: str
+
+
+def discover_gpus(env: Mapping[str, str] = os.environ, smi: str | None = "nvidia-smi") -> list[str]:
+    """GPU ids this process may use, without touching CUDA."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        ids = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",")]
+        return [g for g in ids if g and g != "-1"]
+    exe = shutil.which(smi) if smi else None
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def parse_gpus(value: str, discovered: Callable[[], list[str]] = discover_gpus) -> list[str]:
+    """`auto` (every GPU found), `none`, or a list such as `0,2,3`."""
+    value = (value or "auto").strip()
+    if value == "auto":
+        return discovered()
+    if value in ("none", ""):
+        return []
+    ids = [g.strip() for g in value.split(",")]
+    if any(not g.isdigit() for g in ids):
+        raise UsageError(f"--gpus: expected auto, none or GPU indices such as 0,2 (got {value!r})")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"--gpus: GPU listed twice in {value!r}")
+    return ids
+
+
+def plan(gpus: list[str], workers_per_gpu: int = 1, cpu_workers: int | None = None) -> list[Slot]:
+    """`len(gpus) * workers_per_gpu` GPU slots, or `cpu_workers` CPU slots when there is no GPU."""
+    if workers_per_gpu < 1:
+        raise UsageError(f"--workers-per-gpu: must be at least 1 (got {workers_per_gpu})")
+    if gpus:
+        return [Slot(i * workers_per_gpu + k, f"gpu{g}-w{k}", g)
+                for i, g in enumerate(gpus) for k in range(workers_per_gpu)]
+    n = default_cpu_workers() if cpu_workers is None else cpu_workers
+    if n < 1:
+        raise UsageError(f"--workers: must be at least 1 (got {n})")
+    return [Slot(i, f"cpu{i}", "") for i in range(n)]
+
+
+def default_cpu_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def threads_per_worker(slots: list[Slot]) -> int:
+    """CPU threads each worker may use so that workers do not oversubscribe the cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, len(slots)))
+
+
+def slot_env(slot: Slot, base: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The environment of a slot's worker: its one GPU, its share of CPU threads."""
+    env = dict(base)
+    env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

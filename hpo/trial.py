@@ -1,0 +1,222 @@
+"""One trial, the same on every engine: its State, its Outcome, the `report` a trainer calls, its MLflow child run.
+
+The trainer calls `report(step, metrics)` once per epoch. Each engine supplies a
+`should_stop` (Optuna's pruner, Ray's scheduler, W&B's hyperband) and a sink;
+this module supplies the rest: NaN detection, the outcome, and the child run
+opened with params and tags and closed with FINISHED / KILLED / FAILED.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, Mapping
+
+# Failures that are not the trial's fault: the trial is run again and not counted.
+INFRA_REASONS = ("worker died", "interrupted")
+
+
+class State(str, Enum):
+    """The closed set of ways a trial ends, and what each is called by MLflow, Optuna and W&B."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: not the trial's fault; run again on resume
+
+    @property
+    def mlflow_status(self) -> str:
+        return {"complete": "FINISHED", "failed": "FAILED"}.get(self.value, "KILLED")
+
+    @property
+    def optuna_state(self) -> Any:
+        from optuna.trial import TrialState
+
+        return {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(self.value, TrialState.FAIL)
+
+    @property
+    def wandb_state(self) -> str:
+        return {"complete": "finished", "pruned": "killed", "failed": "failed", "interrupted": "crashed"}[self.value]
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code a wandb run ends with."""
+        return {"complete": 0, "pruned": 0, "failed": 1, "interrupted": 255}[self.value]
+
+
+class Pruned(Exception):
+    """Raised by `report` when the early-termination rule stops the trial."""
+
+
+class TrialFailed(Exception):
+    """Raised by `report` when a trial cannot go on (e.g. a NaN loss)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Interrupted(BaseException):
+    """The worker was asked to stop (SIGTERM / Ctrl-C): not the trial's fault."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one trial ended."""
+
+    state: State
+    value: float | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", State(self.state))
+
+    @property
+    def infra(self) -> bool:
+        """Ended by the machine (dead worker, interrupt), not by the trial: it does not use the budget."""
+        return self.reason in INFRA_REASONS
+
+    def tags(self) -> dict[str, str]:
+        out = {"hpo.state": self.state.value}
+        for key in ("reason", "error_type", "error"):
+            if getattr(self, key):
+                out[f"hpo.{key}"] = str(getattr(self, key))[:1000]
+        return out
+
+    def fields(self) -> dict[str, Any]:
+        """Plain data (for a pipe to the controller)."""
+        return {"state": self.state.value, "value": self.value, "reason": self.reason,
+                "error_type": self.error_type, "error": self.error}
+
+
+WORKER_DIED = "worker died"
+
+
+def lost(reason: str, detail: str = "") -> Outcome:
+    """The outcome of a trial whose worker is gone (`worker died`) or was stopped (`interrupted`)."""
+    state = State.INTERRUPTED if reason == "interrupted" else State.FAILED
+    return Outcome(state, reason=reason, error=detail or None)
+
+
+@dataclass
+class Reporter:
+    """The `report` callable handed to a trainer for one trial."""
+
+    metric: str | None
+    sink: Callable[[int, Mapping[str, float]], None]
+    should_stop: Callable[[int, float], bool] = lambda step, value: False
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.history.append((int(step), metrics))
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        self.sink(int(step), {k: v for k, v in metrics.items() if math.isfinite(v)})
+        if bad:
+            raise TrialFailed("nan", f"{', '.join(bad)} is not finite at step {step}")
+        value = metrics.get(self.metric) if self.metric else None
+        if value is not None and self.should_stop(int(step), value):
+            raise Pruned(f"stopped at step {step}")
+
+    def last(self, name: str | None) -> float | None:
+        """The last value reported for `name`: a trial's value is where it ended, not where it began."""
+        for _, m in reversed(self.history):
+            if name in m:
+                return m[name]
+        return None
+
+
+def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter) -> Outcome:
+    """Run one trial; every way it can end becomes an Outcome (Interrupted propagates)."""
+    try:
+        final = trainer(dict(config), reporter) or {}
+    except Pruned as exc:
+        return Outcome(State.PRUNED, reporter.last(reporter.metric), reason=str(exc))
+    except TrialFailed as exc:
+        return Outcome(State.FAILED, reason=exc.reason, error_type="TrialFailed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
+        return _failure(exc)
+    value = reporter.last(reporter.metric)
+    if value is None and reporter.metric and isinstance(final, Mapping):
+        value = final.get(reporter.metric)
+    if reporter.metric and value is None:
+        return Outcome(State.FAILED, reason="no metric", error=f"the trainer never reported {reporter.metric!r}")
+    if value is not None and not math.isfinite(float(value)):
+        return Outcome(State.FAILED, reason="nan", error=f"{reporter.metric} is {value}")
+    return Outcome(State.COMPLETE, None if value is None else float(value))
+
+
+def _failure(exc: Exception) -> Outcome:
+    name = type(exc).__name__
+    oom = name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    if oom and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # the worker keeps serving: give the memory back
+    return Outcome(State.FAILED, reason="oom" if oom else "error", error_type=name, error=str(exc))
+
+
+def close_child(tracker: Any, run_id: str, outcome: Outcome, tags: Mapping[str, str] | None = None) -> None:
+    """End (or amend) a trial's child run with its outcome. Idempotent: the last call wins."""
+    tracker.end_child(run_id, outcome.state.mlflow_status, {**outcome.tags(), **(tags or {})})
+
+
+@dataclass
+class TrialRun:
+    """Where a trial's child run goes and what it is tagged with; runs the trainer under it."""
+
+    tracker: Any  # hpo.tracking.Tracker
+    experiment_id: str
+    parent_id: str
+    backend: str
+    study: str
+    worker: str
+    trainer_ref: str | None = None
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def tags(self, number: int | str, config: Mapping[str, Any]) -> dict[str, str]:
+        from hpo.provenance import environment_tags
+
+        return {
+            **environment_tags(), **self.extra_tags, "hpo.backend": self.backend, "hpo.study": self.study,
+            "hpo.trial": str(number), "hpo.worker": self.worker,
+            "hpo.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "hpo.state": "running", "hpo.seed": str(config.get("seed", 0)),
+        }
+
+    def run(self, number: int | str, params: Mapping[str, Any], trainer: Callable, metric: str | None,
+            should_stop: Callable[[int, float], bool] = lambda s, v: False,
+            on_start: Callable[[str], None] = lambda run_id: None,
+            on_report: Callable[[int, Mapping[str, float]], None] = lambda s, m: None,
+            tags: Mapping[str, str] | None = None) -> tuple[Outcome, Reporter]:
+        """Run the trainer under a child run; Interrupted ends the run KILLED and propagates."""
+        from hpo.spec import unflatten
+
+        config = unflatten(params)
+        run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
+                                          {**self.tags(number, config), **(tags or {})})
+        on_start(run_id)
+
+        def sink(step: int, metrics: Mapping[str, float]) -> None:
+            self.tracker.log_metrics(run_id, step, metrics)
+            on_report(step, metrics)
+
+        reporter = Reporter(metric, sink=sink, should_stop=should_stop)
+        try:
+            outcome = run_trainer(trainer, config, reporter)
+        except Interrupted:
+            self.end(run_id, config, lost("interrupted"))
+            raise
+        self.end(run_id, config, outcome)
+        return outcome, reporter
+
+    def end(self, run_id: str, config: Mapping[str, Any], outcome: Outcome) -> None:
+        from hpo.provenance import dataset_tags
+
+        close_child(self.tracker, run_id, outcome, dataset_tags(config, self.trainer_ref))

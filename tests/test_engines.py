@@ -1,0 +1,136 @@
+"""Each engine's translation of one spec, checked on the objects it builds (no sweep runs here).
+
+These guard the semantics a sweep could silently lose while every run still "works":
+the pruner the workers use, the sampler's parallel behaviour, Ray's rungs, the budget,
+slot indexes, password masking, the backend registry.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from hpo import api, spec, storage
+from hpo.backends import base
+from hpo.backends.optuna import space
+from hpo.slots import plan
+from hpo.trial import Outcome, Reporter, State, run_trainer
+
+HB = {"type": "hyperband", "min_iter": 2, "eta": 3}
+
+
+def make(method="random", early_terminate=HB, epochs=18, **extra):
+    raw = {"method": method, "metric": {"name": "acc", "goal": "maximize"},
+           "parameters": {"epochs": {"value": epochs}, "lr": {"distribution": "uniform", "min": 0.0, "max": 1.0}},
+           **extra}
+    if early_terminate:
+        raw["early_terminate"] = early_terminate
+    return spec.from_dict(raw)
+
+
+def test_optuna_workers_prune_with_the_sweeps_hyperband(tmp_path):
+    """The worker loads the study with the sweep's HyperbandPruner, not Optuna's default MedianPruner."""
+    import json
+
+    from hpo.backends.optuna.worker import WorkerConfig, load_study
+
+    s = make()
+    store = storage.open_storage(str(tmp_path / "optuna.log"))
+    study = optuna.create_study(study_name="w", storage=store, direction="maximize")
+    study.set_user_attr("hpo.spec", json.dumps(s.raw))
+    study.set_user_attr("hpo.parent_run_id", "x")
+    loaded, _ = load_study(WorkerConfig("w", str(tmp_path / "optuna.log")), wait=0)
+    pruner = loaded.pruner
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (2, 18, 3)
+    assert isinstance(loaded.sampler, optuna.samplers.RandomSampler)
+
+
+def test_bayes_is_tpe_with_constant_liar():
+    """Parallel workers must not all sample next to the same pending trial."""
+    sampler = space.sampler(make(method="bayes"))
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar is True
+
+
+def test_optuna_schedule_lists_the_pruners_rungs():
+    sched = base.get("optuna").schedule(make(), {})
+    assert sched.runs and sched.stops_only_at_rungs
+    assert list(sched.rungs) == [2, 6]  # brackets of successive halving from min_iter 2, eta 3, up to 18
+
+
+def test_ray_asha_rungs_come_from_min_iter():
+    """grace_period = min_iter: ASHA's first cut is at step 2, then every eta-fold."""
+    pytest.importorskip("ray")
+    from hpo.backends.ray import space as ray_space
+
+    sched = ray_space.scheduler(make(), "asha")
+    assert sched._brackets[0]._rungs[-1][0] == 2  # the lowest milestone
+    assert ray_space.rungs(make(), "asha") == [2, 6]
+    assert list(base.get("ray").schedule(make(), {}).rungs) == [2, 6]
+
+
+def test_wandb_schedule_is_its_band_ladder():
+    sched = base.get("wandb").schedule(make(), {})
+    assert list(sched.rungs) == [3, 7] and not sched.stops_only_at_rungs  # bands 2, 6 -> after 3, 7 reports
+
+
+def test_an_engine_that_cannot_run_the_sweep_says_so():
+    s = spec.from_dict({"method": "random", "metric": {"name": "acc"}, "early_terminate": HB,
+                        "parameters": {"w": {"distribution": "normal", "mu": 0, "sigma": 1}}})
+    optuna_sched = base.get("optuna").schedule(s, {})
+    assert not optuna_sched.runs and optuna_sched.problem.startswith("parameters.w: ")
+    assert not optuna_sched.rungs
+    assert base.get("wandb").schedule(s, {}).runs
+
+
+def test_run_cap_is_the_default_budget(tmp_path):
+    (tmp_path / "s.yaml").write_text("method: random\nmetric: {name: acc}\nrun_cap: 3\n"
+                                     "parameters:\n  lr: {distribution: uniform, min: 0, max: 1}\n")
+    assert api.prepare(api.Settings(tmp_path / "s.yaml", workers=1, root=tmp_path / "runs")).budget == 3
+    assert api.prepare(api.Settings(tmp_path / "s.yaml", trials=5, workers=1, root=tmp_path / "runs")).budget == 5
+
+
+def test_a_trials_value_is_its_last_report():
+    def trainer(config, report):
+        for step, value in enumerate([0.9, 0.5, 0.7], start=1):
+            report(step, {"acc": value})
+
+    out = run_trainer(trainer, {}, Reporter("acc", sink=lambda s, m: None))
+    assert out == Outcome(State.COMPLETE, 0.7)
+
+
+@pytest.mark.parametrize("n_gpus,per_gpu", [(2, 2), (4, 3)])
+def test_slot_indexes_are_unique_with_several_workers_per_gpu(n_gpus, per_gpu):
+    slots = plan([str(i) for i in range(n_gpus)], per_gpu)
+    assert sorted(s.index for s in slots) == list(range(n_gpus * per_gpu))
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://hpo:s3cret@db:5432/hpo",
+    "postgresql://hpo@db/hpo?password=s3cret",
+    "postgresql+psycopg://db/hpo?sslmode=require&password=s3cret",
+])
+def test_passwords_are_masked_wherever_they_sit_in_the_url(url):
+    shown = storage.mask(url)
+    assert "s3cret" not in shown and "***" in shown
+
+
+def test_one_state_vocabulary_maps_to_every_tool():
+    from optuna.trial import TrialState
+
+    assert [s.mlflow_status for s in State] == ["FINISHED", "KILLED", "FAILED", "KILLED"]
+    assert [s.optuna_state for s in State] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                               TrialState.FAIL]
+    assert [s.wandb_state for s in State] == ["finished", "killed", "failed", "crashed"]
+
+
+def test_the_registry_is_the_clis_choice_list():
+    from hpo.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    backend = next(a for a in run._actions if a.dest == "backend")
+    assert backend.choices == list(base.ENGINES)
+    for name in base.ENGINES:
+        engine = base.get(name)
+        assert engine.name == name and callable(engine.check) and callable(engine.run)
