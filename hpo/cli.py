@@ -86,12 +86,16 @@ def cmd_worker(a: argparse.Namespace) -> int:
     threads = int(threads) if threads.isdigit() and int(threads) > 0 else None
     cfg = WorkerConfig(a.study, store, a.tracking_uri or os.environ.get("HPO_TRACKING_URI"), a.name or "",
                        a.trainer, a.parent_pid, threads)
+    from hpo.diskspace import EXIT_CODE, DiskFull
     from hpo.trial import Interrupted
 
     try:
         n = serve(cfg)
     except Interrupted:
         return 130
+    except DiskFull as exc:  # the controller sees this exit code and stops the sweep with one line
+        print(f"hpo worker: {exc}", file=sys.stderr)
+        return EXIT_CODE
     print(f"hpo worker: ran {n} trial(s); the queue is empty", file=sys.stderr)
     return 0
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import mirror, orphans, storage
+from hpo import diskspace, mirror, orphans, storage
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.progress import Progress
@@ -66,7 +66,13 @@ class Session:
     def run(self) -> Result:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.plan = self.backend.begin(self.plan)  # e.g. the sweep on W&B's server: before anything is written
-        self.open()
+        diskspace.warn_if_low(self.plan.dir, self.plan.budget)
+        try:
+            self.open()
+        except Exception as exc:
+            if diskspace.is_disk_full(exc):
+                raise diskspace.DiskFull(self.plan.dir) from None
+            raise
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, _first_ctrl_c)
         signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
@@ -82,11 +88,8 @@ class Session:
                 self.backend.run(self.plan, self)
         except KeyboardInterrupt:
             interrupted = True
-        except HpoError as exc:
-            error = exc
-        except Exception as exc:  # an engine's own failure: the sweep is closed FAILED, then reported
-            error = HpoError(f"{self.plan.backend} failed: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+        except Exception as exc:  # a full disk, or an engine's own failure: closed FAILED, then reported
+            error = self._as_error(exc)
         finally:
             # A second Ctrl-C must not cut the clean-up short: runs would stay RUNNING.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -99,6 +102,15 @@ class Session:
         if error is not None:
             raise error
         return result
+
+    def _as_error(self, exc: Exception) -> HpoError:
+        if diskspace.is_disk_full(exc):
+            return exc if isinstance(exc, diskspace.DiskFull) else diskspace.DiskFull(self.plan.dir)
+        if isinstance(exc, HpoError):
+            return exc
+        error = HpoError(f"{self.plan.backend} failed: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
     # -- open -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -184,6 +196,8 @@ class Session:
         Rule (every engine): `max_deaths` deaths in a row with no trial counted in between
         means every new worker dies too; the sweep stops, FAILED, exit 1.
         """
+        if diskspace.free_mb(self.plan.dir) < 1:  # it died writing its log or a record
+            raise diskspace.DiskFull(self.plan.dir)
         counted = self.counted()
         if counted != self._counted_at_death:
             self._deaths, self._counted_at_death = 0, counted
@@ -245,9 +259,15 @@ class Session:
         store = self.study._storage  # noqa: SLF001
         if detail:
             store.set_trial_user_attr(t._trial_id, "hpo.error", detail)  # noqa: SLF001
+        run_ids = [t.user_attrs["hpo.mlflow_run_id"]] if t.user_attrs.get("hpo.mlflow_run_id") else [
+            # killed between creating its child run and naming it in the trial: find it by its tag
+            r.info.run_id for r in self.tracker.children(self.experiment_id, self.parent_run_id, running_only=True)
+            if r.data.tags.get("hpo.trial") == str(t.user_attrs.get("hpo.trial", t.number))]
+        for run_id in run_ids[:1]:
+            if run_id != t.user_attrs.get("hpo.mlflow_run_id"):
+                store.set_trial_user_attr(t._trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
         storage.fail_trial(self.study, t._trial_id, reason)  # noqa: SLF001
-        run_id = t.user_attrs.get("hpo.mlflow_run_id")
-        if run_id:
+        for run_id in run_ids:
             close_child(self.tracker, run_id, lost(reason, detail))
 
     def fail_orphans(self, reason: str, detail: str = "", live_pids: set[int] = frozenset()) -> int:
@@ -260,15 +280,18 @@ class Session:
 
     # -- close ----------------------------------------------------------------------------
     def close(self, interrupted: bool, aborted: str | None) -> Result:
+        """Every step is tried even when one fails (a full disk): what cannot be written now, the next
+        `hpo run` repairs (orphaned trials and children are failed when it opens the sweep)."""
         reason = "interrupted" if interrupted else "worker died"
+        detail = "the sweep was interrupted" if interrupted else "its worker is gone"
         for key in list(self.live):
-            self.trial_lost(key, reason, "the sweep was interrupted" if interrupted else "its worker is gone")
-        self.fail_orphans(reason)
-        self._end_running_children(reason)
+            _best_effort(self.trial_lost, key, reason, detail)
+        _best_effort(self.fail_orphans, reason)
+        _best_effort(self._end_running_children, reason)
         if self.progress is not None:
             self.progress.close()
         result = self.summarize(interrupted, aborted)
-        self._close_parent(result)
+        _best_effort(self._close_parent, result)
         return result
 
     def _end_running_children(self, reason: str) -> None:
@@ -312,6 +335,14 @@ class Session:
         self.tracker.finish_parent(self.parent_run_id, status, metrics, tags,
                                    {"sweep.yaml": self.plan.sweep_text,
                                     "best.json": json.dumps(best, indent=2, default=str)})
+
+
+def _best_effort(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - closing goes on; a full disk is reported by the caller
+        if not diskspace.is_disk_full(exc):
+            print(f"hpo: warning: {getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _first_ctrl_c(signum, frame):  # noqa: ARG001

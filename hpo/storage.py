@@ -9,7 +9,6 @@ machines) gives exactly 7 trials, and a worker stops when the queue is empty.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -21,10 +20,10 @@ from typing import Any, Iterable
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, MissingDependency, UsageError
+from hpo.journal import FlockLock, SafeJournalFileBackend
 from hpo.trial import INFRA_REASONS
 
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
@@ -71,32 +70,7 @@ def open_storage(url: str) -> BaseStorage:
         raise UsageError(f"--storage: unknown scheme in {mask(url)}; use a journal file path or an RDB URL")
     path = Path(url).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(str(path) + ".flock")))
-
-
-class FlockLock:
-    """The journal's write lock, as `fcntl.flock` on a side file.
-
-    Optuna's own file locks are files that exist while held: a worker SIGKILLed
-    while holding one blocks every other writer. The kernel drops an flock when
-    its holder dies, whatever the signal. (Local disks; use an RDB across machines.)
-    """
-
-    def __init__(self, path: str):
-        self._path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    return JournalStorage(SafeJournalFileBackend(str(path), lock_obj=FlockLock(str(path) + ".flock")))
 
 
 def heartbeat_grace() -> int:

@@ -159,7 +159,7 @@ def test_a_writer_killed_inside_the_journal_lock_blocks_nobody(tmp_path):
     """Optuna's own journal locks outlive a SIGKILLed holder; hpo's flock does not."""
     journal = tmp_path / "optuna.log"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, %r); from hpo.storage import FlockLock; "
+        "import sys, time; sys.path.insert(0, %r); from hpo.journal import FlockLock; "
         "lock = FlockLock(%r); lock.acquire(); print('held', flush=True); time.sleep(600)")
         % (str(TESTS.parent), str(journal) + ".flock")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from hpo import storage
+from hpo import diskspace, storage
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
 
@@ -58,6 +58,8 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
     study = session.study
     while True:
         for e in pool.reap():
+            if e.code == diskspace.EXIT_CODE:
+                raise diskspace.DiskFull(plan.dir)
             if e.died:
                 _on_death(session, e)
                 session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +22,7 @@ import optuna
 from hpo import spec as specmod
 from hpo import storage, trainer_ref
 from hpo.backends.optuna import space
+from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
 from hpo.spec import hyperband
 from hpo.tracking import Tracker
@@ -108,7 +110,12 @@ def serve(cfg: WorkerConfig) -> int:
                 with storage.Heartbeat(study, trial._trial_id):  # noqa: SLF001
                     ctx.run(trial)
             except Exception as exc:  # MLflow or storage down: do not leave the trial RUNNING
-                storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
+                if is_disk_full(exc):  # nothing more can be written: the next `hpo run` repairs the trial
+                    raise DiskFull(Path(cfg.storage).parent if "://" not in cfg.storage else "storage") from None
+                try:
+                    storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
+                except Exception:  # noqa: BLE001 - the store is down: the controller fails it as an orphan
+                    pass
                 raise HpoError(f"worker {ctx.trial_run.worker}: {type(exc).__name__}: {exc}") from exc
             done += 1
     except Interrupted:

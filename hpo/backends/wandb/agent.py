@@ -203,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
             agent.serve_offline()
     except (Interrupted, KeyboardInterrupt):
         return 130
+    except Exception as exc:
+        from hpo import diskspace
+
+        if diskspace.is_disk_full(exc):  # the controller sees this exit code and stops the sweep
+            print(f"hpo agent {a.name}: disk full: {exc}", file=sys.stderr)
+            return diskspace.EXIT_CODE
+        raise
     return 0
 
 

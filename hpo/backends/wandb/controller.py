@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import storage
+from hpo import diskspace, storage
 from hpo.backends.wandb.engine import Engine
 from hpo.procs import Pool
 from hpo.provenance import git_sha
@@ -126,6 +126,8 @@ class Controller:
             for conn in self.server.ready(POLL_SECONDS):
                 self._receive(conn)
             for e in self.pool.reap():
+                if e.code == diskspace.EXIT_CODE:
+                    raise diskspace.DiskFull(self.plan.dir)
                 if e.died:
                     self._lost(e.slot.name, "worker died", e.describe())
                     self.session.worker_exited(f"{e.describe()} on {e.slot.name}", str(self.plan.dir / "logs" / f"{e.slot.name}.log"))
