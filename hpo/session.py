@@ -126,7 +126,15 @@ class Session:
         plan.dir.mkdir(parents=True, exist_ok=True)
         self.study = optuna.create_study(study_name=plan.name, storage=store, direction=self.spec.direction,
                                          load_if_exists=True)
-        self._open_parent()
+        try:
+            self._open_parent()
+        except HpoError:
+            raise
+        except Exception as exc:  # an MLflow server that answers 500s, a store it cannot open: one line
+            if diskspace.is_disk_full(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise HpoError(f"--tracking-uri: cannot use {storage.mask(plan.tracking_uri)}: {storage.mask(first)}") from None
         if old is not None:  # a controller killed earlier leaves RUNNING trials and child runs behind
             self.fail_orphans("worker died", "found RUNNING when the sweep resumed")
             if self.backend.mirrored:

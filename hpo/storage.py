@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
+from hpo.outage import PatientRDBStorage
 from hpo.trial import INFRA_REASONS
 
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
@@ -59,8 +60,10 @@ def open_storage(url: str) -> BaseStorage:
             # Heartbeats let the controller notice a worker on another machine that died mid-trial.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=max(1, heartbeat_grace() // 6),
-                                  grace_period=heartbeat_grace())
+                store = PatientRDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=max(1, heartbeat_grace() // 6),
+                                          grace_period=heartbeat_grace())
+                store.hpo_label = f"--storage {mask(url)}"
+                return store
         except ImportError:
             raise MissingDependency("psycopg[binary]", f"the storage {mask(url)}") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors: one line, password masked

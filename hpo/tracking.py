@@ -20,16 +20,23 @@ T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 
 
-def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """SQLite tracking stores say 'database is locked' under parallel writers: wait and retry."""
-    for i in range(attempts):
+def _retry(fn: Callable[[], T]) -> T:
+    """SQLite tracking stores say 'database is locked' under parallel writers, or while another
+    process holds a long transaction: wait and retry, for at most $HPO_STORAGE_OUTAGE_S seconds."""
+    from hpo.outage import StorageDown, bound_s
+
+    deadline, pause = time.monotonic() + bound_s(), 0.05
+    while True:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - MLflow wraps the driver's error in several types
-            if "locked" not in str(exc).lower() or i == attempts - 1:
+            if "locked" not in str(exc).lower():
                 raise
-            time.sleep(0.05 * 2**i)
-    raise AssertionError("unreachable")
+            if time.monotonic() > deadline:
+                raise StorageDown(f"--tracking-uri: the MLflow store stayed locked for {bound_s():.0f} s; "
+                                  "run the same command to resume") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 def _clip(value: Any, limit: int = 6000) -> str:

@@ -141,9 +141,10 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
         return Outcome(State.FAILED, reason=exc.reason, error_type="TrialFailed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
         from hpo.diskspace import is_disk_full
+        from hpo.outage import StorageDown
 
-        if is_disk_full(exc):  # hpo's own records could not be written: the machine's fault, not the trial's
-            raise
+        if is_disk_full(exc) or isinstance(exc, StorageDown):  # hpo's own records could not be written:
+            raise  # the machine's fault, not the trial's
         return _failure(exc)
     value = reporter.last(reporter.metric)
     if value is None and reporter.metric and isinstance(final, Mapping):

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
@@ -50,8 +51,8 @@ def _pg_bin() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    """Start a throw-away PostgreSQL on 127.0.0.1 (installed by .ci/run); yield its URL with a password."""
+def postgres(tmp_path_factory):
+    """Start a throw-away PostgreSQL on 127.0.0.1 (installed by .ci/run); yield its URL and stop/start."""
     pg = _pg_bin()
     if pg is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
@@ -71,12 +72,23 @@ def postgres_url(tmp_path_factory):
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
     subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
                     "start"], check=True, capture_output=True)
+    def ctl(*what: str) -> None:
+        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
+                        *what], check=True, capture_output=True)
+
     try:
-        yield f"postgresql://hpo:s3cret-pw@127.0.0.1:{port}/postgres"
+        yield SimpleNamespace(url=f"postgresql://hpo:s3cret-pw@127.0.0.1:{port}/postgres",
+                              stop=lambda: ctl("-m", "immediate", "stop"), start=lambda: ctl("start"))
     finally:
         subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    return postgres.url
 
 
 @pytest.mark.postgres
@@ -165,3 +177,36 @@ def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 6, "the killed trial was replaced"
     _, _, parents, children = runs_of(tmp_path / "runs" / "hb", "hb")
     assert not [r for r in parents + children if r.info.status == "RUNNING"]
+
+
+@pytest.mark.postgres
+def test_the_database_down_for_twenty_seconds_mid_sweep_loses_nothing(tmp_path, postgres):
+    """Workers and controller wait for the database (bounded by HPO_STORAGE_OUTAGE_S) and carry on."""
+    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="outage").replace(
+        "x: {{distribution: uniform, min: 0.0, max: 1.0}}", "x: {distribution: uniform, min: 0.0, max: 1.0}\n"
+        "      epochs: {value: 6}\n      sleep: {value: 0.5}"))
+    args = ["run", str(sweep), "--workers", "2", "--trials", "8", "--trainer", "fault_trainers:slow", "--no-progress",
+            "--storage", postgres.url]
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env={**os.environ, **ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "runs" / "outage" / "logs").glob("*.log")):
+        time.sleep(0.5)
+    time.sleep(4)  # workers inside their first trials
+    postgres.stop()
+    time.sleep(20)
+    postgres.start()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["complete"] == 8, summary
+    import optuna
+
+    from hpo.storage import open_storage
+
+    trials = optuna.load_study(study_name="outage", storage=open_storage(postgres.url)).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    _, _, parents, children = runs_of(tmp_path / "runs" / "outage", "outage")
+    assert parents[0].info.status == "FINISHED" and not [c for c in children if c.info.status == "RUNNING"]

@@ -230,3 +230,59 @@ def test_a_disk_that_fills_mid_sweep_stops_with_one_line_and_resumes(small_disk,
     again = run_hpo(*args, cwd=tmp_path, env=ENV, timeout=300)
     assert again.returncode == 0, again.stderr
     check_invariants(root / "full", "full", 12)
+
+
+# -- stores that misbehave --------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_mlflow_store_locked_for_a_while_mid_sweep_loses_nothing(tmp_path):
+    """Another process holds a write transaction on mlflow.db for 15 s: writers wait, then carry on."""
+    import sqlite3
+
+    sweep = write(tmp_path / "sweep.yaml", CRASH.replace("name: crash", "name: locked")
+                  .replace("sleep: {value: 0.1}", "sleep: {value: 0.4}"))
+    args = ["run", str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env={**os.environ, **ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "runs" / "locked" / "mlflow.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "runs" / "locked" / "logs").glob("*.log")):
+        time.sleep(0.3)
+    time.sleep(3)
+    holder = sqlite3.connect(db, timeout=60, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(15)
+    holder.execute("COMMIT")
+    holder.close()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    check_invariants(tmp_path / "runs" / "locked", "locked", 6)
+
+
+def test_an_mlflow_server_that_answers_500_is_one_line(tmp_path, tiny_sweep):
+    """A tracking server that is up but broken: one line naming it, exit 1, no traceback."""
+    import http.server
+    import threading
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def _fail(self):
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b"internal error")
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _fail
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        out = run_hpo("run", str(tiny_sweep), "--workers", "1", "--tracking-uri", url, "--no-progress", cwd=tmp_path,
+                      env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"})
+    finally:
+        server.shutdown()
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("hpo: sweep")]
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"hpo: --tracking-uri: cannot use {url}"), out.stderr
