@@ -62,10 +62,7 @@ def _settings(a: argparse.Namespace):
 def cmd_run(a: argparse.Namespace) -> int:
     from hpo import api
 
-    plan = api.prepare(_settings(a))
-    print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {len(plan.slots)} worker(s) "
-          f"[{', '.join(s.name for s in plan.slots)}]; writing {plan.dir}/", file=sys.stderr)
-    result = api.run(plan)
+    result = api.run(api.prepare(_settings(a)))
     c = result.counts
     print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
                       "best_params": result.best_params, "best_run_id": result.best_run_id,

@@ -77,6 +77,9 @@ class Session:
         signal.signal(signal.SIGINT, _first_ctrl_c)
         signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
         interrupted, error = False, None
+        plan = self.plan
+        print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {len(plan.slots)} worker(s) "
+              f"[{', '.join(s.name for s in plan.slots)}]; writing {plan.dir}/", file=sys.stderr)
         try:
             if self.nothing_left():
                 print(f"hpo: sweep {self.plan.name!r} has {self.counted()}/{self.plan.budget} trials finished; "
@@ -231,6 +234,8 @@ class Session:
         user_attrs = {"hpo.backend": self.plan.backend, "hpo.trial": number, "hpo.worker": worker,
                       "hpo.cuda_visible_devices": cuda, "hpo.host": socket.gethostname(), "hpo.pid": os.getpid(),
                       **(attrs or {})}
+        if key in self.live:  # started again without having ended: that attempt is lost
+            self.trial_lost(key, "worker died", "started again before it ended")
         trial_id = mirror.start_trial(self.study, self.spec, params, user_attrs)
         self.live[key] = Live(trial_id, number, worker, cuda)
 

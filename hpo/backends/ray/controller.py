@@ -82,8 +82,8 @@ class Side:
                                     attrs=self._attrs(trial))
         self.session.refresh(len(self.session.live))
 
-    def died(self, trial, again: bool) -> None:
-        """Its worker (a Ray actor) died; `again`: Ray runs the trial's config once more."""
+    def died(self, trial) -> None:
+        """Its worker (a Ray actor) died: the attempt is failed; Ray may run the trial's config again."""
         detail = str(getattr(trial, "error_message", "") or "").strip().splitlines()
         detail_text = detail[-1][:500] if detail else "the Ray actor died"
         self.seen.pop(trial.trial_id, None)
@@ -91,9 +91,8 @@ class Side:
         try:
             self.session.worker_exited(f"worker died ({detail_text})", "")
         except HpoError:
-            return  # session.aborting is set: the stopper ends the Tuner
-        if again:
-            self.start(trial)
+            pass  # session.aborting is set: the stopper ends the Tuner
+        # again: Ray starts the trial once more (on_trial_start): a new Optuna trial, a new child run
 
     def _child_tags(self, trial_id: str, run_id: str) -> dict[str, str]:
         client = self.session.tracker.client
@@ -127,10 +126,10 @@ class Bridge(tune.Callback):
         _sides[self.key].complete(trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        _sides[self.key].died(trial, again=True)
+        _sides[self.key].died(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        _sides[self.key].died(trial, again=False)
+        _sides[self.key].died(trial)
 
 
 class Abort(tune.Stopper):

@@ -1,0 +1,58 @@
+"""Small, deterministic trainers for the engine contract suite (`--trainer contract_trainers:NAME`).
+
+No torch, no data: each "epoch" is a short sleep and one `report`. They follow the
+trainer contract: `report(step, metrics)` once per epoch, steps 1..epochs, and an
+exception raised by `report` (the engine stopping the trial) is left to propagate.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def score(x: float, step: int, epochs: int) -> float:
+    """The curve every trial follows: rises with the step, scaled by `x`.
+
+    A trial with a larger `x` is ahead at every step (so Hyperband has clear losers to
+    stop), and the value at the last step differs from the value at the first (so a
+    trial's value can be told apart from its first report).
+    """
+    return round(float(x) * (step / epochs) + 0.001 * step, 6)
+
+
+def curve(config, report):
+    """`epochs` reports of `score`, `sleep` seconds apart (default 0.05 s: concurrent trials overlap)."""
+    epochs = int(config["epochs"])
+    pause = float(config.get("sleep", 0.05))
+    for step in range(1, epochs + 1):
+        time.sleep(pause)
+        report(step, {"score": score(config["x"], step, epochs)})
+
+
+def _die(report) -> None:
+    report(1, {"score": 0.0})
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # never reached: SIGKILL cannot be caught
+
+
+def die_once(config, report):
+    """The first trial to get here (whoever creates the file `marker` first) kills its own process."""
+    try:
+        fd = os.open(config["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return curve(config, report)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    _die(report)
+
+
+def die_always(config, report):
+    """Every trial kills its own process after its first report: a worker that can never finish a trial."""
+    _die(report)
+
+
+def raise_always(config, report):
+    """Every trial fails in the trainer itself."""
+    raise ValueError("contract: this trainer always fails")
