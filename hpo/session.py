@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, mirror, orphans, storage
+from hpo import diskspace, mirror, orphans, storage, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.progress import Progress
@@ -159,8 +159,15 @@ class Session:
 
     def _open_parent(self) -> None:
         plan, study = self.plan, self.study
+        tracking.repair_interrupted_schema(plan.tracking_uri)  # a controller killed while MLflow made its tables
         self.tracker = Tracker(plan.tracking_uri)
-        self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
+        try:
+            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
+        except Exception as exc:  # a half-made SQLite store that holds nothing yet: made again
+            if diskspace.is_disk_full(exc) or not tracking.drop_if_empty(plan.tracking_uri):
+                raise
+            self.tracker = Tracker(plan.tracking_uri)
+            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
         tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
                 "hpo.state": "running"}

@@ -157,6 +157,59 @@ class Tracker:
         return _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50000))
 
 
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def has_runs(uri: str) -> bool:
+    """Whether a SQLite tracking store holds any run (False for a missing or half-made file)."""
+    import sqlite3
+
+    path = sqlite_path(uri)
+    if path is None or not path.exists():
+        return False
+    try:
+        with sqlite3.connect(path, timeout=30) as con:
+            return con.execute("select count(*) from runs").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def drop_if_empty(uri: str) -> bool:
+    """Remove a SQLite tracking store that holds no run (half-made by a killed controller)."""
+    path = sqlite_path(uri)
+    if path is None or not path.exists() or has_runs(uri):
+        return False
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return True
+
+
+def repair_interrupted_schema(uri: str) -> bool:
+    """A SQLite store whose schema migration was killed half-way (MLflow's alembic leaves `_alembic_tmp_*`
+    tables, and every later open fails on them). Holding no run yet, it is made again from scratch;
+    holding runs, only the leftover tables go, and the migration runs again. Returns whether it repaired."""
+    import sqlite3
+
+    path = sqlite_path(uri)
+    if path is None or not path.exists():
+        return False
+    try:
+        with sqlite3.connect(path, timeout=30) as con:
+            leftovers = [r[0] for r in con.execute(
+                "select name from sqlite_master where type='table' and name like '\_alembic\_tmp\_%' escape '\'")]
+    except sqlite3.Error:
+        leftovers = ["?"]
+    if not leftovers:
+        return False
+    if drop_if_empty(uri):
+        return True
+    with sqlite3.connect(path, timeout=30) as con:
+        for name in leftovers:
+            con.execute(f'drop table if exists "{name}"')
+    return True
+
+
 def default_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
 

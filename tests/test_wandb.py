@@ -381,3 +381,28 @@ def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
     assert not [c for c in children if c.info.status == "RUNNING"]
     failed = [c for c in children if c.info.status == "FAILED"]
     assert len(failed) == 1 and failed[0].data.tags["hpo.reason"] == "worker died"
+
+
+@pytest.mark.slow
+def test_retries_rerun_a_failed_runs_params_offline(tmp_path, wandb_env):
+    """--retries on W&B's engine: the controller hands a failed run's params out again, linked by hpo.retry_of."""
+    sweep = write(tmp_path / "retry.yaml", """
+        name: wretry
+        method: grid
+        metric: {name: score, goal: maximize}
+        parameters:
+          mode: {values: [ok, error]}
+    """)
+    out = run_hpo("run", str(sweep), "--backend", "wandb", "--offline", "--workers", "1", "--retries", "2",
+                  "--trainer", "fault_trainers:faulty", "--no-progress", cwd=tmp_path,
+                  env={**wandb_env, "PYTHONPATH": str(Path(__file__).parent)}, check=True)
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["complete"] == 1 and summary["failed"] == 1
+    trials = load_study(tmp_path / "runs" / "wretry", "wretry").get_trials()
+    errors = sorted((t for t in trials if t.params["mode"] == "error"), key=lambda t: t.number)
+    assert len(errors) == 3, "the original and two retries"
+    assert [t.user_attrs.get("hpo.retry_of") for t in errors] == [None, errors[0].number, errors[1].number]
+    assert [t.user_attrs.get("hpo.attempt", 0) for t in errors] == [0, 1, 2]
+    _, _, _, children = runs_of(tmp_path / "runs" / "wretry", "wretry")
+    tagged = sorted(c.data.tags["hpo.retry_of"] for c in children if "hpo.retry_of" in c.data.tags)
+    assert tagged == sorted(str(t.number) for t in errors[:2]), "the child runs say what they retry"

@@ -97,7 +97,8 @@ class Agent:
         self.conn.send(msg)
         return self.conn.recv()
 
-    def trial(self, wb: Any, name: str, number: int, params: dict[str, Any]) -> Outcome:
+    def trial(self, wb: Any, name: str, number: int, params: dict[str, Any],
+              tags: dict[str, str] | None = None) -> Outcome:
         """Run the trainer once; log every epoch to the wandb run (and MLflow, and the controller)."""
         stop = [False]
 
@@ -121,7 +122,7 @@ class Agent:
             else:
                 outcome, _ = self.trial_run.run(
                     number, params, self.trainer, metric, should_stop=lambda s, v: stop[0],
-                    on_start=started, on_report=on_report)
+                    on_start=started, on_report=on_report, tags=tags)
         except Interrupted:
             self._end(wb, name, lost("interrupted"))
             raise
@@ -157,7 +158,7 @@ class Agent:
                             group=s["group"], job_type="hpo-sweep", id=job["name"], name=f"trial-{job['number']}",
                             config=unflatten(job["params"]), tags=["hpo", self.name], reinit="finish_previous",
                             settings=wandb_settings())
-            self.trial(wb, job["name"], job["number"], job["params"])
+            self.trial(wb, job["name"], job["number"], job["params"], job.get("tags"))
             done += 1
         return done
 

@@ -9,7 +9,7 @@ the agent's argv; the authkey only in its environment.
 
 Messages (tuples; only "next" and "report" are answered, in order):
     agent -> ("hello", worker)                 <- ("setup", {...})
-    agent -> ("next",)                         <- ("run", {"name", "number", "params"}) | ("done",)
+    agent -> ("next",)                         <- ("run", {"name", "number", "params", "tags"}) | ("done",)
     agent -> ("begin", name, params)           <- ("number", n)     online: the W&B server chose the run
     agent -> ("started", name, mlflow_run_id)
     agent -> ("report", name, step, metrics)   <- ("continue",) | ("stop",)
@@ -175,7 +175,7 @@ class Controller:
                 return ("done",)
         number = len(self.engine.runs) - 1
         self._start(name, number, worker, params, attrs)
-        return ("run", {"name": name, "number": number, "params": params})
+        return ("run", {"name": name, "number": number, "params": params, "tags": {k: str(v) for k, v in attrs.items()}})
 
     def _retry(self):
         """A failed run to hand out again (`--retries`); its RUNNING retry marks it taken."""
