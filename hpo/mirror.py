@@ -35,6 +35,11 @@ def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
         p = spec.param(name)
     except StopIteration:
         return CategoricalDistribution([value])
+    return range_for(p, value)
+
+
+def range_for(p: Any, value: int | float) -> BaseDistribution:
+    """A numeric distribution over the bulk of a parameter's law that holds `value` (for display)."""
     c = p.config
     lo, hi = c.get("min", value), c.get("max", value)
     if "normal" in p.distribution:  # show the bulk of the law (mu +- 4 sigma), not one point

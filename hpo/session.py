@@ -330,7 +330,7 @@ class Session:
                 failures[key] = failures.get(key, 0) + 1
         return Result(
             self.plan.name, storage.count(trials), best.value if best else None,
-            dict(best.params) if best else {}, best.user_attrs.get("hpo.trial", best.number) if best else None,
+            storage.trainer_params(best) if best else {}, best.user_attrs.get("hpo.trial", best.number) if best else None,
             self.parent_run_id, best.user_attrs.get("hpo.mlflow_run_id") if best else None,
             interrupted, aborted, failures)
 

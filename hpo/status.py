@@ -30,7 +30,7 @@ def best(study: optuna.Study, metric: str) -> dict[str, Any]:
     if not done:
         return {"study": study.study_name, "best_trial": None}
     t = study.best_trial
-    return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": t.params,
+    return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": storage.trainer_params(t),
             "mlflow_run_id": t.user_attrs.get("hpo.mlflow_run_id")}
 
 

@@ -134,6 +134,11 @@ def reason(t: FrozenTrial) -> str | None:
     return t.user_attrs.get("hpo.reason")
 
 
+def trainer_params(t: FrozenTrial) -> dict[str, Any]:
+    """The values the trainer got (without the uniform `NAME~u` variables Optuna sampled for them)."""
+    return {k: v for k, v in t.params.items() if not k.endswith("~u")}
+
+
 def counts_toward_budget(t: FrozenTrial) -> bool:
     """Finished for a reason of its own (complete, pruned, or failed by the trainer)."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):

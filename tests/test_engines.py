@@ -77,7 +77,7 @@ def test_wandb_schedule_is_its_band_ladder():
 
 def test_an_engine_that_cannot_run_the_sweep_says_so():
     s = spec.from_dict({"method": "random", "metric": {"name": "acc"}, "early_terminate": HB,
-                        "parameters": {"w": {"distribution": "normal", "mu": 0, "sigma": 1}}})
+                        "parameters": {"w": {"values": [[1, 2], [3]]}}})
     optuna_sched = base.get("optuna").schedule(s, {})
     assert not optuna_sched.runs and optuna_sched.problem.startswith("parameters.w: ")
     assert not optuna_sched.rungs

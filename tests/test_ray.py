@@ -119,7 +119,7 @@ def test_gpu_fractions_on_logical_gpus(tmp_path):
     assert sorted(m.user_attrs["hpo.cuda_visible_devices"] for m in mirrored) == sorted(seen)
 
 
-def test_distributions_optuna_cannot_sample(tmp_path):
+def test_distributions_optuna_has_no_form_for(tmp_path):
     sweep = write(tmp_path / "sweep.yaml", """
         name: normal
         method: bayes
@@ -132,10 +132,6 @@ def test_distributions_optuna_cannot_sample(tmp_path):
           weight_decay: {distribution: q_log_uniform_values, min: 1.0e-6, max: 1.0e-3, q: 1.0e-6}
           batch_size: {value: 128}
     """)
-    rejected = run_hpo("run", str(sweep), "--trials", "2", cwd=tmp_path)
-    assert rejected.returncode == 2 and "Optuna cannot sample" in rejected.stderr
-    assert not (tmp_path / "runs").exists()
-
     run_hpo("run", str(sweep), "--backend", "ray", "--workers", "2", "--trials", "4", "--no-progress",
             cwd=tmp_path, env=RAY_ENV, check=True)
     sweep_dir = tmp_path / "runs" / "normal"

@@ -213,46 +213,76 @@ def test_q_uniform_grid_is_the_optuna_support():
     assert s.param("x").grid_values() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
 
 
-# ---------------------------------------------------------------- what Optuna cannot express
+# ---------------------------------------------------------------- what Optuna has no form for
+
+MAPPED_CASES = [
+    {"distribution": "normal", "mu": 0, "sigma": 1},
+    {"distribution": "q_normal", "mu": 10, "sigma": 2, "q": 1},
+    {"distribution": "log_normal", "mu": -3, "sigma": 1},
+    {"distribution": "q_log_normal", "mu": 2, "sigma": 1, "q": 2},
+    {"distribution": "q_log_uniform", "min": 0, "max": 5, "q": 1},
+    {"distribution": "q_log_uniform_values", "min": 1, "max": 256, "q": 1},
+    {"distribution": "q_log_uniform_values", "min": 0.001, "max": 1.0, "q": 0.001},
+    {"distribution": "beta", "a": 2, "b": 3},
+    {"distribution": "q_beta", "a": 2, "b": 3, "q": 0.1},
+    {"values": [1, 2, 3], "probabilities": [0.2, 0.3, 0.5]},
+]
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        {"distribution": "normal", "mu": 0, "sigma": 1},
-        {"distribution": "q_normal", "mu": 10, "sigma": 2, "q": 1},
-        {"distribution": "log_normal", "mu": -3, "sigma": 1},
-        {"distribution": "q_log_normal", "mu": 2, "sigma": 1, "q": 2},
-        {"distribution": "q_log_uniform", "min": 0, "max": 5, "q": 1},
-        {"distribution": "q_log_uniform_values", "min": 1, "max": 256, "q": 1},
-        {"values": [1, 2, 3], "probabilities": [0.2, 0.3, 0.5]},
-    ],
-    ids=lambda c: c.get("distribution", "categorical_w_probabilities"),
-)
-def test_optuna_refuses_what_it_cannot_express_and_names_ray_and_wandb(cfg, tmp_path):
+@pytest.mark.parametrize("cfg", MAPPED_CASES, ids=lambda c: c.get("distribution", "categorical_w_probabilities"))
+def test_optuna_samples_every_wandb_distribution_with_wandbs_law(cfg):
+    """2,000 Optuna draws (a uniform variable through W&B's ppf) against 2,000 of W&B's own sampler."""
+    from scipy import stats
+
+    from sweeps.params import HyperParameter
+
     s = make({"opt": {"parameters": {"lr": cfg}}})
-    assert s.param("opt.lr").config  # the spec itself is valid W&B
-    problems = space.check(s)
-    assert len(problems) == 1
-    msg = problems[0]
-    assert msg.startswith("parameters.opt.lr: ")
-    assert "--backend ray" in msg and "--backend wandb" in msg
-    wandb_ppf(cfg, np.array([0.1, 0.5, 0.9]))  # and W&B itself can sample it
+    assert space.check(s) == [], "the default engine runs it"
+    dist = space.optuna_form(s.param("opt.lr"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    ours = []
+    for _ in range(2000):
+        trial = study.ask()
+        ours.append(space.suggest(trial, "opt.lr", dist))
+        study.tell(trial, 0.0)
+        recorded = study.get_trials(deepcopy=False)[-1].params["opt.lr"]
+        assert recorded == ours[-1], "Optuna records the value the trainer got"
+    np.random.seed(2)
+    theirs = [HyperParameter("x", cfg).sample() for _ in range(2000)]
+    if "values" in cfg:  # a weighted choice: the same support, frequencies within a few percent
+        assert set(ours) <= set(cfg["values"])
+        for v, p in zip(cfg["values"], cfg["probabilities"]):
+            assert abs(ours.count(v) / 2000 - p) < 0.04
+        return
+    support = set(np.round(theirs, 9).tolist())
+    if "q" in cfg:  # a lattice: every value on it, and W&B's type (int when q is)
+        assert all(abs(v / cfg["q"] - round(v / cfg["q"])) < 1e-6 for v in ours)
+        assert all(isinstance(v, int) for v in ours) is isinstance(cfg["q"], int)
+    if cfg.get("distribution", "").startswith(("beta", "q_beta")):
+        assert all(0 <= v <= 1 for v in ours)
+    if "min" in cfg:
+        lo, hi = min(support), max(support)
+        assert all(lo - cfg.get("q", 0) <= v <= hi + cfg.get("q", 0) or cfg["min"] <= v for v in ours)
+    assert stats.ks_2samp(ours, theirs).pvalue > 1e-3, "the same law as W&B's sampler"
 
 
-@pytest.mark.parametrize("cfg", [{"distribution": "beta", "a": 2, "b": 3}, {"distribution": "q_beta", "q": 0.1}])
-def test_beta_is_for_ray_and_wandb_only(cfg):
-    (problem,) = space.check(make({"x": cfg}))
-    assert re.match(r"^parameters\.x: .*--backend ray or --backend wandb$", problem)
+def test_a_mapped_parameter_is_recorded_beside_its_uniform_variable():
+    s = make({"w": {"distribution": "normal", "mu": 5, "sigma": 0.1}})
+    study = optuna.create_study()
+    trial = study.ask()
+    value = space.suggest(trial, "w", space.optuna_form(s.param("w")))
+    study.tell(trial, 0.0)
+    params = study.trials[0].params
+    assert set(params) == {"w", "w~u"} and params["w"] == value and 4 < value < 6
 
 
-def test_prepare_fails_for_optuna_before_anything_is_written(tmp_path, monkeypatch):
-    from hpo import api as sweep
+def test_choices_optuna_cannot_hold_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from hpo import api
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  w: {distribution: normal}\n")
-    with pytest.raises(UsageError, match=r"^parameters\.w: "):
-        sweep.prepare(sweep.Settings("s.yaml", workers=1))
+    (tmp_path / "s.yaml").write_text("method: random\nmetric: {name: a}\nparameters:\n  w: {values: [[1, 2], [3]]}\n")
+    with pytest.raises(UsageError, match=r"^parameters\.w: Optuna choices must be"):
+        api.prepare(api.Settings("s.yaml", workers=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 

@@ -6,7 +6,10 @@ cannot express fails before anything runs, naming the backends that can.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -18,30 +21,58 @@ from optuna.distributions import (
 )
 
 from hpo.errors import UsageError
-from hpo.spec import Param, Spec, hyperband
+from hpo.spec import Param, Spec, hyperband, sweeps_pkg
 
-# Distributions only Ray and W&B can sample (Optuna has no normal, no q-log, no weights).
-NOT_IN_OPTUNA = {
-    "normal": "ray, wandb",
-    "q_normal": "ray, wandb",
-    "log_normal": "ray, wandb",
-    "q_log_normal": "ray, wandb",
-    "q_log_uniform": "ray, wandb",
-    "q_log_uniform_values": "ray, wandb",
-    "categorical_w_probabilities": "ray, wandb",
-    "beta": "ray, wandb",
-    "q_beta": "ray, wandb",
-}
+# Distributions Optuna has no form for (normal family, q-log, beta, weighted choice): sampled as a
+# uniform variable `NAME~u` that W&B's own inverse CDF (sweeps' HyperParameter.ppf) maps to the value.
+MAPPED = ("normal", "q_normal", "log_normal", "q_log_normal", "q_log_uniform", "q_log_uniform_values",
+          "categorical_w_probabilities", "beta", "q_beta")
+LATENT = "~u"
+EPS = 1e-12  # the inverse CDF of 0 or 1 is infinite for unbounded laws
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A W&B parameter that Optuna samples through a uniform variable and W&B's own ppf."""
+
+    param: Param
+
+    @property
+    def latent(self) -> str:
+        return self.param.name + LATENT
+
+    def value(self, u: float) -> Any:
+        out = _wandb_law(self.param.name, json.dumps(dict(self.param.config), sort_keys=True)).ppf(
+            min(max(float(u), EPS), 1 - EPS))
+        out = out.item() if hasattr(out, "item") else out
+        return int(out) if isinstance(out, float) and isinstance(self.param.config.get("q"), int) else out
+
+    def recorded(self, value: Any) -> BaseDistribution:
+        """A distribution that holds the value the trainer got, to record it as the param `NAME`."""
+        if self.param.distribution == "categorical_w_probabilities":
+            return CategoricalDistribution(list(self.param.config["values"]))
+        from hpo import mirror
+
+        return mirror.range_for(self.param, value)
+
+
 CHOICE_TYPES = (type(None), bool, int, float, str)
+
+
+@functools.lru_cache(maxsize=256)
+def _wandb_law(name: str, config_json: str) -> Any:
+    """W&B's HyperParameter for a parameter (its ppf is W&B's own inverse CDF)."""
+    config = json.loads(config_json)
+    if config.get("distribution") == "categorical_w_probabilities":
+        config.pop("distribution")  # sweeps infers it from values + probabilities
+    return sweeps_pkg.sweeps().params.HyperParameter(name, config)
 
 
 def to_optuna(p: Param) -> BaseDistribution:
     """One W&B parameter as the Optuna distribution with the same support."""
     c, d = p.config, p.distribution
-    if d in NOT_IN_OPTUNA:
-        raise UsageError(
-            f"parameters.{p.name}: Optuna cannot sample {d}; use --backend {NOT_IN_OPTUNA[d].replace(', ', ' or --backend ')}"
-        )
+    if d in MAPPED:
+        raise ValueError(f"parameters.{p.name}: {d} has no Optuna distribution; see optuna_form")
     if d in ("constant", "categorical"):
         choices = [c["value"]] if d == "constant" else list(c["values"])
         bad = [v for v in choices if not isinstance(v, CHOICE_TYPES)]
@@ -75,13 +106,27 @@ def _q_uniform(p: Param) -> BaseDistribution:
     return FloatDistribution(lo * q, lo * q + (hi - lo) * q, step=q)
 
 
-def distributions(spec: Spec) -> dict[str, BaseDistribution]:
-    """Every parameter's Optuna distribution (constants are one-choice categoricals)."""
-    return {p.name: to_optuna(p) for p in spec.params}
+def optuna_form(p: Param) -> BaseDistribution | Mapped:
+    """Optuna's own distribution where it has one with W&B's law, else a Mapped uniform variable."""
+    return Mapped(p) if p.distribution in MAPPED else to_optuna(p)
 
 
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    """Ask the trial for one value through Optuna's public suggest API."""
+def distributions(spec: Spec) -> dict[str, BaseDistribution | Mapped]:
+    """Every parameter's Optuna form (constants are one-choice categoricals)."""
+    return {p.name: optuna_form(p) for p in spec.params}
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution | Mapped) -> Any:
+    """Ask the trial for one value through Optuna's public suggest API.
+
+    A Mapped parameter is suggested as its uniform `NAME~u`; the value it maps to is recorded
+    as the param `NAME` too, so Optuna, the dashboard and MLflow show what the trainer got.
+    """
+    if isinstance(dist, Mapped):
+        value = dist.value(trial.suggest_float(dist.latent, 0.0, 1.0))
+        recorded = dist.recorded(value)
+        trial.storage.set_trial_param(trial._trial_id, name, recorded.to_internal_repr(value), recorded)  # noqa: SLF001
+        return value
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     if isinstance(dist, IntDistribution):
@@ -114,7 +159,7 @@ def check(spec: Spec) -> list[str]:
     problems = []
     for p in spec.params:
         try:
-            to_optuna(p)
+            optuna_form(p)
         except UsageError as exc:
             problems.append(str(exc))
     return problems

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from hpo.spec import Spec
+from hpo.spec import Spec, sweeps_pkg
 from hpo.trial import State
 
 
 def _sweeps():
-    # sweeps 0.2.0 predates pydantic 2: its SweepRun model uses a class-based Config
-    # (PydanticDeprecatedSince20 + a "keys have changed" UserWarning). It works; only
-    # the warnings are silenced, here, rather than patching site-packages.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-    return sweeps
+    return sweeps_pkg.sweeps()
 
 
 def engine_config(spec: Spec) -> dict[str, Any]:
