@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hpo.errors import SpecError
-from hpo.spec import yamlsafe
+from hpo.spec.yamlsafe import NumberText, load_file, one_line
 from hpo.spec.model import DISCRETE, Hyperband, Param, Spec
 from hpo.spec.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
 
@@ -22,13 +22,13 @@ MAX_GRID_POINTS = 1_000_000
 
 def load(path: str | Path, space: str | Path | None = None) -> Spec:
     """Read a sweep file (and optionally a `parameters` block from `space`) and validate it."""
-    label = yamlsafe.one_line(Path(path).name)
-    raw = yamlsafe.load_file(path, label=label)
+    label = one_line(Path(path).name)
+    raw = load_file(path, label=label)
     if not isinstance(raw, dict):
         raise SpecError([f"{label}: must be a mapping of keys (method, parameters, ...), not {_kind(raw)}"])
     if space is not None:
-        space_label = yamlsafe.one_line(Path(space).name)
-        block = yamlsafe.load_file(space, label=space_label)
+        space_label = one_line(Path(space).name)
+        block = load_file(space, label=space_label)
         if isinstance(block, dict) and "parameters" in block:
             block = block["parameters"]
         if not isinstance(block, dict):
@@ -58,7 +58,7 @@ def from_dict(raw: Any) -> Spec:
     problems += _semantic_checks(raw, params)
     if problems:
         # one line per problem, in order; a key with a newline in it must not break the line
-        raise SpecError(list(dict.fromkeys(yamlsafe.one_line(p) for p in problems)))
+        raise SpecError(list(dict.fromkeys(one_line(p) for p in problems)))
     metric = raw.get("metric") or {}
     return Spec(
         raw=raw,
@@ -74,7 +74,7 @@ def from_dict(raw: Any) -> Spec:
 
 def _plain_data(path: str, value: Any) -> list[str]:
     """Problems with values JSON (and so W&B) cannot carry, and unquoted 1e-4 read as text."""
-    if isinstance(value, yamlsafe.NumberText):
+    if isinstance(value, NumberText):
         return [f"{path or 'sweep'}: {value!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
     if isinstance(value, dict):
         out = []
