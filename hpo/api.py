@@ -140,6 +140,9 @@ def prepare(s: Settings) -> Plan:
         raise UsageError(f"--storage: unknown scheme in {storagemod.mask(store)}; use a file path or an RDB URL")
     uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(sweep_dir)
     trainer_ref.check(s.trainer)
+    if spec.raw.get("job") and not (s.trainer or spec.raw.get("program") or spec.raw.get("command")):
+        raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
+                         "or command:, or pass --trainer package.module:function")
     gpus = slotsmod.parse_gpus(s.gpus)
     if s.workers is not None and gpus and s.gpus != "auto":
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")

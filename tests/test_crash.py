@@ -21,7 +21,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import load_study, run_hpo, runs_of, write
+from conftest import run_hpo, runs_of, write
 
 TESTS = Path(__file__).parent
 ENV = {"PYTHONPATH": str(TESTS)}

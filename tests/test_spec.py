@@ -6,7 +6,6 @@ W&B's own code (the `sweeps` package) is the reference wherever it defines the s
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import optuna
@@ -528,11 +527,20 @@ def test_parameter_names_must_be_plain(name):
     assert got[0].startswith("parameters.") and "bad parameter name" in got[0]
 
 
-def test_yaml_1e4_reads_as_text_and_is_reported_where_it_is():
-    raw = yamlsafe.load_text("method: random\nparameters:\n  lr: {values: [1.0e-3, 1e-4]}\n  wd: {value: '1e-4'}\n")
+def test_unquoted_1e4_is_a_number_as_in_yaml_1_2_and_quoted_stays_text():
+    raw = yamlsafe.load_text("method: random\nparameters:\n  lr: {values: [1.0e-3, 1e-4, -5E+2]}\n"
+                             "  wd: {value: '1e-4'}\n  x: {min: 1e-5, max: 1e-1}\n")
+    s = spec.from_dict(raw)
+    assert s.param("lr").config["values"] == [1.0e-3, 1.0e-4, -500.0]
+    assert s.param("wd").config["value"] == "1e-4"
+    assert s.param("x").distribution == "uniform" and s.param("x").config["min"] == 1e-5
+
+
+def test_a_quoted_number_where_a_number_belongs_is_one_precise_line():
+    raw = yamlsafe.load_text("method: random\nparameters:\n  x: {min: '1e-5', max: 1.0e-1}\n")
     with pytest.raises(SpecError) as err:
         spec.from_dict(raw)
-    assert err.value.problems == ["parameters.lr.values[1]: '1e-4' is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+    assert err.value.problems == ["parameters.x.min: '1e-5' is text (in quotes); write it without quotes for a number"]
 
 
 def test_yaml_values_that_are_not_json_are_refused():
@@ -581,3 +589,20 @@ def test_hpo_needs_a_metric_for_every_method(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"^metric\.name: required"):
         sweep.prepare(sweep.Settings("s.yaml", workers=1))  # ...that hpo refuses before writing anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_keys_of_wandbs_current_schema_are_accepted(tmp_path):
+    """W&B Launch keys validate; a Launch job with nothing hpo can run is one line, not a silent default."""
+    from hpo import api
+
+    raw = {"method": "random", "metric": {"name": "acc"}, "parameters": {"lr": {"values": [1, 2]}},
+           "job": "entity/project/job:v1", "image_uri": "img:latest", "scheduler": {"num_workers": 2}}
+    assert spec.from_dict(raw).param("lr")
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UsageError, match=r"^job: a W&B Launch job runs on W&B Launch"):
+        api.prepare(api.Settings(tmp_path / "s.yaml", workers=1, root=tmp_path / "runs"))
+    plan = api.prepare(api.Settings(tmp_path / "s.yaml", workers=1, root=tmp_path / "runs", trainer="hpo.train:train"))
+    assert plan.trainer == "hpo.train:train"
+    assert not (tmp_path / "runs").exists()

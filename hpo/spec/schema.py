@@ -43,17 +43,20 @@ POSITIVE_BOUNDS = {"log_uniform_values", "inv_log_uniform_values", "q_log_unifor
 def wandb_schema() -> dict:
     """The sweep-config JSON schema W&B's controller validates with.
 
-    Found without importing `sweeps` (which pulls in scipy). hpo adds the one key
-    W&B's server accepts that this schema version lacks: `run_cap`.
+    Found without importing `sweeps` (which pulls in scipy). hpo adds the keys W&B's
+    server accepts that this schema version lacks: `run_cap`, and W&B Launch's `job`,
+    `image_uri` and `scheduler` (hpo does not use them; see api.prepare for `job`).
     """
     spec = importlib.util.find_spec("sweeps")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the 'sweeps' package is missing: pip install sweeps")
     path = Path(list(spec.submodule_search_locations)[0]) / "config" / "schema.json"
     schema = json.loads(path.read_text())
-    schema["properties"].setdefault(
-        "run_cap", {"type": "integer", "minimum": 1, "description": "Maximum number of runs"}
-    )
+    props = schema["properties"]
+    props.setdefault("run_cap", {"type": "integer", "minimum": 1, "description": "Maximum number of runs"})
+    props.setdefault("job", {"type": "string", "description": "W&B Launch job"})
+    props.setdefault("image_uri", {"type": "string", "description": "W&B Launch image"})
+    props.setdefault("scheduler", {"type": "object", "description": "W&B Launch sweep scheduler"})
     return schema
 
 
@@ -72,7 +75,7 @@ def _line(prefix: str, error: jsonschema.ValidationError) -> str:
     if error.validator == "type" and isinstance(inst, str):
         try:
             float(inst)
-            return f"{path}: {inst!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"
+            return f"{path}: {inst!r} is text (in quotes); write it without quotes for a number"
         except ValueError:
             pass
     if error.validator == "additionalProperties" and isinstance(inst, dict):
@@ -173,7 +176,7 @@ def check_parameter(path: str, value: Any) -> str | list[str]:
                 float(value[key])
             except ValueError:
                 return [f"{path}.{key}: must be a number (got {value[key]!r})"]
-            return [f"{path}.{key}: {value[key]!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+            return [f"{path}.{key}: {value[key]!r} is text (in quotes); write it without quotes for a number"]
     if "distribution" in value and not isinstance(value["distribution"], str):
         return [f"{path}.distribution: must be a name such as uniform (got {value['distribution']!r})"]
     if value.get("distribution") == "categorical" and "probabilities" in value:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hpo.errors import SpecError
-from hpo.spec.yamlsafe import NumberText, load_file, one_line
+from hpo.spec.yamlsafe import load_file, one_line
 from hpo.spec.model import DISCRETE, Hyperband, Param, Spec
 from hpo.spec.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
 
@@ -73,9 +73,7 @@ def from_dict(raw: Any) -> Spec:
 
 
 def _plain_data(path: str, value: Any) -> list[str]:
-    """Problems with values JSON (and so W&B) cannot carry, and unquoted 1e-4 read as text."""
-    if isinstance(value, NumberText):
-        return [f"{path or 'sweep'}: {value!r} is text; YAML reads 1e-4 as a string, write 1.0e-4"]
+    """Problems with values JSON (and so W&B) cannot carry."""
     if isinstance(value, dict):
         out = []
         for k, v in value.items():

@@ -17,12 +17,9 @@ MAX_ALIASES = 100  # enough for real configs
 MAX_NODES = 100_000
 
 
-# YAML 1.1 (PyYAML, and so W&B) reads an unquoted 1e-4 as text: its floats need a dot.
+# YAML 1.1 (PyYAML) reads an unquoted 1e-4 as text: its floats need a dot. YAML 1.2, and every
+# person who writes it, reads a number: hpo does too. A quoted '1e-4' stays text.
 EXPONENT_TEXT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
-
-
-class NumberText(str):
-    """An unquoted scalar such as 1e-4 that YAML 1.1 reads as text; spec.py reports it."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -42,7 +39,7 @@ class _Loader(yaml.SafeLoader):
     def construct_yaml_str(self, node):  # type: ignore[override]
         value = super().construct_yaml_str(node)
         if node.style is None and EXPONENT_TEXT.match(value):
-            return NumberText(value)
+            return float(value)
         return value
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]

@@ -16,6 +16,9 @@ from hpo.spec import Spec, sweeps_pkg
 from hpo.trial import State
 
 
+LAUNCH_KEYS = ("job", "image_uri", "scheduler")
+
+
 def _sweeps():
     return sweeps_pkg.sweeps()
 
@@ -25,14 +28,15 @@ def engine_config(spec: Spec) -> dict[str, Any]:
 
     Departures from the file, all forced by sweeps 0.2.0:
     - `run_cap` is dropped: the package's schema predates it (W&B's server knows
-      it); hpo holds the budget itself.
+      it); hpo holds the budget itself. So are W&B Launch's `job`, `image_uri`
+      and `scheduler`, which it also predates and which do not change the search.
     - nested `parameters` blocks are given flattened under hpo's dotted names:
       the package's SweepConfig silently drops nested blocks when it validates,
       so bayes and random would never vary them.
     - the exponent forms (log_uniform, inv_log_uniform, q_log_uniform), which the
       package rejects as deprecated, are given as the `_values` form of the same law.
     """
-    raw = {k: copy.deepcopy(v) for k, v in spec.raw.items() if k != "run_cap"}
+    raw = {k: copy.deepcopy(v) for k, v in spec.raw.items() if k not in ("run_cap", *LAUNCH_KEYS)}
     raw["parameters"] = {p.name: _values_form(dict(p.config)) for p in spec.params}
     return copy.deepcopy(dict(_sweeps().SweepConfig(raw)))
 
