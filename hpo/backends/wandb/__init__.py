@@ -1,0 +1,82 @@
+"""W&B Sweeps: the sweep on W&B's server when logged in, else W&B's own engine here, with no server.
+
+Online (`hpo run --backend wandb --project P`): wandb.sweep creates the sweep from
+sweep.yaml (run_cap = the budget, so it holds across every agent) and one agent
+process per slot runs wandb.agent with the trainer in-process. `hpo agent
+ENTITY/PROJECT/SWEEP_ID` adds agents to an existing sweep (online.py).
+
+Offline (`--offline`, or no W&B credentials): the controller (controller.py) runs
+the `sweeps` package, the engine behind W&B's controller (engine.py), and hands its
+runs to one long-lived agent per slot (agent.py). Each run is a wandb run in offline
+mode under runs/NAME/wandb/ (`wandb sync` uploads it later). Both ways each run is an
+MLflow child run and, through the Session, an Optuna trial.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from hpo.backends.base import Schedule
+
+if TYPE_CHECKING:
+    from hpo.api import Plan
+    from hpo.session import Session
+    from hpo.spec import Spec
+
+
+class WandbBackend:
+    name = "wandb"
+    mirrored = True
+
+    def check(self, plan: Plan) -> list[str]:
+        from hpo.backends.wandb import online
+
+        online.wandb_module()
+        if not self._offline(plan) and not plan.options.get("project"):
+            return ["--project: required for a sweep on the W&B server (or use --offline)"]
+        if plan.retries and not self._offline(plan):
+            return ["--retries: the W&B server decides what runs next; use --offline to retry failed runs"]
+        return []
+
+    def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
+        from hpo.spec import hyperband
+
+        hb = spec.hyperband
+        if hb is None:
+            return Schedule(self.name, lines=("W&B     no early_terminate: every run runs all its epochs.",))
+        top = hyperband.max_epochs(spec) or 100
+        bands = [b for b in hb.rungs(limit=top) if b < top]
+        steps = [b + 1 for b in bands]  # band b is the history index b: after b + 1 reports
+        line = (f"W&B     hyperband (eta={hb.eta}): one ladder; a running run is stopped once its history passes "
+                f"index {bands} (after {steps} reports) if its {spec.metric} is outside the top 1/{hb.eta} of all "
+                "runs' values there; it is checked again at every later report.")
+        return Schedule(self.name, tuple(steps), False, (line,))
+
+    def begin(self, plan: Plan) -> Plan:
+        """Online: the sweep is created on W&B's server first; a server that cannot be reached writes nothing."""
+        from hpo.backends.wandb import online
+
+        if self._offline(plan):
+            if not plan.options.get("offline") and os.environ.get("WANDB_MODE") not in ("offline", "dryrun"):
+                print("hpo: no W&B credentials (WANDB_API_KEY or ~/.netrc): running W&B's sweep engine offline; "
+                      "`wandb login` for the W&B server", file=sys.stderr)
+            return plan
+        return replace(plan, options={**plan.options, "online_sweep": online.create_sweep(plan)})
+
+    def run(self, plan: Plan, session: Session) -> None:
+        from hpo.backends.wandb import controller
+
+        controller.run(plan, session, online_sweep=plan.options.get("online_sweep"))
+
+    @staticmethod
+    def _offline(plan: Plan) -> bool:
+        from hpo.backends.wandb import online
+
+        asked = plan.options.get("offline") or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+        return bool(asked) or not online.has_credentials()
+
+
+BACKEND = WandbBackend()
