@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, mirror, orphans, storage, tracking
+from hpo import diskspace, mirror, orphans, storage, summary, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.progress import Progress
@@ -319,42 +319,10 @@ class Session:
             close_child(self.tracker, run.info.run_id, lost(reason))
 
     def summarize(self, interrupted: bool, aborted: str | None) -> Result:
-        trials = self.trials()
-        best = storage.best_trial(trials, self.spec.direction)
-        failures: dict[str, int] = {}
-        for t in trials:
-            if t.state == TrialState.FAIL:
-                what = " ".join(str(t.user_attrs.get(k, "")) for k in ("hpo.reason", "hpo.error_type")).strip()
-                error = str(t.user_attrs.get("hpo.error", ""))[:120]
-                key = f"{what or 'failed'}{': ' + error if error else ''}"
-                failures[key] = failures.get(key, 0) + 1
-        return Result(
-            self.plan.name, storage.count(trials), best.value if best else None,
-            storage.trainer_params(best) if best else {}, best.user_attrs.get("hpo.trial", best.number) if best else None,
-            self.parent_run_id, best.user_attrs.get("hpo.mlflow_run_id") if best else None,
-            interrupted, aborted, failures)
+        return summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)
 
     def _close_parent(self, result: Result) -> None:
-        c, metric = result.counts, self.spec.metric or "value"
-        metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
-                   "trials_retried": c.retried}
-        failed = result.exit_code == 1
-        state = "failed" if failed else "interrupted" if result.interrupted else "finished"
-        tags = {"hpo.state": state}
-        if failed:
-            tags["hpo.failure"] = result.failure_summary()
-        if result.best_value is not None:
-            metrics[f"best_{metric}"] = result.best_value
-            tags["hpo.best_trial"] = str(result.best_trial)
-            if result.best_run_id:
-                tags["hpo.best_run_id"] = result.best_run_id
-            tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
-        best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
-                "params": result.best_params, "metric": self.spec.metric, "goal": self.spec.goal}
-        status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
-        self.tracker.finish_parent(self.parent_run_id, status, metrics, tags,
-                                   {"sweep.yaml": self.plan.sweep_text,
-                                    "best.json": json.dumps(best, indent=2, default=str)})
+        summary.close_parent(self.tracker, self.plan, result)
 
 
 def _best_effort(fn, *args) -> None:

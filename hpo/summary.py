@@ -1,0 +1,56 @@
+"""How a sweep ended, from its trials: the Result, and the parent run closed with it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import storage
+from hpo.api import Plan, Result
+from hpo.tracking import Tracker
+
+
+def failures(trials: list[FrozenTrial]) -> dict[str, int]:
+    """"reason error_type: error" -> how many failed trials ended that way."""
+    out: Counter[str] = Counter()
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            what = " ".join(str(t.user_attrs.get(k, "")) for k in ("hpo.reason", "hpo.error_type")).strip()
+            error = str(t.user_attrs.get("hpo.error", ""))[:120]
+            out[f"{what or 'failed'}{': ' + error if error else ''}"] += 1
+    return dict(out)
+
+
+def summarize(plan: Plan, trials: list[FrozenTrial], parent_run_id: str, interrupted: bool,
+              aborted: str | None) -> Result:
+    best = storage.best_trial(trials, plan.spec.direction)
+    if best is None:
+        return Result(plan.name, storage.count(trials), None, {}, None, parent_run_id, None, interrupted, aborted,
+                      failures(trials))
+    return Result(plan.name, storage.count(trials), best.value, storage.trainer_params(best),
+                  best.user_attrs.get("hpo.trial", best.number), parent_run_id,
+                  best.user_attrs.get("hpo.mlflow_run_id"), interrupted, aborted, failures(trials))
+
+
+def close_parent(tracker: Tracker, plan: Plan, result: Result) -> None:
+    """Best value and params, counts, sweep.yaml and best.json as artifacts, and the end status."""
+    c, metric = result.counts, plan.spec.metric or "value"
+    metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
+               "trials_retried": c.retried}
+    failed = result.exit_code == 1
+    tags = {"hpo.state": "failed" if failed else "interrupted" if result.interrupted else "finished"}
+    if failed:
+        tags["hpo.failure"] = result.failure_summary()
+    if result.best_value is not None:
+        metrics[f"best_{metric}"] = result.best_value
+        tags["hpo.best_trial"] = str(result.best_trial)
+        if result.best_run_id:
+            tags["hpo.best_run_id"] = result.best_run_id
+        tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
+    best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
+            "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal}
+    status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
+    tracker.finish_parent(result.parent_run_id, status, metrics, tags,
+                          {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str)})
