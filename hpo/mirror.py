@@ -77,9 +77,8 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
     for key, value in attrs.items():
         store.set_trial_user_attr(trial_id, key, value)
     complete = outcome.state == State.COMPLETE and outcome.value is not None
+    state = TrialState.FAIL if outcome.state == State.COMPLETE and not complete else outcome.state.optuna_state
     try:
-        store.set_trial_state_values(trial_id, state=outcome.state.optuna_state if complete or
-                                     outcome.state != State.COMPLETE else TrialState.FAIL,
-                                     values=[float(outcome.value)] if complete else None)
+        store.set_trial_state_values(trial_id, state=state, values=[float(outcome.value)] if complete else None)
     except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)
         pass

@@ -94,9 +94,6 @@ class Outcome:
                 "error_type": self.error_type, "error": self.error}
 
 
-WORKER_DIED = "worker died"
-
-
 def lost(reason: str, detail: str = "") -> Outcome:
     """The outcome of a trial whose worker is gone (`worker died`) or was stopped (`interrupted`)."""
     state = State.INTERRUPTED if reason == "interrupted" else State.FAILED

@@ -78,8 +78,7 @@ class Side:
         else:
             outcome = Outcome(State.COMPLETE, value)
         # A stopped trial may be gone before it closed its run: close it here too (idempotent).
-        self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED,
-                                    attrs=self._attrs(trial))
+        self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED)
         self.session.refresh(len(self.session.live))
 
     def died(self, trial) -> None:
@@ -101,10 +100,6 @@ class Side:
         runs = client.search_runs([self.session.experiment_id], f"tags.`hpo.ray_trial_id` = '{trial_id}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         return dict(runs[0].data.tags) if runs else {}
-
-    @staticmethod
-    def _attrs(trial) -> dict[str, Any]:
-        return {"hpo.ray_trial_id": trial.trial_id}
 
 
 _sides: dict[str, Side] = {}
