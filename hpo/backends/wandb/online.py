@@ -6,9 +6,12 @@ The API key only ever travels in the environment an agent inherits.
 from __future__ import annotations
 
 import argparse
+import json
 import netrc
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,26 +89,74 @@ def sweep_config(sw) -> dict:
     return {**sw.spec.raw, "run_cap": sw.budget}
 
 
+CREATE_DEADLINE_S = 90  # wandb.sweep + default_entity, each request bounded by WANDB_HTTP_TIMEOUT
+
+
 def create_sweep(sw) -> str:
-    """wandb.sweep; returns ENTITY/PROJECT/SWEEP_ID and prints the id and URL."""
-    wandb = wandb_module()
-    for key, value in TIMEOUTS.items():
-        os.environ.setdefault(key, value)
-    project, entity = sw.options["project"], sw.options.get("entity")
+    """wandb.sweep, in a child process; returns ENTITY/PROJECT/SWEEP_ID and prints the id and URL.
+
+    In a child because wandb's service process can outlive a failed request: its
+    atexit teardown then waits on it without end. The child is killed (its whole
+    session, service included) once it answered or its deadline passed.
+    """
+    wandb_module()
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in TIMEOUTS.items()}}
+    request = json.dumps({"sweep": sweep_config(sw), "project": sw.options["project"],
+                          "entity": sw.options.get("entity")})
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.backends.wandb.online"], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
-        sweep_id = wandb.sweep(sweep=sweep_config(sw), project=project, entity=entity)
-        entity = entity or wandb.Api().default_entity
-    except Exception as exc:
-        raise HpoError(unreachable(exc)) from None
-    app = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL).replace("://api.", "://")
+        out, err = proc.communicate(request, timeout=CREATE_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        out, err = "", f"no answer in {CREATE_DEADLINE_S} s"
+    finally:
+        _kill_session(proc)
+    answer = _last_json(out)
+    if "error" in answer or "sweep" not in answer:
+        raise HpoError(unreachable(answer.get("error") or (err.strip().splitlines() or ["no answer"])[-1]))
+    entity, project, sweep_id = answer["entity"], sw.options["project"], answer["sweep"]
+    app = env.get("WANDB_BASE_URL", DEFAULT_BASE_URL).replace("://api.", "://")
     print(f"hpo: W&B sweep {entity}/{project}/{sweep_id}: {app}/{entity}/{project}/sweeps/{sweep_id}",
           file=sys.stderr)
     return f"{entity}/{project}/{sweep_id}"
 
 
-def unreachable(exc: BaseException) -> str:
+def _kill_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _last_json(out: str) -> dict:
+    for line in reversed(out.splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(answer, dict):
+            return answer
+    return {}
+
+
+def _create_here() -> None:
+    """The child: one JSON request on stdin, one JSON answer on stdout, then out without wandb's teardown."""
+    request = json.loads(sys.stdin.read())
+    try:
+        wandb = wandb_module()
+        sweep_id = wandb.sweep(sweep=request["sweep"], project=request["project"], entity=request["entity"])
+        answer = {"sweep": sweep_id, "entity": request["entity"] or wandb.Api().default_entity}
+    except Exception as exc:  # noqa: BLE001 - any failure is the one line the parent prints
+        answer = {"error": " ".join(str(exc).split()) or type(exc).__name__}
+    print(json.dumps(answer), flush=True)
+    os._exit(0)
+
+
+def unreachable(why: str) -> str:
     url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
-    why = " ".join(str(exc).split())[:300] or type(exc).__name__
+    why = " ".join(why.split())[:300]
     return f"wandb: cannot create the sweep on {url} ({why}); check WANDB_BASE_URL and `wandb login`, or use --offline"
 
 
@@ -141,3 +192,7 @@ def agent_command(a: argparse.Namespace) -> int:
         pool.stop()
         return 130
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    _create_here()
