@@ -125,6 +125,23 @@ def budget(s: Settings, spec: specmod.Spec) -> int:
     return asked or DEFAULT_BUDGET
 
 
+def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str | None:
+    """The sweep's own program as a trainer ref; None for hpo's built-in trainer; UsageError for nothing to run."""
+    from hpo import program
+
+    raw = spec.raw
+    if raw.get("job") and not (raw.get("program") or raw.get("command")):
+        raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
+                         "or command:, or pass --trainer package.module:function")
+    if not (raw.get("program") or raw.get("command")):
+        if s.inspect_only:
+            return None
+        raise UsageError("program: the sweep names nothing to run; give it a program: or command: "
+                         "(`command: [python, -m, hpo.train, ${args}]` for hpo's trainer), or pass --trainer")
+    found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.get("project"))
+    return found.ref() if found else None
+
+
 def prepare(s: Settings) -> Plan:
     """Validate the sweep file and every setting; raise UsageError on the first problem."""
     from hpo.backends import base
@@ -140,9 +157,7 @@ def prepare(s: Settings) -> Plan:
         raise UsageError(f"--storage: unknown scheme in {storagemod.mask(store)}; use a file path or an RDB URL")
     uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(sweep_dir)
     trainer_ref.check(s.trainer)
-    if spec.raw.get("job") and not (s.trainer or spec.raw.get("program") or spec.raw.get("command")):
-        raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
-                         "or command:, or pass --trainer package.module:function")
+    trainer = s.trainer or _program(spec, s, sweep_dir, name)
     gpus = slotsmod.parse_gpus(s.gpus)
     if s.workers is not None and gpus and s.gpus != "auto":
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
@@ -151,7 +166,7 @@ def prepare(s: Settings) -> Plan:
     slots = slotsmod.plan(gpus, s.workers_per_gpu, s.workers)
     text = Path(s.sweep_file).read_text(encoding="utf-8")
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,
-                s.trainer, text, s.retries, s.progress, dict(s.options))
+                trainer, text, s.retries, s.progress, dict(s.options))
     if not s.inspect_only:
         problems = backend.check(plan)
         if problems:

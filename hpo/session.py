@@ -29,6 +29,7 @@ from hpo.progress import Progress
 from hpo.provenance import git_sha
 from hpo.spec import changes, from_dict
 from hpo.tracking import Tracker
+from hpo.trainer_ref import label as trainer_label
 from hpo.trial import Outcome, close_child, lost
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class Session:
             self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
         tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
-                "hpo.state": "running"}
+                "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train"}
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,

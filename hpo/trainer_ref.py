@@ -10,6 +10,7 @@ from typing import Callable
 from hpo.errors import UsageError
 
 BUILTIN = "hpo.train:train"
+PROGRAM = "program:"  # the sweep's own program (hpo.program), its settings as JSON after the colon
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -26,7 +27,7 @@ def check(ref: str | None) -> None:
     source is read and its top-level names looked up instead. A module that builds its
     names at run time (`from x import *`, compiled) is taken on trust: its workers report.
     """
-    if not ref:
+    if not ref or ref.startswith(PROGRAM):
         return
     module, name = _split(ref)
     try:
@@ -64,12 +65,25 @@ def _top_level_names(origin: str | None) -> set[str] | None:
     return names
 
 
+def label(ref: str | None) -> str:
+    """What to show for a trainer ref: the program's command, not its JSON."""
+    if ref and ref.startswith(PROGRAM):
+        from hpo import program
+
+        return "program: " + program.Program.from_ref(ref).describe()
+    return ref or ""
+
+
 def load(ref: str | None) -> Callable:
     """`package.module:function` -> the function; None -> hpo's built-in trainer."""
     if not ref:
         from hpo.train import train
 
         return train
+    if ref.startswith(PROGRAM):
+        from hpo import program
+
+        return program.load(ref)
     module, name = _split(ref)
     try:
         fn = getattr(importlib.import_module(module), name)

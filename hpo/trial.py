@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
 
+from hpo.program import TRIAL
+
 # Failures that are not the trial's fault: the trial is run again and not counted.
 INFRA_REASONS = ("worker died", "interrupted")
 
@@ -204,6 +206,7 @@ class TrialRun:
         run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
                                           {**self.tags(number, config), **(tags or {})})
         on_start(run_id)
+        TRIAL.set({**TRIAL.get(), "number": number, "run_id": run_id})
 
         def sink(step: int, metrics: Mapping[str, float]) -> None:
             self.tracker.log_metrics(run_id, step, metrics)

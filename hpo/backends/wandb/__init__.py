@@ -37,6 +37,9 @@ class WandbBackend:
         online.wandb_module()
         if not self._offline(plan) and not plan.options.get("project"):
             return ["--project: required for a sweep on the W&B server (or use --offline)"]
+        if (plan.trainer or "").startswith("program:") and not self._offline(plan):
+            return ["program: on the W&B server, run the sweep's program with `wandb agent ENTITY/PROJECT/ID`; "
+                    "`hpo run --backend wandb --offline` runs it here"]
         if plan.retries and not self._offline(plan):
             return ["--retries: the W&B server decides what runs next; use --offline to retry failed runs"]
         return []

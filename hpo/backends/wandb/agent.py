@@ -22,6 +22,7 @@ from multiprocessing.connection import Client, Connection
 from typing import Any, Mapping
 
 from hpo import trainer_ref as trainers
+from hpo.program import TRIAL, ProgramTrainer
 from hpo.spec import unflatten
 from hpo.trial import Interrupted, Outcome, Reporter, State, close_child, lost, run_trainer
 
@@ -103,7 +104,8 @@ class Agent:
         stop = [False]
 
         def on_report(step: int, metrics: Mapping[str, float]) -> None:
-            wb.log({"epoch": step, **metrics})
+            if wb is not None:
+                wb.log({"epoch": step, **metrics})
             if self.conn is not None:
                 stop[0] = self.ask("report", name, step, dict(metrics))[0] == "stop"
 
@@ -144,8 +146,9 @@ class Agent:
                 self.conn.send(("end", name, outcome.fields()))
             except OSError:  # the controller is gone (interrupt): the run still ends below
                 pass
-        wb.summary["hpo_state"] = outcome.state.value
-        wb.finish(exit_code=outcome.state.exit_code)
+        if wb is not None:
+            wb.summary["hpo_state"] = outcome.state.value
+            wb.finish(exit_code=outcome.state.exit_code)
 
     # -- offline: runs from the hpo controller ---------------------------
     def serve_offline(self) -> int:
@@ -154,6 +157,11 @@ class Agent:
         done = 0
         while (msg := self.ask("next"))[0] == "run":
             job, s = msg[1], self.setup
+            if isinstance(self.trainer, ProgramTrainer):  # the program's own wandb.init makes the run
+                TRIAL.set({"wandb_run_id": job["name"]})
+                self.trial(None, job["name"], job["number"], job["params"], job.get("tags"))
+                done += 1
+                continue
             wb = wandb.init(mode="offline", dir=s["dir"], project=s["project"], entity=s["entity"],
                             group=s["group"], job_type="hpo-sweep", id=job["name"], name=f"trial-{job['number']}",
                             config=unflatten(job["params"]), tags=["hpo", self.name], reinit="finish_previous",

@@ -1,0 +1,305 @@
+"""Program mode: each trial runs the sweep's own `program:`/`command:` as a subprocess, as `wandb agent` would.
+
+The command gets W&B's macros (`${env}`, `${interpreter}`, `${program}`, `${args}`,
+`${args_no_hyphens}`, `${args_no_boolean_flags}`, `${args_json}`, `${args_json_file}`,
+`${envvar:NAME}`, and hpo's `${param.NAME}`), the sweep file's folder as working
+directory, and the environment a W&B agent gives a run: `wandb.config` inside the
+program holds the trial's parameters (WANDB_SWEEP_PARAM_PATH). Metrics reach hpo
+while they are logged: `wandb.log` (through a `sitecustomize` hook on PYTHONPATH),
+`hpo.report`, or `name=value` lines on stdout. A stopped trial's process group gets
+SIGTERM, then SIGKILL after a grace. To hpo's engines this is just another trainer:
+`train(config, report)`, so it runs the same on Optuna, Ray and W&B.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PREFIX = "program:"  # a trainer ref that starts so is a Program (its JSON follows)
+DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
+REPORT_FD_ENV = "HPO_REPORT_FD"
+HOOK_DIR = Path(__file__).parent / "_hook"
+GRACE_S = float(os.environ.get("HPO_PROGRAM_GRACE_S", "4"))
+MACRO = re.compile(r"\$\{([^}]+)\}")
+PAIR = re.compile(r"(?<![\w./-])([A-Za-z_][\w./-]*)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"
+                  r"(?![\w.])", re.IGNORECASE)
+
+# Who the running trial is, set by whoever runs it (TrialRun, the W&B agent): its number, its MLflow run id,
+# and the W&B run id to give the program's wandb.init (the W&B engine names its runs).
+TRIAL: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("hpo_trial", default={})
+
+
+class ProgramFailed(Exception):
+    """The program exited with a code other than 0; the message is the end of its stderr."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """A sweep's command, where it runs and where its trials write. Plain data: it travels as a trainer ref."""
+
+    command: tuple[str, ...]
+    program: str | None
+    cwd: str
+    run_dir: str
+    study: str
+    project: str | None = None
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.run_dir) / "logs"
+
+    def ref(self) -> str:
+        return PREFIX + json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_ref(cls, ref: str) -> Program:
+        data = json.loads(ref[len(PREFIX):])
+        return cls(**{**data, "command": tuple(data["command"])})
+
+    def argv(self, config: Mapping[str, Any], json_file: Path) -> list[str]:
+        """The command with its macros filled in, as W&B's agent fills them."""
+        args = {k: {"value": v} for k, v in config.items()}
+        values = _sweep_args(args)
+        values.update(env=["/usr/bin/env"], interpreter=[sys.executable], program=[self.program or ""],
+                      args_json_file=[str(json_file)])
+        out: list[str] = []
+        for chunk in self.command:
+            chunk = str(chunk)
+            whole = MACRO.fullmatch(chunk)
+            if whole and whole.group(1) in values:
+                out += [str(v) for v in values[whole.group(1)]]
+                continue
+            out.append(MACRO.sub(lambda m: _inline(m.group(1), config, values), chunk))
+        return out
+
+    def describe(self) -> str:
+        return " ".join(self.command)
+
+
+def _sweep_args(args: dict[str, Any]) -> dict[str, list[Any]]:
+    """W&B's own forms of the arguments (${args}, ${args_no_hyphens}, ...), from wandb when it is there."""
+    try:
+        from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+    except ImportError:
+        flags = [f"{k}={a['value']}" for k, a in args.items()]
+        return {"args": ["--" + f for f in flags], "args_no_hyphens": flags,
+                "args_no_boolean_flags": [f"--{k}" if a["value"] is True else f"--{k}={a['value']}"
+                                          for k, a in args.items() if a["value"] is not False],
+                "args_json": [json.dumps({k: a["value"] for k, a in args.items()})]}
+    return {k: v for k, v in create_sweep_command_args({"args": args}).items() if isinstance(v, list)}
+
+
+def _inline(name: str, params: Mapping[str, Any], values: Mapping[str, list[Any]]) -> str:
+    if name.startswith("envvar:"):
+        return os.environ.get(name[7:], "")
+    if name.startswith("param."):
+        return str(_lookup(params, name[6:]))
+    return " ".join(str(v) for v in values.get(name, [f"${{{name}}}"]))
+
+
+def _lookup(config: Mapping[str, Any], name: str) -> Any:
+    """A parameter by its name: a literal key first (`a.b` as written), else a path through nested blocks."""
+    if name in config:
+        return config[name]
+    head, _, rest = name.partition(".")
+    return _lookup(config[head], rest) if rest and isinstance(config.get(head), Mapping) else ""
+
+
+def is_builtin(command: list[Any] | None, program: str | None) -> bool:
+    """`command: ... -m hpo.train ...` or `program: hpo/train.py`: hpo's own trainer, run in-process."""
+    if command and any(str(c) in ("hpo.train", "hpo/train.py") for c in command):
+        return True
+    return bool(program) and Path(str(program)).as_posix().endswith("hpo/train.py")
+
+
+def from_sweep(raw: Mapping[str, Any], sweep_file: Path, run_dir: Path, study: str,
+               project: str | None = None) -> Program | None:
+    """The sweep's own program, or None when it names hpo's trainer or nothing; raises UsageError if missing."""
+    from hpo.errors import UsageError
+
+    command, program = raw.get("command"), raw.get("program")
+    if not command and not program or is_builtin(command, program):
+        return None
+    command = [str(c) for c in (command or DEFAULT_COMMAND)]
+    cwd = Path(sweep_file).resolve().parent
+    uses_program = any("${program}" in c for c in command)
+    if uses_program and not program:
+        raise UsageError("program: the command uses ${program} but the sweep names no program")
+    if uses_program and not (cwd / str(program)).is_file():
+        raise UsageError(f"program: {program} not found in {cwd}")
+    return Program(tuple(command), str(program) if program else None, str(cwd), str(Path(run_dir).resolve()),
+                   study, project)
+
+
+def load(ref: str) -> Callable:
+    return ProgramTrainer(Program.from_ref(ref))
+
+
+class ProgramTrainer:
+    """`train(config, report)` for a Program: one subprocess per trial, its metrics fed to `report` as they come."""
+
+    def __init__(self, program: Program):
+        self.program = program
+
+    def __call__(self, config: dict[str, Any], report: Callable[[int, Mapping[str, float]], None]) -> None:
+        p = self.program
+        me = TRIAL.get()
+        tag = f"trial-{me.get('number', os.getpid())}"
+        p.logs.mkdir(parents=True, exist_ok=True)
+        json_file, config_file = p.logs / f"{tag}.args.json", p.logs / f"{tag}.config.yaml"
+        argv = p.argv(config, json_file)
+        if any(c == str(json_file) or str(json_file) in c for c in argv):
+            json_file.write_text(json.dumps(config))
+        _write_wandb_config(config_file, config)
+        read_end, write_end = os.pipe()
+        env = self._env(config_file, write_end, me)
+        with open(p.logs / f"{tag}.err", "wb") as err:
+            proc = subprocess.Popen(argv, cwd=p.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=err, pass_fds=(write_end,), process_group=0,
+                                    preexec_fn=_die_with_parent)
+        os.close(write_end)
+        reports: queue.Queue = queue.Queue()
+        wandb_seen = threading.Event()
+        readers = [threading.Thread(target=_read_reports, args=(read_end, reports, wandb_seen), daemon=True),
+                   threading.Thread(target=_read_stdout, args=(proc.stdout, p.logs / f"{tag}.out", reports,
+                                                               wandb_seen), daemon=True)]
+        for t in readers:
+            t.start()
+        try:
+            while True:
+                try:
+                    step, metrics = reports.get(timeout=0.05)
+                except queue.Empty:
+                    if proc.poll() is None:
+                        continue
+                    _signal_group(proc.pid, signal.SIGKILL)  # what it forked and left behind
+                    for t in readers:
+                        t.join(timeout=5)
+                    if not reports.empty():
+                        continue
+                    break
+                if metrics:
+                    report(step, metrics)
+        finally:
+            stop(proc)
+        if proc.returncode != 0:
+            raise ProgramFailed(f"exit code {proc.returncode}: {_tail(p.logs / f'{tag}.err')}")
+
+    def _env(self, config_file: Path, fd: int, me: Mapping[str, Any]) -> dict[str, str]:
+        from hpo.backends.wandb.online import has_credentials
+
+        p = self.program
+        env = {**os.environ, REPORT_FD_ENV: str(fd), "WANDB_SWEEP_PARAM_PATH": str(config_file),
+               "WANDB_RUN_GROUP": p.study, "WANDB_NAME": f"trial-{me.get('number', '')}",
+               "WANDB_DIR": p.run_dir, "HPO_TRIAL": str(me.get("number", ""))}
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(HOOK_DIR), os.environ.get("PYTHONPATH")) if x)
+        if me.get("run_id"):
+            env["MLFLOW_RUN_ID"] = me["run_id"]
+        if me.get("wandb_run_id"):
+            env["WANDB_RUN_ID"] = me["wandb_run_id"]
+        if p.project:
+            env.setdefault("WANDB_PROJECT", p.project)
+        if not has_credentials(env):
+            env.setdefault("WANDB_MODE", "offline")
+        for key in ("WANDB_SERVICE", "WANDB_SWEEP_ID", "WANDB_AGENT_ID"):  # the worker's own wandb, if any
+            env.pop(key, None)
+        return env
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the worker that started it dies (even by SIGKILL). Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_wandb_config(path: Path, config: Mapping[str, Any]) -> None:
+    """The file `wandb agent` writes for a run (WANDB_SWEEP_PARAM_PATH): `{name: {value: v}}`."""
+    import yaml
+
+    body = yaml.safe_dump({k: {"value": v} for k, v in config.items()}, default_flow_style=False, sort_keys=False)
+    path.write_text("wandb_version: 1\n\n" + body)
+
+
+def _read_reports(fd: int, out: queue.Queue, seen: threading.Event) -> None:
+    with os.fdopen(fd, "rb") as f:
+        for line in f:
+            try:
+                msg = json.loads(line)
+                step, metrics = int(msg["step"]), {str(k): float(v) for k, v in msg["metrics"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            seen.set()
+            out.put((step, metrics))
+
+
+def _read_stdout(stream, log: Path, out: queue.Queue, seen: threading.Event) -> None:
+    """Copy stdout to the trial's log; `name=value` lines are reports unless the program reports otherwise."""
+    count = 0
+    with open(log, "wb") as f:
+        for raw in stream:
+            f.write(raw)
+            f.flush()
+            if seen.is_set():
+                continue
+            pairs = {k: float(v) for k, v in PAIR.findall(raw.decode("utf-8", "replace"))}
+            if not pairs:
+                continue
+            count += 1
+            step = pairs.get("epoch", pairs.get("step", count))
+            out.put((int(step), pairs))
+
+
+def _tail(path: Path, lines: int = 10, chars: int = 900) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-chars:] or "(nothing on stderr)"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
+    """The program's whole process group: SIGTERM, then SIGKILL after `grace` s; waits for the program."""
+    if proc.poll() is None or _group_alive(proc.pid):
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+            time.sleep(0.05)
+        _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
