@@ -126,18 +126,13 @@ def budget(s: Settings, spec: specmod.Spec) -> int:
 
 
 def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str | None:
-    """The sweep's own program as a trainer ref; None for hpo's built-in trainer; UsageError for nothing to run."""
+    """The sweep's own program as a trainer ref; None for hpo's built-in trainer or for nothing named."""
     from hpo import program
 
     raw = spec.raw
     if raw.get("job") and not (raw.get("program") or raw.get("command")):
         raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
                          "or command:, or pass --trainer package.module:function")
-    if not (raw.get("program") or raw.get("command")):
-        if s.inspect_only:
-            return None
-        raise UsageError("program: the sweep names nothing to run; give it a program: or command: "
-                         "(`command: [python, -m, hpo.train, ${args}]` for hpo's trainer), or pass --trainer")
     found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.get("project"))
     return found.ref() if found else None
 
@@ -176,10 +171,24 @@ def prepare(s: Settings) -> Plan:
     return plan
 
 
+NOTHING_TO_RUN = ("program: the sweep names nothing to run; give it a program: or command: "
+                  "(`command: [python, -m, hpo.train, ${args}]` for hpo's trainer), or pass --trainer")
+
+
+def runs_what(plan: Plan) -> str | None:
+    """What each trial runs, in words; None when the sweep names nothing (`hpo validate` says so, `run` refuses)."""
+    if plan.trainer:
+        return trainer_ref.label(plan.trainer)
+    raw = plan.spec.raw
+    return "hpo's trainer (hpo.train)" if raw.get("program") or raw.get("command") else None
+
+
 def run(s: Settings | Plan) -> Result:
     """Run a sweep to its budget on the chosen engine; return its Result."""
     from hpo.backends import base
     from hpo.session import Session
 
     plan = s if isinstance(s, Plan) else prepare(s)
+    if runs_what(plan) is None:
+        raise UsageError(NOTHING_TO_RUN)
     return Session(plan, base.get(plan.backend)).run()

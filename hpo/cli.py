@@ -114,6 +114,8 @@ def cmd_validate(a: argparse.Namespace) -> int:
         return 2
     print(f"{a.sweep_file}: ok ({sw.spec.method}, {len(sw.spec.params)} parameters, budget {sw.budget}, "
           f"backend {sw.backend})")
+    what = api.runs_what(sw)
+    print(f"  each trial runs {what}" if what else f"  but {api.NOTHING_TO_RUN.split(': ', 1)[1]}")
     return 0
 
 

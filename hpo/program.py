@@ -82,6 +82,8 @@ class Program:
                 out += [str(v) for v in values[whole.group(1)]]
                 continue
             out.append(MACRO.sub(lambda m: _inline(m.group(1), config, values), chunk))
+        if out and self.program and out[0] == self.program and "/" not in out[0]:
+            out[0] = str(Path(self.cwd) / out[0])  # `${program}` first: the script itself, not one on PATH
         return out
 
     def describe(self) -> str:

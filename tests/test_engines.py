@@ -87,6 +87,7 @@ def test_an_engine_that_cannot_run_the_sweep_says_so():
 def test_run_cap_is_the_default_budget(tmp_path):
     (tmp_path / "s.yaml").write_text("method: random\nmetric: {name: acc}\nrun_cap: 3\n"
                                      "parameters:\n  lr: {distribution: uniform, min: 0, max: 1}\n")
+    assert api.runs_what(api.prepare(api.Settings(tmp_path / "s.yaml", workers=1, root=tmp_path / "runs"))) is None
     assert api.prepare(api.Settings(tmp_path / "s.yaml", workers=1, root=tmp_path / "runs")).budget == 3
     assert api.prepare(api.Settings(tmp_path / "s.yaml", trials=5, workers=1, root=tmp_path / "runs")).budget == 5
 

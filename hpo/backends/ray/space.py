@@ -42,8 +42,8 @@ def _weighted(values: list[Any], probabilities: list[float], _spec: Any = None) 
 
 def _quantized(p: Param, lo: float, hi: float, log: bool) -> Any:
     q = p.config["q"]
-    if not log and all(isinstance(v, int) for v in (q, p.config["min"], p.config["max"])):
-        return tune.qrandint(p.config["min"], p.config["max"], q)
+    if all(isinstance(v, int) for v in (q, p.config["min"], p.config["max"])):  # W&B hands ints then
+        return (tune.qlograndint if log else tune.qrandint)(int(lo), int(hi), q)
     return (tune.qloguniform if log else tune.quniform)(lo, hi, q)
 
 

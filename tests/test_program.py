@@ -1,0 +1,233 @@
+"""Program mode: a W&B sweep's own `program:`/`command:` runs per trial as `wandb agent` would run it.
+
+The programs are real scripts (tests/programs/): one using wandb (offline) with
+wandb.config and wandb.log, one printing `name=value` lines, one reporting through
+`hpo.report` that ignores SIGTERM and forks a child, and a shell script. Each writes
+what it saw (argv, wandb.config, its pid) under $SEEN_DIR; the tests compare that with
+what Optuna and MLflow recorded, read with their own clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import load_study, mlflow_client, run_hpo, write
+
+PROGRAMS = Path(__file__).parent / "programs"
+ENGINES = {"optuna": [], "ray": ["--backend", "ray"], "wandb": ["--backend", "wandb", "--offline"]}
+
+
+def _setup(tmp_path: Path, program: str, sweep: str) -> tuple[Path, dict]:
+    shutil.copy(PROGRAMS / program, tmp_path / program)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    write(tmp_path / "sweep.yaml", sweep)
+    env = {"SEEN_DIR": str(seen), "HPO_RAY_NUM_CPUS": "2", "WANDB_SILENT": "true", "HOME": str(tmp_path),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wbc"), "WANDB_CACHE_DIR": str(tmp_path / "wbcache")}
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        os.environ.pop(key, None)
+    return seen, env
+
+
+def _children(sweep_dir: Path):
+    client = mlflow_client(sweep_dir)
+    exp = client.get_experiment_by_name(sweep_dir.name)
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _pids(seen: Path) -> list[int]:
+    return [int(p.name[4:]) for p in seen.glob("pid-*")]
+
+
+WB_SWEEP = """
+name: prog
+program: wb_train.py
+command: ["${env}", "${interpreter}", "${program}", "${args}", "--json=${args_json_file}"]
+method: random
+metric: {name: val/acc, goal: maximize}
+parameters:
+  lr: {distribution: q_log_uniform_values, min: 1, max: 64, q: 1}
+  epochs: {value: 4}
+  flag: {values: [true, false]}
+  opt:
+    parameters:
+      name: {values: [sgd, adam]}
+      beta: {distribution: uniform, min: 0.1, max: 0.9}
+"""
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_wandb_program_gets_its_parameters_and_its_logs_reach_the_sweep_live(tmp_path, engine):
+    seen, env = _setup(tmp_path, "wb_train.py", WB_SWEEP)
+    out = run_hpo("run", "sweep.yaml", "--trials", "4", "--workers", "2", "--no-progress", *ENGINES[engine],
+                  cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, children = _children(tmp_path / "runs" / "prog")
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}, out.stderr[-2000:]
+    for child in children:
+        saw = json.loads((seen / f"trial-{child.data.tags['hpo.trial']}.json").read_text())
+        config = saw["config"]
+        assert saw["mode"] == "offline", "no W&B credentials: the program's wandb runs offline"
+        assert config["default_only"] == 7, "the script's own defaults stay beside the sweep's values"
+        # wandb.config holds the trial's parameters, nested blocks as nested dicts, as under `wandb agent`
+        assert isinstance(config["lr"], int) and 1 <= config["lr"] <= 64
+        assert config["opt"]["name"] in ("sgd", "adam") and 0.1 <= config["opt"]["beta"] <= 0.9
+        recorded = child.data.params
+        assert recorded["lr"] == str(config["lr"]) and recorded["opt.name"] == config["opt"]["name"]
+        assert float(recorded["opt.beta"]) == pytest.approx(config["opt"]["beta"])
+        assert f"--lr={config['lr']}" in saw["argv"] and f"--flag={config['flag']}" in saw["argv"]
+        # every wandb.log reached MLflow at its step; the trial's value is the last one logged
+        rate = config["lr"] / 100.0 * (2.0 if config["opt"]["name"] == "adam" else 1.0)
+        history = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val/acc"))
+        assert [s for s, _ in history] == [1, 2, 3, 4]
+        assert [v for _, v in history] == pytest.approx([rate * e for e in (1, 2, 3, 4)])
+        assert child.data.metrics["train.loss"] == pytest.approx(1 - rate * 4)
+    wandb_runs = list((tmp_path / "runs" / "prog" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 4, "each trial's wandb run is kept offline under runs/NAME/wandb/"
+    if engine == "optuna":
+        study = load_study(tmp_path / "runs" / "prog", "prog")
+        by_number = {t.number: t for t in study.trials}
+        for child in children:
+            config = json.loads((seen / f"trial-{child.data.tags['hpo.trial']}.json").read_text())["config"]
+            trial = by_number[int(child.data.tags["hpo.trial"])]
+            assert trial.params["lr"] == config["lr"]
+            assert trial.value == pytest.approx(child.data.metrics["val/acc"])
+
+
+KV_SWEEP = """
+name: kv
+program: kv_train.py
+method: grid
+metric: {name: score, goal: maximize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 3}
+parameters:
+  lr: {values: [0.012, 0.011, 0.010, 0.009, 0.008, 0.007, 0.006, 0.005, 0.004, 0.003, 0.002, 0.001]}
+  epochs: {value: 9}
+"""
+
+
+def test_name_value_program_is_stopped_by_hyperband_and_nothing_is_left_running(tmp_path):
+    seen, env = _setup(tmp_path, "kv_train.py", KV_SWEEP)
+    out = run_hpo("run", "sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path,
+                  env={**env, "EPOCH_S": "0.05"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, children = _children(tmp_path / "runs" / "kv")
+    pruned = [c for c in children if c.data.tags["hpo.state"] == "pruned"]
+    complete = [c for c in children if c.data.tags["hpo.state"] == "complete"]
+    assert len(children) == 12 and pruned and complete
+    for child in children:
+        lr = float(child.data.params["lr"])
+        steps = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "score"))
+        assert [v for _, v in steps] == pytest.approx([lr * s for s, _ in steps], abs=1e-6)
+        if child in pruned:
+            assert steps[-1][0] < 9 and child.info.status == "KILLED"
+            assert float(child.data.metrics["score"]) == pytest.approx(lr * steps[-1][0], abs=1e-6)
+        else:
+            assert steps[-1][0] == 9 and child.data.metrics["loss"] == pytest.approx(1 - lr * 9, abs=1e-6)
+    assert len(_pids(seen)) == 12
+    assert not [p for p in _pids(seen) if _alive(p)], "a stopped program's process lives on"
+    log = (tmp_path / "runs" / "kv" / "logs" / f"trial-{complete[0].data.tags['hpo.trial']}.out").read_text()
+    assert "epoch 9: score=" in log, "each trial's stdout is kept in runs/NAME/logs/"
+
+
+REPORT_SWEEP = """
+name: rep
+program: report_train.py
+command: ["${interpreter}", "${program}", "${param.lr}", "${param.epochs}"]
+method: random
+metric: {name: score, goal: maximize}
+parameters:
+  lr: {distribution: uniform, min: 0.1, max: 0.2}
+  epochs: {value: %d}
+"""
+
+
+def test_forked_children_do_not_outlive_their_trial(tmp_path):
+    seen, env = _setup(tmp_path, "report_train.py", REPORT_SWEEP % 3)
+    out = run_hpo("run", "sweep.yaml", "--trials", "2", "--workers", "1", "--no-progress", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, children = _children(tmp_path / "runs" / "rep")
+    assert len(children) == 2
+    for child in children:  # hpo.report's values, at the program's epochs; the last is the value
+        assert child.data.metrics["score"] == pytest.approx(float(child.data.params["lr"]) * 3)
+    assert sorted(p.read_text() for p in seen.glob("pid-*")) == ["child", "child", "main", "main"]
+    assert not [p for p in _pids(seen) if _alive(p)], "the program's forked child outlived its trial"
+
+
+def test_ctrl_c_stops_a_program_that_ignores_sigterm_and_its_children(tmp_path):
+    seen, env = _setup(tmp_path, "report_train.py", REPORT_SWEEP % 200)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--trials", "2", "--workers", "1",
+                             "--no-progress"], cwd=tmp_path, env={**os.environ, **env, "EPOCH_S": "0.2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_pids(seen)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few reports in
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert len(_pids(seen)) == 2 and not [p for p in _pids(seen) if _alive(p)], "SIGKILL after the grace"
+    client, children = _children(tmp_path / "runs" / "rep")
+    assert [c.info.status for c in children] == ["KILLED"]
+    assert client.get_metric_history(children[0].info.run_id, "score"), "reports arrived while it ran"
+    study = load_study(tmp_path / "runs" / "rep", "rep")
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+SH_SWEEP = """
+name: sh
+program: train.sh
+command: ["${program}", "${args}"]
+method: grid
+metric: {name: score, goal: maximize}
+parameters:
+  lr: {value: 0.5}
+  fail: {values: [true, false]}
+"""
+
+
+def test_a_failing_program_fails_its_trial_with_its_stderr_and_the_sweep_goes_on(tmp_path):
+    seen, env = _setup(tmp_path, "train.sh", SH_SWEEP)
+    out = run_hpo("run", "sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, children = _children(tmp_path / "runs" / "sh")
+    by_state = {c.data.tags["hpo.state"]: c for c in children}
+    assert set(by_state) == {"failed", "complete"}
+    failed = by_state["failed"]
+    assert failed.info.status == "FAILED" and failed.data.params["fail"] == "True"
+    assert "exit code 3" in failed.data.tags["hpo.error"]
+    assert "sh: asked to fail (lr=--fail=True)" in failed.data.tags["hpo.error"]
+    assert by_state["complete"].data.metrics["score"] == pytest.approx(0.3), "the last name=value line"
+
+
+@pytest.mark.parametrize("sweep, line", [
+    ("program: nope.py\n", "program: nope.py not found in "),
+    ("", "program: the sweep names nothing to run"),
+    ('command: [python, "${program}", "${args}"]\n', "program: the command uses ${program} but the sweep names no"),
+])
+def test_nothing_to_run_is_one_line_and_writes_nothing(tmp_path, sweep, line):
+    write(tmp_path / "sweep.yaml", "method: random\nmetric: {name: a}\nparameters:\n  x: {values: [1, 2]}\n" + sweep)
+    out = run_hpo("run", "sweep.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith(line), out.stderr
+    assert not (tmp_path / "runs").exists()
+    if not sweep:  # a valid W&B sweep all the same: `hpo validate` accepts it and says what is missing
+        out = run_hpo("validate", "sweep.yaml", cwd=tmp_path)
+        assert out.returncode == 0 and "but the sweep names nothing to run" in out.stdout, out.stdout
