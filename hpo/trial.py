@@ -183,6 +183,7 @@ class TrialRun:
     worker: str
     trainer_ref: str | None = None
     extra_tags: dict[str, str] = field(default_factory=dict)
+    literal: frozenset[str] = frozenset()  # the spec's literal dotted names (Spec.literal_names)
 
     def tags(self, number: int | str, config: Mapping[str, Any]) -> dict[str, str]:
         from hpo.provenance import environment_tags
@@ -202,7 +203,7 @@ class TrialRun:
         """Run the trainer under a child run; Interrupted ends the run KILLED and propagates."""
         from hpo.spec import unflatten
 
-        config = unflatten(params)
+        config = unflatten(params, self.literal)
         run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
                                           {**self.tags(number, config), **(tags or {})})
         on_start(run_id)

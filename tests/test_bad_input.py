@@ -82,7 +82,7 @@ CASES = [
     Case("unknown-distribution", "parameters.lr.distribution: unknown distribution 'gaussian'",
          sweep("lr: {distribution: gaussian, mu: 0}")),
     Case("wrong-type-min", "parameters.lr.min: [0] is not of type 'number'", sweep("lr: {min: [0], max: 1.0}")),
-    Case("wrong-type-values", "parameters.x.values: 3 is not of type 'array'", sweep("x: {values: 3}")),
+    Case("wrong-type-values", "parameters.x.values: 3 is not a list; did you mean value: 3?", sweep("x: {values: 3}")),
     Case("parameter-not-mapping", "parameters.x: must be a mapping", sweep("x: 0.1")),
     Case("metric-a-string", "metric: 'loss' is not of type 'object'", sweep("x: {values: [1]}", "method: random\nmetric: loss")),
     Case("quoted-1e-4", "parameters.lr.min: '1e-4' is text (in quotes)", sweep("lr: {min: '1e-4', max: 1.0e-1}"),

@@ -231,3 +231,40 @@ def test_nothing_to_run_is_one_line_and_writes_nothing(tmp_path, sweep, line):
     if not sweep:  # a valid W&B sweep all the same: `hpo validate` accepts it and says what is missing
         out = run_hpo("validate", "sweep.yaml", cwd=tmp_path)
         assert out.returncode == 0 and "but the sweep names nothing to run" in out.stdout, out.stdout
+
+
+DUMP = """
+import json, os, sys, wandb
+run = wandb.init()
+with open(os.path.join(os.environ["SEEN_DIR"], "trial.json"), "w") as f:
+    json.dump({"config": dict(wandb.config), "argv": sys.argv[1:]}, f)
+wandb.log({"score": 1.0})
+run.finish()
+"""
+
+NAMES_SWEEP = """
+name: names
+program: dump.py
+method: random
+metric: {name: score, goal: maximize}
+parameters:
+  optimizer: {values: [adam]}
+  optimizer.config.learning_rate: {values: [0.1]}
+  a.b.activations.0: {value: relu}
+  model:
+    parameters:
+      depth: {value: 2}
+"""
+
+
+def test_literal_dotted_and_numeric_names_reach_the_program_as_wandb_gives_them(tmp_path):
+    """W&B keeps `optimizer.config.learning_rate` a key of its own beside `optimizer`; blocks nest."""
+    seen, env = _setup(tmp_path, "wb_train.py", NAMES_SWEEP)
+    (tmp_path / "dump.py").write_text(DUMP)
+    out = run_hpo("run", "sweep.yaml", "--trials", "1", "--workers", "1", "--no-progress", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saw = json.loads((seen / "trial.json").read_text())
+    assert saw["config"] == {"optimizer": "adam", "optimizer.config.learning_rate": 0.1,
+                             "a.b.activations.0": "relu", "model": {"depth": 2}}
+    assert sorted(saw["argv"]) == sorted(["--optimizer=adam", "--optimizer.config.learning_rate=0.1",
+                                          "--a.b.activations.0=relu", "--model={'depth': 2}"])

@@ -321,8 +321,11 @@ def test_unflatten_round_trips_to_the_nested_config_wandb_hands_a_run():
 def test_dotted_and_nested_names_may_not_collide():
     got = problems({"opt": {"parameters": {"lr": {"values": [1]}}}, "opt.lr": {"values": [2]}})
     assert got == ["parameters.opt.lr: defined twice (once nested, once dotted)"]
-    got = problems({"opt": {"values": [1]}, "opt.lr": {"values": [2]}})
-    assert got[0].startswith("parameters.opt.lr: clashes with parameter 'opt'")
+    # W&B keeps a literal dotted name a key of its own, beside a parameter named like its prefix
+    s = make({"opt": {"values": [1]}, "opt.lr": {"values": [2]}, "a.b.activations.0": {"value": 3}})
+    assert s.literal_names == {"opt.lr", "a.b.activations.0"}
+    assert spec.unflatten({"opt": 1, "opt.lr": 2, "a.b.activations.0": 3, "m.d": 4}, s.literal_names) == {
+        "opt": 1, "opt.lr": 2, "a.b.activations.0": 3, "m": {"d": 4}}
 
 
 def test_nested_block_problems_name_the_full_path():

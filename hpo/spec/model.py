@@ -16,6 +16,7 @@ class Param:
     name: str
     distribution: str
     config: Mapping[str, Any] = field(default_factory=dict)
+    literal: bool = False  # a dotted name written as one key (`optimizer.lr: {...}`): a key of its own in config
 
     def grid_count(self) -> int:
         """How many points grid_values() has, without building them (a grid may be huge)."""
@@ -98,6 +99,11 @@ class Spec:
     def direction(self) -> str:
         return "maximize" if self.goal == "maximize" else "minimize"
 
+    @property
+    def literal_names(self) -> frozenset[str]:
+        """Dotted names written as one key: wandb.config keeps them as keys, not as nested dicts."""
+        return frozenset(p.name for p in self.params if p.literal and "." in p.name)
+
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
 
@@ -132,10 +138,13 @@ def changes(old: Spec, new: Spec) -> list[str]:
     return out
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"a.b": 1}` -> `{"a": {"b": 1}}`: the nested config W&B hands a run."""
+def unflatten(flat: Mapping[str, Any], literal: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}`: the nested config W&B hands a run; `literal` names stay keys."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
+        if key in literal:
+            out[key] = value
+            continue
         node = out
         *parents, leaf = key.split(".")
         for part in parents:

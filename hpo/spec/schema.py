@@ -163,11 +163,13 @@ NUMBER_KEYS = ("min", "max", "q", "mu", "sigma", "a", "b")
 
 def check_parameter(path: str, value: Any) -> str | list[str]:
     """The parameter's distribution name, or the list of its problems."""
-    name = path.split(".", 1)[-1]  # the dotted name under `parameters.`
-    if not all(NAME.fullmatch(part) for part in name.split(".")):
+    name = path.split(".", 1)[-1]  # the dotted name under `parameters.` (`a.b.0` as W&B allows)
+    if not NAME.fullmatch(name) or "" in name.split("."):
         return [f"{path}: bad parameter name {name!r}; use letters, digits, _ . - (starting with a letter or _)"]
     if not isinstance(value, dict):
         return [f"{path}: must be a mapping such as {{values: [...]}} or {{min: 0, max: 1}}"]
+    if "values" in value and not isinstance(value["values"], list) and "value" not in value:
+        return [f"{path}.values: {value['values']!r} is not a list; did you mean value: {value['values']!r}?"]
     for key in NUMBER_KEYS:
         if isinstance(value.get(key), bool) or value.get(key, 0) is None:
             return [f"{path}.{key}: must be a number (got {value[key]!r})"]

@@ -96,7 +96,7 @@ def _flatten(block: dict, prefix: str, out: list[Param], problems: list[str]) ->
             continue
         found = check_parameter(f"parameters.{name}", value)
         if isinstance(found, str):
-            out.append(Param(name, found, fill_defaults(found, value)))
+            out.append(Param(name, found, fill_defaults(found, value), literal="." in str(key)))
         else:
             problems.extend(found)
 
@@ -122,7 +122,7 @@ def _name_clashes(params: list[Param]) -> list[str]:
     out = [f"parameters.{dup}: defined twice (once nested, once dotted)"
            for dup in sorted({n for n in names if names.count(n) > 1})]
     taken = set(names)
-    for n in names:
+    for n in (p.name for p in params if not p.literal):  # a literal `a.b` is a key of its own beside `a`
         parts = n.split(".")
         for i in range(1, len(parts)):
             if ".".join(parts[:i]) in taken:

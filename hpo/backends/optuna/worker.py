@@ -101,7 +101,7 @@ def serve(cfg: WorkerConfig) -> int:
         tracker=Tracker(uri), experiment_id=attrs["hpo.experiment_id"],
         parent_id=attrs["hpo.parent_run_id"], backend="optuna", study=study.study_name,
         worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=ref,
-        extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"},
+        extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"}, literal=spec.literal_names,
     ))
     done = 0
     try:

@@ -248,7 +248,7 @@ def run(plan: Plan, session: Session) -> None:
             "hpo.ray.trial_resources": json.dumps(resources), "hpo.ray.concurrency": str(concurrency)})
         ctx = TrialContext(plan.tracking_uri, session.experiment_id, session.parent_run_id, plan.name,
                            plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
-                           plan.trainer, git_sha() or "none")
+                           plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)))
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
         while (n := session.remaining()) > 0:
             before = session.counted()

@@ -34,6 +34,7 @@ class TrialContext:
     scheduler: str
     trainer: str | None = None
     git_sha: str = "none"
+    literal: tuple[str, ...] = ()  # the spec's literal dotted names
 
 
 class _Done(Exception):
@@ -58,7 +59,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tracker = _trackers.setdefault(ctx.tracking_uri, Tracker(ctx.tracking_uri))
     trial_run = TrialRun(tracker, ctx.experiment_id, ctx.parent_id, "ray", ctx.study,
                          f"{socket.gethostname()}-{os.getpid()}", ctx.trainer,
-                         {"hpo.git_sha": ctx.git_sha, "hpo.ray_trial_id": trial_id})
+                         {"hpo.git_sha": ctx.git_sha, "hpo.ray_trial_id": trial_id}, frozenset(ctx.literal))
     trainer = trainer_ref.load(ctx.trainer)
     run = {"id": "", "reports": 0, "stopped": False}
 

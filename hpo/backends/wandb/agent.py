@@ -60,6 +60,9 @@ def flat_params(config: Mapping[str, Any], names: list[str] | None) -> dict[str,
         return out
     flat = {}
     for name in names:
+        if name in config:  # a literal dotted name is a key of its own
+            flat[name] = config[name]
+            continue
         node: Any = config
         for part in name.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -78,6 +81,7 @@ class Agent:
             conn.send(("hello", name))
             self.setup = conn.recv()[1]
         self.trainer_ref = trainer_ref or self.setup.get("trainer")
+        self.literal = frozenset(self.setup.get("literal", ()))
         self.trainer = trainers.load(self.trainer_ref)
         self.trial_run = self._trial_run() if self.setup else None
         if os.environ.get("HPO_THREADS") and "torch" in sys.modules:
@@ -92,7 +96,8 @@ class Agent:
         s = self.setup
         return TrialRun(Tracker(s["tracking_uri"]), s["experiment_id"], s["parent_id"], "wandb", s["study"],
                         self.name, self.trainer_ref,
-                        extra_tags={"hpo.git_sha": s.get("git_sha", "none"), "hpo.wandb_mode": s["mode"]})
+                        extra_tags={"hpo.git_sha": s.get("git_sha", "none"), "hpo.wandb_mode": s["mode"]},
+                        literal=self.literal)
 
     def ask(self, *msg: Any) -> Any:
         self.conn.send(msg)
@@ -120,7 +125,7 @@ class Agent:
         try:
             if self.trial_run is None:
                 reporter = Reporter(metric, sink=on_report)
-                outcome = run_trainer(self.trainer, unflatten(params), reporter)
+                outcome = run_trainer(self.trainer, unflatten(params, self.literal), reporter)
             else:
                 outcome, _ = self.trial_run.run(
                     number, params, self.trainer, metric, should_stop=lambda s, v: stop[0],
@@ -164,7 +169,7 @@ class Agent:
                 continue
             wb = wandb.init(mode="offline", dir=s["dir"], project=s["project"], entity=s["entity"],
                             group=s["group"], job_type="hpo-sweep", id=job["name"], name=f"trial-{job['number']}",
-                            config=unflatten(job["params"]), tags=["hpo", self.name], reinit="finish_previous",
+                            config=unflatten(job["params"], self.literal), tags=["hpo", self.name], reinit="finish_previous",
                             settings=wandb_settings())
             self.trial(wb, job["name"], job["number"], job["params"], job.get("tags"))
             done += 1

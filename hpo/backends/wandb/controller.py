@@ -117,6 +117,7 @@ class Controller:
             "dir": str(plan.dir.resolve()), "project": plan.options.get("project") or plan.name,
             "entity": plan.options.get("entity"), "group": plan.name, "git_sha": git_sha() or "none",
             "mode": "online" if online_sweep else "offline", "names": [p.name for p in plan.spec.params],
+            "literal": sorted(plan.spec.literal_names),
         }
 
     # -- the loop ---------------------------------------------------------
