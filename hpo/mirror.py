@@ -23,6 +23,7 @@ def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
     """An Optuna distribution that contains `value` for a spec parameter (any W&B distribution)."""
     from hpo.backends.optuna import space
 
+    value = space.encode(value)
     try:
         dist = space.to_optuna(spec.param(name))
         if dist._contains(dist.to_internal_repr(value)):  # noqa: SLF001
@@ -59,8 +60,11 @@ def range_for(p: Any, value: int | float) -> BaseDistribution:
 
 def start_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
     """A RUNNING trial with the params the engine chose; returns its storage id."""
+    from hpo.backends.optuna import space
+
     template = optuna.trial.create_trial(
-        params=dict(params), distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
+        params={k: space.encode(v) for k, v in params.items()},
+        distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
         state=TrialState.RUNNING, user_attrs=dict(user_attrs))
     return study._storage.create_new_trial(study._study_id, template_trial=template)  # noqa: SLF001
 

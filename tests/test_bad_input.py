@@ -127,8 +127,6 @@ CASES = [
     Case("name-newline", "parameters.x\\n: bad parameter name 'x\\n'", sweep('"x\\n": {values: [1]}')),
     Case("top-key-newline", "a\\nb: unknown key", sweep("x: {values: [1]}", 'method: random\n"a\\nb": 1')),
     Case("study-name-shell", "name: 'a;touch PWNED' must be letters", sweep("x: {values: [1]}", 'method: random\nname: "a;touch PWNED"')),
-    Case("optuna-cannot-hold-lists", "parameters.w: Optuna choices must be numbers, strings, booleans or null",
-         sweep("w: {values: [[1, 2], [3]]}")),
     # --- a broken --space file
     Case("space-broken-yaml", "space.yaml: line ", GOOD, files={"space.yaml": "parameters:\n  lr: [min: 0.1\n"},
          flags=["--space", "space.yaml"]),

@@ -5,6 +5,7 @@ W&B's own code (the `sweeps` package) is the reference wherever it defines the s
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -275,14 +276,26 @@ def test_a_mapped_parameter_is_recorded_beside_its_uniform_variable():
     assert set(params) == {"w", "w~u"} and params["w"] == value and 4 < value < 6
 
 
-def test_choices_optuna_cannot_hold_are_refused_before_anything_is_written(tmp_path, monkeypatch):
-    from hpo import api
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text("method: random\nmetric: {name: a}\nparameters:\n  w: {values: [[1, 2], [3]]}\n")
-    with pytest.raises(UsageError, match=r"^parameters\.w: Optuna choices must be"):
-        api.prepare(api.Settings("s.yaml", workers=1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+@pytest.mark.parametrize("method", ["random", "grid"])
+def test_list_and_mapping_choices_reach_the_trainer_as_written(method):
+    """W&B takes `values: [[32, 32], [64]]` and `value: [accuracy]`; Optuna holds them as JSON text."""
+    s = make({"w": {"values": [[1, 2], [3]]}, "m": {"value": ["accuracy"]}, "c": {"values": [{"a": 1}, {"a": 2}]}},
+             method=method)
+    study = optuna.create_study(sampler=space.sampler(s, seed=1))
+    dists = space.distributions(s)
+    if method == "grid":
+        for point in space.encoded_grid(s):
+            study.enqueue_trial(point)
+    seen = []
+    for _ in range(4):
+        trial = study.ask()
+        got = {name: space.suggest(trial, name, d) for name, d in dists.items()}
+        assert got["w"] in ([1, 2], [3]) and got["m"] == ["accuracy"] and got["c"] in ({"a": 1}, {"a": 2})
+        assert trial.params == {k: json.dumps(v) for k, v in got.items()}, "Optuna records what the trainer got"
+        study.tell(trial, 1.0)
+        seen.append((tuple(got["w"]), got["c"]["a"]))
+    if method == "grid":
+        assert sorted(seen) == [((1, 2), 1), ((1, 2), 2), ((3,), 1), ((3,), 2)], "each grid point once"
 
 
 # ---------------------------------------------------------------- nesting

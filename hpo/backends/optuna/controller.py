@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from hpo import diskspace, storage
+from hpo.backends.optuna import space
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
 
@@ -36,10 +37,14 @@ def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
                 lambda s: slot_env(s, base, threads), plan.dir / "logs")
 
 
+def _grid(plan: Plan) -> list[dict] | None:
+    return space.encoded_grid(plan.spec) if plan.grid is not None else None
+
+
 def run(plan: Plan, session: Session) -> None:
     study = session.study
     storage.queue_retries(study, plan.retries)
-    storage.fill_queue(study, plan.budget, plan.grid)
+    storage.fill_queue(study, plan.budget, _grid(plan))
     pool = make_pool(plan)
     reason = "worker died"
     try:
@@ -55,7 +60,7 @@ def run(plan: Plan, session: Session) -> None:
 
 
 def _watch(plan: Plan, session: Session, pool: Pool) -> None:
-    study = session.study
+    study, grid = session.study, _grid(plan)
     while True:
         for e in pool.reap():
             if e.code == diskspace.EXIT_CODE:
@@ -64,7 +69,7 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
                 _on_death(session, e)
                 session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))
         storage.queue_retries(study, plan.retries)
-        storage.fill_queue(study, plan.budget, plan.grid)
+        storage.fill_queue(study, plan.budget, grid)
         c = session.counts()
         if c.waiting:
             pool.fill()
@@ -76,7 +81,7 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
             # said who it is (failed as an orphan after a grace period, then run again).
             if not session.counts().running:
                 storage.queue_retries(study, plan.retries)
-                storage.fill_queue(study, plan.budget, plan.grid)
+                storage.fill_queue(study, plan.budget, grid)
                 if not session.counts().waiting:
                     return
         time.sleep(POLL_SECONDS)

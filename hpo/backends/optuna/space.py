@@ -59,6 +59,27 @@ class Mapped:
 CHOICE_TYPES = (type(None), bool, int, float, str)
 
 
+def encode(value: Any) -> Any:
+    """A choice as Optuna can hold it: itself, or its JSON text for a list or a mapping (`[32, 32]`)."""
+    return value if isinstance(value, CHOICE_TYPES) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A categorical (or constant) with list or mapping choices: Optuna holds their JSON text."""
+
+    param: Param
+    dist: CategoricalDistribution
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        return self.dist.choices
+
+    def decode(self, choice: Any) -> Any:
+        values = [self.param.config["value"]] if self.param.distribution == "constant" else self.param.config["values"]
+        return next(v for v in values if encode(v) == choice)
+
+
 @functools.lru_cache(maxsize=256)
 def _wandb_law(name: str, config_json: str) -> Any:
     """W&B's HyperParameter for a parameter (its ppf is W&B's own inverse CDF)."""
@@ -75,12 +96,7 @@ def to_optuna(p: Param) -> BaseDistribution:
         raise ValueError(f"parameters.{p.name}: {d} has no Optuna distribution; see optuna_form")
     if d in ("constant", "categorical"):
         choices = [c["value"]] if d == "constant" else list(c["values"])
-        bad = [v for v in choices if not isinstance(v, CHOICE_TYPES)]
-        if bad:
-            raise UsageError(
-                f"parameters.{p.name}: Optuna choices must be numbers, strings, booleans or null, not {bad[0]!r}"
-            )
-        return CategoricalDistribution(choices)
+        return CategoricalDistribution([encode(v) for v in choices])
     if d == "int_uniform":
         return IntDistribution(c["min"], c["max"])
     if d == "uniform":
@@ -106,17 +122,28 @@ def _q_uniform(p: Param) -> BaseDistribution:
     return FloatDistribution(lo * q, lo * q + (hi - lo) * q, step=q)
 
 
-def optuna_form(p: Param) -> BaseDistribution | Mapped:
+def optuna_form(p: Param) -> BaseDistribution | Mapped | Encoded:
     """Optuna's own distribution where it has one with W&B's law, else a Mapped uniform variable."""
-    return Mapped(p) if p.distribution in MAPPED else to_optuna(p)
+    if p.distribution in MAPPED:
+        return Mapped(p)
+    dist = to_optuna(p)
+    values = p.config.get("values", [p.config.get("value")])
+    if isinstance(dist, CategoricalDistribution) and any(not isinstance(v, CHOICE_TYPES) for v in values):
+        return Encoded(p, dist)
+    return dist
 
 
-def distributions(spec: Spec) -> dict[str, BaseDistribution | Mapped]:
+def encoded_grid(spec: Spec) -> list[dict[str, Any]]:
+    """The grid's points with their choices as Optuna holds them (what a finished trial's params are)."""
+    return [{k: encode(v) for k, v in point.items()} for point in spec.grid()]
+
+
+def distributions(spec: Spec) -> dict[str, BaseDistribution | Mapped | Encoded]:
     """Every parameter's Optuna form (constants are one-choice categoricals)."""
     return {p.name: optuna_form(p) for p in spec.params}
 
 
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution | Mapped) -> Any:
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution | Mapped | Encoded) -> Any:
     """Ask the trial for one value through Optuna's public suggest API.
 
     A Mapped parameter is suggested as its uniform `NAME~u`; the value it maps to is recorded
@@ -127,6 +154,8 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution | Mapped) -> 
         recorded = dist.recorded(value)
         trial.storage.set_trial_param(trial._trial_id, name, recorded.to_internal_repr(value), recorded)  # noqa: SLF001
         return value
+    if isinstance(dist, Encoded):
+        return dist.decode(trial.suggest_categorical(name, dist.choices))
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     if isinstance(dist, IntDistribution):
@@ -138,7 +167,7 @@ def sampler(spec: Spec, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """bayes -> TPE, random -> Random, grid -> Grid over the values."""
     if spec.method == "grid":
         return optuna.samplers.GridSampler(
-            {p.name: p.grid_values() for p in spec.params}, seed=seed
+            {p.name: [encode(v) for v in p.grid_values()] for p in spec.params}, seed=seed
         )
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)

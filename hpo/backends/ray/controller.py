@@ -210,7 +210,10 @@ def _todo_grid(plan: Plan, session: Session) -> list[dict[str, Any]] | None:
     retried = storage.retried_numbers(trials)
     done = {json.dumps(t.params, sort_keys=True, default=str) for t in trials
             if storage.counts_toward_budget(t) and t.number not in retried}
-    return [p for p in plan.grid if json.dumps(p, sort_keys=True, default=str) not in done]
+    from hpo.backends.optuna import space
+
+    points = space.encoded_grid(plan.spec)  # the mirror holds list choices as JSON text, and so does Ray
+    return [p for p in points if json.dumps(p, sort_keys=True, default=str) not in done]
 
 
 def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: list | None):
@@ -248,7 +251,8 @@ def run(plan: Plan, session: Session) -> None:
             "hpo.ray.trial_resources": json.dumps(resources), "hpo.ray.concurrency": str(concurrency)})
         ctx = TrialContext(plan.tracking_uri, session.experiment_id, session.parent_run_id, plan.name,
                            plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
-                           plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)))
+                           plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)),
+                           tuple(ray_space.encoded_names(plan.spec)))
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
         while (n := session.remaining()) > 0:
             before = session.counted()

@@ -52,9 +52,9 @@ def to_ray(p: Param) -> Any:
     c, d = p.config, p.distribution
     q = c.get("q")
     if d == "constant":
-        return c["value"]
+        return space.encode(c["value"])
     if d == "categorical":
-        return tune.choice(list(c["values"]))
+        return tune.choice([space.encode(v) for v in c["values"]])
     if d == "categorical_w_probabilities":
         return tune.sample_from(functools.partial(_weighted, list(c["values"]), list(c["probabilities"])))
     if d == "int_uniform":
@@ -82,6 +82,11 @@ def to_ray(p: Param) -> Any:
     if d in ("beta", "q_beta"):
         return tune.sample_from(functools.partial(_beta, c.get("a", 1.0), c.get("b", 1.0), q))
     raise ValueError(f"parameters.{p.name}: unknown distribution {d}")
+
+
+def encoded_names(spec: Spec) -> list[str]:
+    """Parameters whose choices travel through Ray as JSON text (lists, mappings): Ray would unpack them."""
+    return [p.name for p in spec.params if isinstance(space.optuna_form(p), space.Encoded)]
 
 
 def param_space(spec: Spec) -> dict[str, Any]:
@@ -130,10 +135,10 @@ def search(spec: Spec, budget: int, concurrency: int, seed: int | None = None,
         mode = "max" if spec.direction == "maximize" else "min"
         return OptunaSearch(space=_DefineByRun(spec), metric=spec.metric, mode=mode, sampler=sampler), {}, budget
     if spec.method == "grid" and budget >= spec.grid_size():
-        grid = {p.name: tune.grid_search(p.grid_values()) for p in spec.params}
+        grid = {p.name: tune.grid_search([space.encode(v) for v in p.grid_values()]) for p in spec.params}
         return BasicVariantGenerator(max_concurrent=concurrency), grid, 1
     if spec.method == "grid":  # a capped grid: its first `budget` points in W&B's order
-        points = spec.grid()[:budget]
+        points = space.encoded_grid(spec)[:budget]
         return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency), param_space(spec), budget
     return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency), param_space(spec), budget
 

@@ -7,6 +7,7 @@ must not retry it (Ray retries only a trial whose worker died).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class TrialContext:
     trainer: str | None = None
     git_sha: str = "none"
     literal: tuple[str, ...] = ()  # the spec's literal dotted names
+    encoded: tuple[str, ...] = ()  # parameters whose list or mapping values come as JSON text
 
 
 class _Done(Exception):
@@ -82,7 +84,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         except _Done:
             return None
 
-    params = {k: plain(v) for k, v in config.items()}
+    params = {k: json.loads(v) if k in ctx.encoded else plain(v) for k, v in config.items()}
     trial_run.run(trial_number(trial_id), params, until_done, ctx.metric,
                   on_start=lambda rid: run.update(id=rid), on_report=to_tune)
     if run["stopped"]:
