@@ -108,7 +108,8 @@ class Result:
 
 
 def study_name(spec: specmod.Spec, override: str | None) -> str:
-    name = override or spec.name or "sweep"
+    """--study as given, else the sweep's `name:` made safe for a folder (W&B takes any text there)."""
+    name = override or re.sub(r"[^A-Za-z0-9_.-]+", "-", str(spec.name or "")).strip("-.")[:100] or "sweep"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", name):
         field_name = "--study" if override else "name"
         raise UsageError(f"{field_name}: {name!r} must be letters, digits, _ . - (at most 100)")
@@ -166,9 +167,7 @@ def prepare(s: Settings) -> Plan:
         problems = backend.check(plan)
         if problems:
             raise UsageError(problems[0])
-    if not spec.metric:  # W&B asks for it only with bayes or hyperband; hpo records every trial's value
-        raise UsageError("metric.name: required: hpo records each trial's last value of this metric")
-    return plan
+    return plan  # no metric (random or grid, as W&B allows): trials are recorded, none is best
 
 
 NOTHING_TO_RUN = ("program: the sweep names nothing to run; give it a program: or command: "

@@ -116,6 +116,10 @@ def cmd_validate(a: argparse.Namespace) -> int:
           f"backend {sw.backend})")
     what = api.runs_what(sw)
     print(f"  each trial runs {what}" if what else f"  but {api.NOTHING_TO_RUN.split(': ', 1)[1]}")
+    from hpo.program import unknown_macros
+
+    for macro in unknown_macros(sw.spec.raw.get("command")):
+        print(f"  note: command: {macro} is not one of W&B's macros; W&B's agent leaves it out, and so does hpo")
     return 0
 
 
@@ -140,7 +144,11 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_best(a: argparse.Namespace) -> int:
     from hpo import status
 
-    print(json.dumps(status.best(*status.open_existing(_settings(a))), default=str))
+    study, metric = status.open_existing(_settings(a))
+    if study.user_attrs.get("hpo.spec") and not json.loads(study.user_attrs["hpo.spec"]).get("metric"):
+        print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs['hpo.spec'])['method']} "
+              "sweep records its trials; add metric: to rank them)", file=sys.stderr)
+    print(json.dumps(status.best(study, metric), default=str))
     return 0
 
 

@@ -80,9 +80,9 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
     attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != "hpo.state"}}
     for key, value in attrs.items():
         store.set_trial_user_attr(trial_id, key, value)
-    complete = outcome.state == State.COMPLETE and outcome.value is not None
-    state = TrialState.FAIL if outcome.state == State.COMPLETE and not complete else outcome.state.optuna_state
+    # COMPLETE without a value: the sweep has no metric (run_trainer fails a trial that never reports one)
+    values = [float(outcome.value)] if outcome.state == State.COMPLETE and outcome.value is not None else None
     try:
-        store.set_trial_state_values(trial_id, state=state, values=[float(outcome.value)] if complete else None)
+        store.set_trial_state_values(trial_id, state=outcome.state.optuna_state, values=values)
     except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)
         pass

@@ -78,8 +78,8 @@ class Program:
         for chunk in self.command:
             chunk = str(chunk)
             whole = MACRO.fullmatch(chunk)
-            if whole and whole.group(1) in values:
-                out += [str(v) for v in values[whole.group(1)]]
+            if whole and not whole.group(1).startswith(("envvar:", "param.")):
+                out += [str(v) for v in values.get(whole.group(1), [])]  # W&B's agent drops an unknown one
                 continue
             out.append(MACRO.sub(lambda m: _inline(m.group(1), config, values), chunk))
         if out and self.program and out[0] == self.program and "/" not in out[0]:
@@ -88,6 +88,16 @@ class Program:
 
     def describe(self) -> str:
         return " ".join(self.command)
+
+
+MACROS = ("env", "interpreter", "program", "args", "args_no_hyphens", "args_no_boolean_flags", "args_json",
+          "args_json_file", "args_no_equals", "args_append_hydra", "args_override_hydra")
+
+
+def unknown_macros(command: list[Any] | None) -> list[str]:
+    """`${...}` in a command that W&B's agent does not know (it drops them): usually a typo."""
+    names = [m.group(1) for c in command or [] for m in MACRO.finditer(str(c))]
+    return [f"${{{n}}}" for n in names if n not in MACROS and not n.startswith(("envvar:", "param."))]
 
 
 def _sweep_args(args: dict[str, Any]) -> dict[str, list[Any]]:

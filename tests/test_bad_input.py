@@ -126,7 +126,6 @@ CASES = [
     Case("name-subshell", "parameters.$(touch PWNED): bad parameter name", sweep('"$(touch PWNED)": {values: [1]}')),
     Case("name-newline", "parameters.x\\n: bad parameter name 'x\\n'", sweep('"x\\n": {values: [1]}')),
     Case("top-key-newline", "a\\nb: unknown key", sweep("x: {values: [1]}", 'method: random\n"a\\nb": 1')),
-    Case("study-name-shell", "name: 'a;touch PWNED' must be letters", sweep("x: {values: [1]}", 'method: random\nname: "a;touch PWNED"')),
     # --- a broken --space file
     Case("space-broken-yaml", "space.yaml: line ", GOOD, files={"space.yaml": "parameters:\n  lr: [min: 0.1\n"},
          flags=["--space", "space.yaml"]),

@@ -268,3 +268,23 @@ def test_literal_dotted_and_numeric_names_reach_the_program_as_wandb_gives_them(
                              "a.b.activations.0": "relu", "model": {"depth": 2}}
     assert sorted(saw["argv"]) == sorted(["--optimizer=adam", "--optimizer.config.learning_rate=0.1",
                                           "--a.b.activations.0=relu", "--model={'depth': 2}"])
+
+
+@pytest.mark.parametrize("engine", ["optuna", "wandb"])
+def test_a_sweep_without_a_metric_records_every_trial_and_names_no_best(tmp_path, engine):
+    """W&B lets random and grid sweeps go without `metric:`; the trials are still the record."""
+    seen, env = _setup(tmp_path, "wb_train.py", "name: nometric\nprogram: dump.py\nmethod: grid\n"
+                                                 "parameters:\n  a: {values: [1, 2, 3]}\n")
+    (tmp_path / "dump.py").write_text(DUMP.replace('"trial.json"', 'f"trial-{wandb.config.a}.json"'))
+    out = run_hpo("run", "sweep.yaml", "--workers", "2", "--no-progress", *ENGINES[engine], cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1])["best_value"] is None
+    assert sorted(p.name for p in seen.iterdir()) == ["trial-1.json", "trial-2.json", "trial-3.json"]
+    study = load_study(tmp_path / "runs" / "nometric", "nometric")
+    assert sorted((t.state.name, t.params["a"], t.value) for t in study.trials) == [
+        ("COMPLETE", 1, None), ("COMPLETE", 2, None), ("COMPLETE", 3, None)]
+    _, children = _children(tmp_path / "runs" / "nometric")
+    assert sorted((c.info.status, c.data.metrics["score"]) for c in children) == [("FINISHED", 1.0)] * 3
+    best = run_hpo("best", "sweep.yaml", cwd=tmp_path)
+    assert best.returncode == 0 and json.loads(best.stdout)["best_trial"] is None
+    assert "has no metric" in best.stderr

@@ -595,15 +595,17 @@ def test_valid_sweep_round_trip_through_load(tmp_path):
     assert [p.name for p in spec.load(tmp_path / "sweep.yaml", tmp_path / "space.yaml").params] == ["hidden"]
 
 
-def test_hpo_needs_a_metric_for_every_method(tmp_path, monkeypatch):
-    """W&B asks for metric.name only with bayes or hyperband; hpo records each trial's value of it."""
+def test_a_metric_is_needed_only_where_w_and_b_needs_one(tmp_path, monkeypatch):
+    """W&B asks for metric.name only with bayes or hyperband; a random or grid sweep may have none."""
     from hpo import api as sweep
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text("method: random\nparameters:\n  x: {values: [1, 2]}\n")
-    assert make({"x": {"values": [1, 2]}}).metric is None  # a valid W&B sweep...
-    with pytest.raises(UsageError, match=r"^metric\.name: required"):
-        sweep.prepare(sweep.Settings("s.yaml", workers=1))  # ...that hpo refuses before writing anything
+    (tmp_path / "s.yaml").write_text("method: random\ncommand: [a]\nparameters:\n  x: {values: [1, 2]}\n")
+    assert sweep.prepare(sweep.Settings("s.yaml", workers=1)).spec.metric is None
+    for top in ({"method": "bayes"}, {"early_terminate": {"type": "hyperband", "min_iter": 1}}):
+        with pytest.raises(SpecError) as err:
+            make({"x": {"values": [1, 2]}}, **top)
+        assert err.value.problems[0].startswith("metric.name: required with")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from hpo import spec as specmod
 from hpo import storage, trainer_ref
@@ -164,7 +165,9 @@ class _Context:
         for key, value in outcome.tags().items():
             if key != "hpo.state":
                 trial.set_user_attr(key, value)
-        if outcome.state == State.COMPLETE:
+        if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric
+            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE)  # noqa: SLF001
+        elif outcome.state == State.COMPLETE:
             self.study.tell(trial, outcome.value)
         else:
             self.study.tell(trial, state=outcome.state.optuna_state)

@@ -219,7 +219,7 @@ def _todo_grid(plan: Plan, session: Session) -> list[dict[str, Any]] | None:
 def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: list | None):
     searcher, space, samples = ray_space.search(plan.spec, n, concurrency, plan.options.get("seed"), grid)
     limit = None if isinstance(searcher, tune.search.BasicVariantGenerator) else concurrency  # it limits itself
-    mode = "max" if plan.spec.direction == "maximize" else "min"
+    mode = None if not plan.spec.metric else "max" if plan.spec.direction == "maximize" else "min"
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(
