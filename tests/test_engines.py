@@ -75,13 +75,13 @@ def test_wandb_schedule_is_its_band_ladder():
     assert list(sched.rungs) == [3, 7] and not sched.stops_only_at_rungs  # bands 2, 6 -> after 3, 7 reports
 
 
-def test_an_engine_that_cannot_run_the_sweep_says_so():
+def test_every_engine_runs_list_choices():
+    """Optuna once refused `values: [[1, 2], [3]]` (its choices are scalars); it holds them as JSON text now."""
     s = spec.from_dict({"method": "random", "metric": {"name": "acc"}, "early_terminate": HB,
-                        "parameters": {"w": {"values": [[1, 2], [3]]}}})
-    optuna_sched = base.get("optuna").schedule(s, {})
-    assert not optuna_sched.runs and optuna_sched.problem.startswith("parameters.w: ")
-    assert not optuna_sched.rungs
-    assert base.get("wandb").schedule(s, {}).runs
+                        "parameters": {"w": {"values": [[1, 2], [3]]},
+                                       "v": {"values": [[1], [2]], "probabilities": [0.5, 0.5]}}})
+    for engine in ("optuna", "ray", "wandb"):
+        assert base.get(engine).schedule(s, {}).runs, engine
 
 
 def test_run_cap_is_the_default_budget(tmp_path):

@@ -50,7 +50,7 @@ class Mapped:
     def recorded(self, value: Any) -> BaseDistribution:
         """A distribution that holds the value the trainer got, to record it as the param `NAME`."""
         if self.param.distribution == "categorical_w_probabilities":
-            return CategoricalDistribution(list(self.param.config["values"]))
+            return CategoricalDistribution([encode(v) for v in self.param.config["values"]])
         from hpo import mirror
 
         return mirror.range_for(self.param, value)
@@ -152,7 +152,8 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution | Mapped | En
     if isinstance(dist, Mapped):
         value = dist.value(trial.suggest_float(dist.latent, 0.0, 1.0))
         recorded = dist.recorded(value)
-        trial.storage.set_trial_param(trial._trial_id, name, recorded.to_internal_repr(value), recorded)  # noqa: SLF001
+        trial.storage.set_trial_param(trial._trial_id, name, recorded.to_internal_repr(encode(value)),  # noqa: SLF001
+                                      recorded)
         return value
     if isinstance(dist, Encoded):
         return dist.decode(trial.suggest_categorical(name, dist.choices))
