@@ -30,6 +30,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/bench_default_sweep.py
 	$(PY) bench/bench_overhead.py
+	$(PY) bench/program_mode.py
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml
