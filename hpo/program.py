@@ -230,14 +230,22 @@ class ProgramTrainer:
         return env
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the worker that started it dies (even by SIGKILL). Linux only."""
+def _libc_prctl() -> Callable | None:
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the worker that started it dies (even by SIGKILL). Linux only."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _write_wandb_config(path: Path, config: Mapping[str, Any]) -> None:

@@ -130,6 +130,8 @@ class Session:
         plan.dir.mkdir(parents=True, exist_ok=True)
         self.study = optuna.create_study(study_name=plan.name, storage=store, direction=self.spec.direction,
                                          load_if_exists=True)
+        if self.spec.metric and self.study.metric_names != [self.spec.metric]:
+            self.study.set_metric_names([self.spec.metric])  # optuna-dashboard's axes say val_acc, not Objective 0
         try:
             self._open_parent()
         except HpoError:

@@ -104,6 +104,7 @@ def test_wandb_program_gets_its_parameters_and_its_logs_reach_the_sweep_live(tmp
     assert len(wandb_runs) == 4, "each trial's wandb run is kept offline under runs/NAME/wandb/"
     if engine == "optuna":
         study = load_study(tmp_path / "runs" / "prog", "prog")
+        assert study.metric_names == ["val/acc"], "optuna-dashboard names the objective"
         by_number = {t.number: t for t in study.trials}
         for child in children:
             config = json.loads((seen / f"trial-{child.data.tags['hpo.trial']}.json").read_text())["config"]
@@ -288,3 +289,36 @@ def test_a_sweep_without_a_metric_records_every_trial_and_names_no_best(tmp_path
     best = run_hpo("best", "sweep.yaml", cwd=tmp_path)
     assert best.returncode == 0 and json.loads(best.stdout)["best_trial"] is None
     assert "has no metric" in best.stderr
+
+
+def test_a_program_does_not_outlive_its_worker_killed_by_sigkill(tmp_path):
+    """The worker cannot stop its program when SIGKILLed: the kernel sends the program SIGTERM (PDEATHSIG).
+
+    The program writes nothing after it starts, so no broken pipe would end it instead.
+    """
+    seen, env = _setup(tmp_path, "kv_train.py", """
+name: orphan
+command: ["/bin/sh", "-c", "echo $$ > $SEEN_DIR/pid-$$; exec sleep ${param.t}"]
+method: random
+metric: {name: score, goal: maximize}
+parameters:
+  t: {value: 600}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--trials", "1", "--workers", "1",
+                             "--no-progress"], cwd=tmp_path, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _pids(seen) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        first = _pids(seen)[0]
+        worker = int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _alive(first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(first), "the program lived on after its worker was killed"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert not [p for p in _pids(seen) if _alive(p)]
