@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import os
 import queue
 import re
@@ -115,7 +116,7 @@ def _sweep_args(args: dict[str, Any]) -> dict[str, list[Any]]:
 
 def _inline(name: str, params: Mapping[str, Any], values: Mapping[str, list[Any]]) -> str:
     if name.startswith("envvar:"):
-        return os.environ.get(name[7:], "")
+        return os.environ.get(name[7:], name[7:])  # W&B leaves the name when the variable is unset
     if name.startswith("param."):
         return str(_lookup(params, name[6:]))
     return " ".join(str(v) for v in values.get(name, [f"${{{name}}}"]))
@@ -172,55 +173,83 @@ class ProgramTrainer:
         p.logs.mkdir(parents=True, exist_ok=True)
         json_file, config_file = p.logs / f"{tag}.args.json", p.logs / f"{tag}.config.yaml"
         argv = p.argv(config, json_file)
-        if any(c == str(json_file) or str(json_file) in c for c in argv):
+        if any(str(json_file) in c for c in argv):
             json_file.write_text(json.dumps(config))
         _write_wandb_config(config_file, config)
         read_end, write_end = os.pipe()
-        env = self._env(config_file, write_end, me)
-        with open(p.logs / f"{tag}.err", "wb") as err:
-            proc = subprocess.Popen(argv, cwd=p.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err, pass_fds=(write_end,), process_group=0,
-                                    preexec_fn=_die_with_parent)
-        os.close(write_end)
-        reports: queue.Queue = queue.Queue()
-        wandb_seen = threading.Event()
-        readers = [threading.Thread(target=_read_reports, args=(read_end, reports, wandb_seen), daemon=True),
-                   threading.Thread(target=_read_stdout, args=(proc.stdout, p.logs / f"{tag}.out", reports,
-                                                               wandb_seen), daemon=True)]
-        for t in readers:
-            t.start()
         try:
-            while True:
-                try:
-                    step, metrics = reports.get(timeout=0.05)
-                except queue.Empty:
-                    if proc.poll() is None:
-                        continue
-                    _signal_group(proc.pid, signal.SIGKILL)  # what it forked and left behind
-                    for t in readers:
-                        t.join(timeout=5)
-                    if not reports.empty():
-                        continue
-                    break
-                if metrics:
-                    report(step, metrics)
+            env = self._env(config_file, write_end, me)
+            with open(p.logs / f"{tag}.err", "wb") as err:
+                # Own session (and process group): Ctrl-C reaches hpo, which stops the whole group in order.
+                proc = subprocess.Popen(argv, cwd=p.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=err, pass_fds=(write_end,), start_new_session=True,
+                                        preexec_fn=_die_with_parent)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        try:
+            self._follow(proc, read_end, p.logs / f"{tag}.out", report)
         finally:
             stop(proc)
         if proc.returncode != 0:
             raise ProgramFailed(f"exit code {proc.returncode}: {_tail(p.logs / f'{tag}.err')}")
 
+    @staticmethod
+    def _follow(proc: subprocess.Popen, read_end: int, out_log: Path, report: Callable) -> None:
+        """Hand each report to `report` as it comes, until the program has exited and its output is read.
+
+        The step is the logged `epoch` when there is one, else the step hpo.report or a `step=` line gave,
+        else the count of reports that hold the sweep's metric (what W&B's hyperband counts).
+        """
+        reports: queue.Queue = queue.Queue()
+        fd_seen = threading.Event()
+        readers = [threading.Thread(target=_read_reports, args=(read_end, reports, fd_seen), daemon=True),
+                   threading.Thread(target=_read_stdout, args=(proc.stdout, out_log, reports, fd_seen),
+                                    daemon=True)]
+        for t in readers:
+            t.start()
+        metric, counted = getattr(report, "metric", None), 0
+        while True:
+            try:
+                step, metrics = reports.get(timeout=0.05)
+            except queue.Empty:
+                if proc.poll() is None:
+                    continue
+                _signal_group(proc.pid, signal.SIGKILL)  # what it forked and left behind
+                for t in readers:  # a process that left the group may hold a pipe: do not wait on it
+                    t.join(timeout=5)
+                if not reports.empty():
+                    continue
+                return
+            if not metrics:
+                continue
+            holds_metric = metric is None or metric in metrics
+            counted += holds_metric
+            if "epoch" in metrics and math.isfinite(metrics["epoch"]):
+                step = int(metrics["epoch"])
+            elif step is None:
+                step = counted if holds_metric else counted + 1
+            report(step, metrics)
+
     def _env(self, config_file: Path, fd: int, me: Mapping[str, Any]) -> dict[str, str]:
         from hpo.backends.wandb.online import has_credentials
 
         p = self.program
-        env = {**os.environ, REPORT_FD_ENV: str(fd), "WANDB_SWEEP_PARAM_PATH": str(config_file),
+        # The fd with its pipe's inode: a process that inherits the variable but not the fd (close_fds) may
+        # have that number open on another file; the writers check the inode before they write.
+        env = {**os.environ, REPORT_FD_ENV: f"{fd}:{os.fstat(fd).st_ino}", "WANDB_SWEEP_PARAM_PATH": str(config_file),
                "WANDB_RUN_GROUP": p.study, "WANDB_NAME": f"trial-{me.get('number', '')}",
                "WANDB_DIR": p.run_dir, "HPO_TRIAL": str(me.get("number", ""))}
         env["PYTHONPATH"] = os.pathsep.join(x for x in (str(HOOK_DIR), os.environ.get("PYTHONPATH")) if x)
         if me.get("run_id"):
             env["MLFLOW_RUN_ID"] = me["run_id"]
+        env.pop("WANDB_RUN_ID", None)  # the worker's, if any: each trial is a run of its own
         if me.get("wandb_run_id"):
             env["WANDB_RUN_ID"] = me["wandb_run_id"]
+        if me.get("wandb_mode"):  # `--backend wandb --offline`: offline even with credentials
+            env["WANDB_MODE"] = me["wandb_mode"]
         if p.project:
             env.setdefault("WANDB_PROJECT", p.project)
         if not has_credentials(env):
@@ -257,32 +286,49 @@ def _write_wandb_config(path: Path, config: Mapping[str, Any]) -> None:
 
 
 def _read_reports(fd: int, out: queue.Queue, seen: threading.Event) -> None:
+    """JSON lines from hpo.report and the wandb hook: `{"metrics": {...}, "step": N or absent}`."""
     with os.fdopen(fd, "rb") as f:
         for line in f:
             try:
                 msg = json.loads(line)
-                step, metrics = int(msg["step"]), {str(k): float(v) for k, v in msg["metrics"].items()}
-            except (ValueError, KeyError, TypeError, AttributeError):
+                seen.set()  # the program reports through hpo: its stdout is only its log now
+                if "metrics" not in msg:
+                    continue
+                step = None if msg.get("step") is None else int(msg["step"])
+                out.put((step, {str(k): float(v) for k, v in msg["metrics"].items()}))
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
                 continue
-            seen.set()
-            out.put((step, metrics))
 
 
 def _read_stdout(stream, log: Path, out: queue.Queue, seen: threading.Event) -> None:
-    """Copy stdout to the trial's log; `name=value` lines are reports unless the program reports otherwise."""
-    count = 0
-    with open(log, "wb") as f:
+    """Copy stdout to the trial's log; `name=value` lines are reports unless the program reports otherwise.
+
+    It keeps reading whatever happens (a line it cannot use, a log it cannot write): a program whose
+    stdout nobody reads would block on its next write.
+    """
+    try:
+        log_file = open(log, "wb")
+    except OSError:
+        log_file = None
+    try:
         for raw in stream:
-            f.write(raw)
-            f.flush()
+            try:
+                if log_file is not None:
+                    log_file.write(raw)
+                    log_file.flush()
+            except OSError:
+                log_file = None
             if seen.is_set():
                 continue
-            pairs = {k: float(v) for k, v in PAIR.findall(raw.decode("utf-8", "replace"))}
-            if not pairs:
+            try:
+                pairs = {k: float(v) for k, v in PAIR.findall(raw.decode("utf-8", "replace"))}
+                given = pairs.get("step")
+                out.put((int(given) if given is not None and math.isfinite(given) else None, pairs))
+            except (ValueError, OverflowError):
                 continue
-            count += 1
-            step = pairs.get("epoch", pairs.get("step", count))
-            out.put((int(step), pairs))
+    finally:
+        if log_file is not None:
+            log_file.close()
 
 
 def _tail(path: Path, lines: int = 10, chars: int = 900) -> str:
@@ -313,13 +359,17 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
-    """The program's whole process group: SIGTERM, then SIGKILL after `grace` s; waits for the program."""
-    if proc.poll() is None or _group_alive(proc.pid):
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
-            time.sleep(0.05)
+    """The program's whole process group: SIGTERM, then SIGKILL after `grace` s; waits for the program.
+
+    SIGKILL and the wait happen whatever interrupts the grace (a second Ctrl-C, the worker's SIGTERM).
+    Its stdout is left to the reader thread, which may be blocked on it.
+    """
+    try:
+        if proc.poll() is None or _group_alive(proc.pid):
+            _signal_group(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+                time.sleep(0.05)
+    finally:
         _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
+        proc.wait()

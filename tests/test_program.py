@@ -322,3 +322,43 @@ parameters:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     assert not [p for p in _pids(seen) if _alive(p)]
+
+
+def test_hyperband_counts_metric_reports_not_wandb_history_rows(tmp_path):
+    """Loss every batch, val/acc every epoch: the metric's k-th report is step k, as W&B's hyperband counts."""
+    seen, env = _setup(tmp_path, "wb_batches.py", KV_SWEEP.replace("kv_train.py", "wb_batches.py").replace(
+        "name: kv", "name: batches").replace("score", "val/acc").replace("  epochs: {value: 9}\n", ""))
+    out = run_hpo("run", "sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, children = _children(tmp_path / "runs" / "batches")
+    pruned = [c for c in children if c.data.tags["hpo.state"] == "pruned"]
+    assert len(children) == 12 and pruned, "Hyperband stopped nothing: it saw history rows, not epochs"
+    last = {}
+    for child in children:
+        steps = [m.step for m in sorted(client.get_metric_history(child.info.run_id, "val/acc"), key=lambda m: m.step)]
+        assert steps == list(range(1, len(steps) + 1)) and steps[-1] <= 9
+        last[child.info.run_id] = steps[-1]
+    assert [c for c in pruned if last[c.info.run_id] < 9], "no trial was stopped before its last epoch"
+    assert not [p for p in _pids(seen) if _alive(p)]
+
+
+def test_a_grandchild_without_the_pipe_cannot_write_reports_into_another_file(tmp_path):
+    """HPO_REPORT_FD reaches grandchildren, the fd may not (close_fds); its number may be another file there."""
+    seen, env = _setup(tmp_path, "kv_train.py", SH_SWEEP)
+    (tmp_path / "train.sh").write_text(
+        "#!/bin/sh\n"
+        "python3 -c \"import os, subprocess, sys; subprocess.run([sys.executable, '-c', '''\n"
+        "import os, hpo\n"
+        "fd = int(os.environ['HPO_REPORT_FD'].split(':')[0])\n"
+        "f = os.open('data.txt', os.O_WRONLY | os.O_CREAT)\n"
+        "if f != fd: os.dup2(f, fd)\n"
+        "hpo.report(1, score=5.0)\n"
+        "'''], close_fds=True)\"\n"
+        "echo score=0.25\n")
+    (tmp_path / "train.sh").chmod(0o755)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    out = run_hpo("run", "sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path, env={**env, "PATH": path})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "data.txt").read_bytes() == b"", "a report went into an unrelated file"
+    _, children = _children(tmp_path / "runs" / "sh")
+    assert [c.data.metrics["score"] for c in children] == [0.25, 0.25]

@@ -2,8 +2,9 @@
 
 hpo puts this folder first on a trial program's PYTHONPATH. Python runs it at start-up;
 it imports nothing heavy and changes nothing until the program imports wandb, then wraps
-`wandb.Run.log` to write each call's numbers as one JSON line to $HPO_REPORT_FD.
-It stands alone (no `import hpo`): the program may run on another interpreter.
+`wandb.Run.log` to write each call's numbers as one JSON line to the pipe named by
+$HPO_REPORT_FD ("FD:INODE"; a process that inherited the variable but not the pipe writes
+nothing). It stands alone (no `import hpo`): the program may run on another interpreter.
 Another sitecustomize later on sys.path still runs.
 """
 
@@ -12,11 +13,30 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import stat
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_FD = os.environ.get("HPO_REPORT_FD")
 _TARGET = "wandb.sdk.wandb_run"
+
+
+def _report_fd():
+    """The pipe to hpo, or None when this process does not hold it."""
+    fd, _, inode = os.environ.get("HPO_REPORT_FD", "").partition(":")
+    try:
+        st = os.fstat(int(fd))
+    except (ValueError, OSError):
+        return None
+    return int(fd) if stat.S_ISFIFO(st.st_mode) and str(st.st_ino) == inode else None
+
+
+def _send(message):
+    fd = _report_fd()
+    if fd is not None:
+        try:
+            os.write(fd, (json.dumps(message) + "\n").encode())
+        except (OSError, ValueError, TypeError):
+            pass
 
 
 def _numbers(data, prefix=""):
@@ -37,28 +57,20 @@ def _numbers(data, prefix=""):
 
 def _wrap(run_class):
     original = run_class.log
-    state = {"n": 0}
 
-    def log(self, data, step=None, commit=None, *args, **kwargs):
-        result = original(self, data, step, commit, *args, **kwargs)
+    def log(self, data, *args, **kwargs):
+        result = original(self, data, *args, **kwargs)
         try:
             numbers = _numbers(data)
-            if "epoch" in numbers:
-                at = int(numbers["epoch"])
-            elif step is not None:
-                at = int(step)
-            else:
-                at = state["n"] + 1  # W&B's history row this call goes to, counted from 1
-            if step is None and commit is not False:
-                state["n"] += 1
-            if numbers:
-                os.write(int(_FD), (json.dumps({"step": at, "metrics": numbers}) + "\n").encode())
-        except (OSError, ValueError, TypeError):
-            pass
+        except Exception:  # noqa: BLE001 - whatever was logged, the program goes on
+            numbers = {}
+        if numbers:
+            _send({"metrics": numbers})  # hpo numbers the reports (W&B's hyperband counts them too)
         return result
 
     log.__wrapped__ = original
     run_class.log = log
+    _send({"hello": "wandb"})  # from here on, hpo reads metrics from wandb.log, not from stdout
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -89,7 +101,7 @@ def _chain():
         spec.loader.exec_module(module)
 
 
-if _FD:
+if _report_fd() is not None:
     sys.meta_path.insert(0, _Finder())
 try:
     _chain()

@@ -163,7 +163,7 @@ class Agent:
         while (msg := self.ask("next"))[0] == "run":
             job, s = msg[1], self.setup
             if isinstance(self.trainer, ProgramTrainer):  # the program's own wandb.init makes the run
-                TRIAL.set({"wandb_run_id": job["name"]})
+                TRIAL.set({"wandb_run_id": job["name"], "wandb_mode": "offline"})
                 self.trial(None, job["name"], job["number"], job["params"], job.get("tags"))
                 done += 1
                 continue
