@@ -102,6 +102,7 @@ def test_grid_visits_every_point_once(tmp_path):
     sweep = write(tmp_path / "grid.yaml", """
         name: grid
         method: grid
+        command: [python, -m, hpo.train, "${args}"]
         metric: {name: val_acc, goal: maximize}
         parameters:
           epochs: {value: 1}

@@ -24,6 +24,7 @@ STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "inter
 ASHA = """
     name: rt
     method: grid
+    command: [python, -m, hpo.train, "${args}"]
     metric: {name: val_acc, goal: maximize}
     early_terminate: {type: hyperband, min_iter: 1, max_iter: 4, eta: 2}
     parameters:
@@ -96,6 +97,7 @@ def test_gpu_fractions_on_logical_gpus(tmp_path):
     sweep = write(tmp_path / "sweep.yaml", """
         name: gpus
         method: random
+        command: [python, -m, hpo.train, "${args}"]
         metric: {name: val_acc, goal: maximize}
         parameters:
           epochs: {value: 2}
@@ -123,6 +125,7 @@ def test_distributions_optuna_has_no_form_for(tmp_path):
     sweep = write(tmp_path / "sweep.yaml", """
         name: normal
         method: bayes
+        command: [python, -m, hpo.train, "${args}"]
         metric: {name: val_acc, goal: maximize}
         parameters:
           epochs: {value: 2}
