@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -131,7 +132,9 @@ class Session:
         self.study = optuna.create_study(study_name=plan.name, storage=store, direction=self.spec.direction,
                                          load_if_exists=True)
         if self.spec.metric and self.study.metric_names != [self.spec.metric]:
-            self.study.set_metric_names([self.spec.metric])  # optuna-dashboard's axes say val_acc, not Objective 0
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([self.spec.metric])  # optuna-dashboard: val_acc, not Objective 0
         try:
             self._open_parent()
         except HpoError:
