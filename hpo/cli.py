@@ -35,10 +35,14 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
         p.add_argument("--retries", type=int, default=0,
                        help="re-run a failed or killed trial's params up to N times")
-        p.add_argument("--no-progress", action="store_true", help="no live table; one line per finished trial")
+        p.add_argument("--no-progress", action="store_true", help="print no progress (default: a live table on a terminal, "
+                                                             "else one line per finished trial)")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
         p.add_argument("--ray-scheduler", default="asha", choices=["asha", "hyperband"],
                        help="ray backend: ASHA (default) or Ray's synchronous HyperBandScheduler")
+        p.add_argument("--optuna-pruner", choices=["sha", "hyperband"],
+                       help="optuna backend, early_terminate hyperband: W&B's one ladder as Optuna's "
+                            "SuccessiveHalvingPruner (sha, default) or Optuna's bracketed HyperbandPruner")
         p.add_argument("--project", help="wandb backend: W&B project")
         p.add_argument("--entity", help="wandb backend: W&B entity (user or team)")
         p.add_argument("--offline", action="store_true",
@@ -54,8 +58,8 @@ def _settings(a: argparse.Namespace):
         gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
-        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "project", "entity", "offline")
-                 if getattr(a, k, None) not in (None, False)},
+        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project", "entity",
+                                             "offline") if getattr(a, k, None) not in (None, False)},
     )
 
 

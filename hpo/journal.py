@@ -7,6 +7,15 @@ after it glues onto it, and from then on Optuna cannot read the study at all.
 So before every append, under the journal's lock, a partial tail is cut off and
 kept aside in `JOURNAL.partial` for inspection; a write that fails (ENOSPC) is
 rolled back to the last complete record before the error goes up.
+
+Durability: every record is in the kernel's page cache (seen by every reader, kept
+if the process is killed) when `append_logs` returns. Records that change what a
+trial or study *is* (created, state and values, study attributes) are also
+fsynced, which carries every record written before them to the disk. Records in
+between (per-step intermediate values, trial params and attributes) are not
+fsynced on their own: a power cut can lose those of a trial still RUNNING, which
+the next `hpo run` repairs (FAILED, run again) as it does after any crash. This
+keeps a 27-epoch trial at 3 fsyncs instead of about 35.
 """
 
 from __future__ import annotations
@@ -21,6 +30,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
 CHUNK = 64 * 1024
+
+# Op codes (optuna.storages.journal._storage.JournalOperation) whose records need no fsync of
+# their own: SET_TRIAL_PARAM, SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR, SET_TRIAL_SYSTEM_ATTR.
+UNSYNCED_OPS = frozenset({5, 7, 8, 9})
 
 
 class FlockLock:
@@ -103,7 +116,8 @@ class SafeJournalFileBackend(JournalFileBackend):
                     view = memoryview(data)
                     while view:  # unbuffered: a failed write is seen here, not at some later flush
                         view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    if any(log.get("op_code") not in UNSYNCED_OPS for log in logs):
+                        os.fsync(fd)
                 except OSError:
                     os.ftruncate(fd, before)  # needs no space: the study stays readable
                     raise

@@ -14,7 +14,8 @@ from hpo import storage
 
 
 class Progress:
-    """A rich Live table on a terminal; one line per finished trial elsewhere (logs, CI)."""
+    """A rich Live table on a terminal; one line per finished trial elsewhere (logs, CI); nothing with
+    --no-progress. Each update reads the trials once: a line costs no recount of the study."""
 
     def __init__(self, title: str, budget: int, metric: str | None, direction: str, enabled: bool = True):
         self.title, self.budget, self.metric, self.enabled = title, budget, metric, enabled
@@ -34,14 +35,16 @@ class Progress:
             best = storage.best_trial(trials, self.direction)
             self.live.update(self._table(trials, None if best is None else best.value, workers))
             return
-        for t in trials:
-            if t.state.is_finished() and t.number not in self._seen:
-                self._seen.add(t.number)
-                value = "" if t.value is None else f" {self.metric or 'value'}={t.value:.4g}"
-                why = t.user_attrs.get("hpo.reason")
-                c = storage.count(trials)
-                print(f"[{self.title}] trial {t.number} {t.state.name.lower()}{value}"
-                      f"{f' ({why})' if why else ''}  [{c.finished}/{self.budget}]", file=sys.stderr, flush=True)
+        new = [t for t in trials if t.state.is_finished() and t.number not in self._seen]
+        if not new:
+            return
+        finished = storage.count(trials).finished  # once per update, not once per new trial
+        for t in new:
+            self._seen.add(t.number)
+            value = "" if t.value is None else f" {self.metric or 'value'}={t.value:.4g}"
+            why = t.user_attrs.get("hpo.reason")
+            print(f"[{self.title}] trial {t.number} {t.state.name.lower()}{value}"
+                  f"{f' ({why})' if why else ''}  [{finished}/{self.budget}]", file=sys.stderr, flush=True)
 
     def _table(self, trials: list[FrozenTrial], best: float | None, workers: int) -> Table:
         c = storage.count(trials)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -60,6 +61,67 @@ def _sqlite_wal() -> None:
             cursor.close()
 
 
+class MetricWriter:
+    """A worker's per-step metrics, written by one thread off the trainer's critical path.
+
+    `put` only appends to a list (microseconds). The thread waits up to `linger` seconds
+    for more, then writes each run's metrics in one `log_batch`. `flush(run_id)` writes
+    what is left for that run at once and returns when it is in the store, raising the
+    error if a write failed: a trial's metrics are complete before it is told finished.
+    A process killed outright loses at most the last `linger` seconds of its running
+    trial's metrics; that trial is failed as `worker died` anyway.
+    """
+
+    BATCH = 1000  # MLflow's log_batch limit on metrics per call
+
+    def __init__(self, write: Callable[[str, list[Any]], None], linger: float = 1.0):
+        self._write, self._linger = write, linger
+        self._cv = threading.Condition()
+        self._pending: dict[str, list[Any]] = {}
+        self._busy: set[str] = set()
+        self._errors: dict[str, BaseException] = {}
+        self._urgent = 0  # flushes waiting: write now, do not linger
+        self._thread: threading.Thread | None = None
+
+    def put(self, run_id: str, metrics: list[Any]) -> None:
+        with self._cv:
+            self._pending.setdefault(run_id, []).extend(metrics)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="hpo-mlflow-writer", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def flush(self, run_id: str, raise_errors: bool = True) -> None:
+        with self._cv:
+            self._urgent += 1
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: run_id not in self._pending and run_id not in self._busy)
+            self._urgent -= 1
+            error = self._errors.pop(run_id, None)
+        if error is not None and raise_errors:
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending)
+                self._cv.wait_for(lambda: self._urgent, timeout=self._linger)
+                work, self._pending = self._pending, {}
+                self._busy = set(work)
+            for run_id, metrics in work.items():
+                error = self._errors.get(run_id)  # after a failure, the trial fails at its flush
+                try:
+                    for i in range(0, len(metrics) if error is None else 0, self.BATCH):
+                        self._write(run_id, metrics[i : i + self.BATCH])
+                except BaseException as exc:  # noqa: BLE001 - handed to the trial at its flush
+                    error = exc
+                with self._cv:
+                    if error is not None:
+                        self._errors[run_id] = error
+                    self._busy.discard(run_id)
+                    self._cv.notify_all()
+
+
 class Tracker:
     """Thin, retrying wrapper over MlflowClient for hpo's run layout."""
 
@@ -76,6 +138,7 @@ class Tracker:
         if tracking_uri.startswith("sqlite:"):
             _sqlite_wal()
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._writer: MetricWriter | None = None
 
     # -- parent ---------------------------------------------------------
     def experiment(self, name: str, artifact_dir: Path | None = None) -> str:
@@ -124,6 +187,8 @@ class Tracker:
 
     def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
         """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child."""
+        if self._writer is not None:  # queued metrics land before the run is ended
+            self._writer.flush(run_id, raise_errors=False)
         self.set_tags(run_id, dict(tags or {}))
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
@@ -142,19 +207,39 @@ class Tracker:
             _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, _clip(v, 5000)) for k, v in tags.items()]))
 
     def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        """All of one step's metrics in one call."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        """All of one step's metrics in one call, written now."""
+        batch = _metrics(step, metrics)
         if batch:
-            _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+            self._write_metrics(run_id, batch)
+
+    def queue_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        """One step's metrics, written by the background writer; `flush(run_id)` before trusting them."""
+        batch = _metrics(step, metrics)
+        if batch:
+            if self._writer is None:
+                self._writer = MetricWriter(self._write_metrics)
+            self._writer.put(run_id, batch)
+
+    def flush(self, run_id: str) -> None:
+        """Every queued metric of the run is in the store; raises what a failed write raised."""
+        if self._writer is not None:
+            self._writer.flush(run_id)
+
+    def _write_metrics(self, run_id: str, batch: list[Any]) -> None:
+        _retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
     # -- queries ----------------------------------------------------------
     def children(self, experiment_id: str, parent_id: str, running_only: bool = False) -> list[Any]:
         """The parent's child runs (only those still RUNNING: the store filters, nothing else is fetched)."""
         where = f"tags.{PARENT_TAG} = '{parent_id}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
         return _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50000))
+
+
+def _metrics(step: int, metrics: Mapping[str, float]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()]
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
@@ -110,6 +111,7 @@ class Reporter:
     sink: Callable[[int, Mapping[str, float]], None]
     should_stop: Callable[[int, float], bool] = lambda step, value: False
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    seconds: float | None = None  # the trainer's own wall time (hpo's before and after left out)
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -210,19 +212,37 @@ class TrialRun:
         TRIAL.set({**TRIAL.get(), "number": number, "run_id": run_id})
 
         def sink(step: int, metrics: Mapping[str, float]) -> None:
-            self.tracker.log_metrics(run_id, step, metrics)
+            self.tracker.queue_metrics(run_id, step, metrics)  # written off the trainer's critical path
             on_report(step, metrics)
 
         reporter = Reporter(metric, sink=sink, should_stop=should_stop)
+        started = time.monotonic()
         try:
             outcome = run_trainer(trainer, config, reporter)
+            reporter.seconds = time.monotonic() - started
+            outcome = self._flushed(run_id, outcome)
         except Interrupted:
             self.end(run_id, config, lost("interrupted"))
             raise
-        self.end(run_id, config, outcome)
+        self.end(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"})
         return outcome, reporter
 
-    def end(self, run_id: str, config: Mapping[str, Any], outcome: Outcome) -> None:
+    def _flushed(self, run_id: str, outcome: Outcome) -> Outcome:
+        """The trial's metrics are in MLflow before it is told finished; a write that failed fails it."""
+        try:
+            self.tracker.flush(run_id)
+        except Exception as exc:  # noqa: BLE001
+            from hpo.diskspace import is_disk_full
+            from hpo.outage import StorageDown
+
+            if is_disk_full(exc) or isinstance(exc, StorageDown):
+                raise  # the machine's fault, not the trial's
+            return Outcome(State.FAILED, reason="tracking", error_type=type(exc).__name__,
+                           error=f"its metrics could not be written to MLflow: {exc}")
+        return outcome
+
+    def end(self, run_id: str, config: Mapping[str, Any], outcome: Outcome,
+            tags: Mapping[str, str] | None = None) -> None:
         from hpo.provenance import dataset_tags
 
-        close_child(self.tracker, run_id, outcome, dataset_tags(config, self.trainer_ref))
+        close_child(self.tracker, run_id, outcome, {**dataset_tags(config, self.trainer_ref), **(tags or {})})

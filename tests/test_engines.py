@@ -28,8 +28,10 @@ def make(method="random", early_terminate=HB, epochs=18, **extra):
     return spec.from_dict(raw)
 
 
-def test_optuna_workers_prune_with_the_sweeps_hyperband(tmp_path):
-    """The worker loads the study with the sweep's HyperbandPruner, not Optuna's default MedianPruner."""
+@pytest.mark.parametrize("recorded", ["sha", "hyperband", None])
+def test_optuna_workers_prune_with_the_sweeps_hyperband(tmp_path, recorded):
+    """The worker loads the study with the pruner the study records, not Optuna's default MedianPruner:
+    SuccessiveHalving (W&B's ladder) or Optuna's HyperbandPruner; a study from before the choice keeps Hyperband."""
     import json
 
     from hpo.backends.optuna.worker import WorkerConfig, load_study
@@ -38,11 +40,17 @@ def test_optuna_workers_prune_with_the_sweeps_hyperband(tmp_path):
     store = storage.open_storage(str(tmp_path / "optuna.log"))
     study = optuna.create_study(study_name="w", storage=store, direction="maximize")
     study.set_user_attr("hpo.spec", json.dumps(s.raw))
+    if recorded:
+        study.set_user_attr("hpo.optuna_pruner", recorded)
     study.set_user_attr("hpo.parent_run_id", "x")
     loaded, _ = load_study(WorkerConfig("w", str(tmp_path / "optuna.log")), wait=0)
     pruner = loaded.pruner
-    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
-    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (2, 18, 3)
+    if recorded == "sha":
+        assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+        assert (pruner._min_resource, pruner._reduction_factor, pruner._min_early_stopping_rate) == (2, 3, 0)
+    else:
+        assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+        assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (2, 18, 3)
     assert isinstance(loaded.sampler, optuna.samplers.RandomSampler)
 
 
@@ -56,7 +64,11 @@ def test_bayes_is_tpe_with_constant_liar():
 def test_optuna_schedule_lists_the_pruners_rungs():
     sched = base.get("optuna").schedule(make(), {})
     assert sched.runs and sched.stops_only_at_rungs
-    assert list(sched.rungs) == [2, 6]  # brackets of successive halving from min_iter 2, eta 3, up to 18
+    assert list(sched.rungs) == [2, 6]  # one ladder from min_iter 2 by eta 3, below the last epoch 18
+    assert "SuccessiveHalvingPruner(min_resource=2, reduction_factor=3" in sched.lines[0]
+    assert any("--optuna-pruner hyperband: HyperbandPruner" in line for line in sched.lines)
+    hb = base.get("optuna").schedule(make(), {"optuna_pruner": "hyperband"})
+    assert list(hb.rungs) == [2, 6] and hb.lines[0].startswith("Optuna  HyperbandPruner(min_resource=2")
 
 
 def test_ray_asha_rungs_come_from_min_iter():

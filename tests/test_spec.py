@@ -438,16 +438,19 @@ def test_max_iter_form_without_any_stop_point_is_refused():
 def test_hyperband_maps_to_optuna_hyperband_pruner(et, epochs, want):
     params = {"x": {"values": [1]}} if epochs is None else {"epochs": {"value": epochs}}
     s = make(params, metric={"name": "loss"}, early_terminate={"type": "hyperband", **et})
-    pr = space.pruner(s)
+    pr = space.pruner(s, "hyperband")
     assert isinstance(pr, optuna.pruners.HyperbandPruner)
     assert (pr._min_resource, pr._max_resource, pr._reduction_factor) == want
     assert hyperband.resources(s) == want
+    sha = space.pruner(s)  # the default: W&B's one ladder from min_iter by eta
+    assert isinstance(sha, optuna.pruners.SuccessiveHalvingPruner)
+    assert (sha._min_resource, sha._reduction_factor, sha._min_early_stopping_rate) == (want[0], want[2], 0)
 
 
 def test_epochs_from_a_categorical_sets_the_max_resource():
     s = make({"epochs": {"values": [5, 20, 10]}}, metric={"name": "loss"},
              early_terminate={"type": "hyperband", "min_iter": 1})
-    assert space.pruner(s)._max_resource == 20
+    assert space.pruner(s, "hyperband")._max_resource == 20
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 The controller (this engine, under the Session) enqueues the budget and starts the
 workers (hpo.backends.optuna.worker, CUDA_VISIBLE_DEVICES per slot); each worker
 takes queued trials, samples them with the sweep's sampler (TPE/random/grid) and
-stops them with its HyperbandPruner. `hpo worker` on another machine joins the same
+stops them with its pruner (W&B's hyperband: SuccessiveHalvingPruner, or Optuna's
+HyperbandPruner with --optuna-pruner hyperband). `hpo worker` on another machine joins the same
 queue. The workers write the study themselves: this engine is not mirrored.
 """
 
@@ -36,7 +37,7 @@ class OptunaBackend:
             return Schedule(self.name, problem=problems[0], lines=(f"Optuna  cannot run this sweep: {problems[0]}",))
         if spec.hyperband is None:
             return Schedule(self.name, lines=("Optuna  NopPruner: every trial runs all its epochs.",))
-        rungs, lines = space.schedule_lines(spec)
+        rungs, lines = space.schedule_lines(spec, (options or {}).get("optuna_pruner", space.PRUNERS[0]))
         return Schedule(self.name, tuple(rungs), True, tuple(lines))
 
     def begin(self, plan: Plan) -> Plan:

@@ -43,6 +43,7 @@ def _grid(plan: Plan) -> list[dict] | None:
 
 def run(plan: Plan, session: Session) -> None:
     study = session.study
+    _record_pruner(plan, session)
     storage.queue_retries(study, plan.retries)
     storage.fill_queue(study, plan.budget, _grid(plan))
     pool = make_pool(plan)
@@ -57,6 +58,17 @@ def run(plan: Plan, session: Session) -> None:
         for e in pool.stop():  # each worker ends its own trial; one killed after the grace cannot
             if e.died:
                 _on_death(session, e, reason)
+
+
+def _record_pruner(plan: Plan, session: Session) -> None:
+    """The workers build the pruner the study records; a study keeps the one it started with."""
+    asked = plan.options.get("optuna_pruner") or space.PRUNERS[0]
+    kept = session.study.user_attrs.get("hpo.optuna_pruner")
+    if kept is None:
+        session.study.set_user_attr("hpo.optuna_pruner", asked)
+    elif kept != asked and plan.spec.hyperband is not None and "optuna_pruner" in plan.options:
+        print(f"hpo: --optuna-pruner: study {plan.name!r} was started with {kept!r} and keeps it",
+              file=sys.stderr)
 
 
 def _watch(plan: Plan, session: Session, pool: Pool) -> None:

@@ -176,12 +176,20 @@ def sampler(spec: Spec, seed: int | None = None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    """early_terminate hyperband -> HyperbandPruner; none -> no pruning."""
+PRUNERS = ("sha", "hyperband")  # --optuna-pruner; the first is the default
+
+
+def pruner(spec: Spec, kind: str = PRUNERS[0]) -> optuna.pruners.BasePruner:
+    """early_terminate hyperband -> SuccessiveHalvingPruner (W&B's one ladder of stop points from
+    min_iter by eta; "sha") or Optuna's bracketed HyperbandPruner ("hyperband"); none -> no pruning."""
     if spec.hyperband is None:
         return optuna.pruners.NopPruner()
     low, top, eta = hyperband.resources(spec)
-    return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=top, reduction_factor=eta)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=top, reduction_factor=eta)
+    if kind != "sha":
+        raise UsageError(f"--optuna-pruner: {kind!r} is not one of {', '.join(PRUNERS)}")
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=eta, min_early_stopping_rate=0)
 
 
 def check(spec: Spec) -> list[str]:
@@ -195,8 +203,26 @@ def check(spec: Spec) -> list[str]:
     return problems
 
 
-def schedule_lines(spec: Spec) -> tuple[list[int], list[str]]:
-    """The rungs of the HyperbandPruner that `pruner(spec)` builds, and how to say them."""
+def schedule_lines(spec: Spec, kind: str = PRUNERS[0]) -> tuple[list[int], list[str]]:
+    """The rungs of the pruner that `pruner(spec, kind)` builds, how to say them, and the other choice."""
+    rungs, lines = (_hyperband_lines if kind == "hyperband" else _sha_lines)(spec)
+    other = "hyperband" if kind == "sha" else "sha"
+    alt = (_hyperband_lines if other == "hyperband" else _sha_lines)(spec)[1][0].removeprefix("Optuna").strip()
+    return rungs, [*lines, f"        (--optuna-pruner {other}: {alt})"]
+
+
+def _sha_lines(spec: Spec) -> tuple[list[int], list[str]]:
+    pr = pruner(spec, "sha")
+    low, top, eta = hyperband.resources(spec)
+    cap = top if isinstance(top, int) else 1001  # no last epoch known: W&B's bands up to 1000
+    rungs = [low * eta**k for k in range(64) if low * eta**k < cap]
+    head = (f"Optuna  SuccessiveHalvingPruner(min_resource={pr._min_resource}, "  # noqa: SLF001
+            f"reduction_factor={pr._reduction_factor}, min_early_stopping_rate=0)")  # noqa: SLF001
+    return rungs, [f"{head}: W&B's one ladder; keeps the top 1/{eta} of the trials that reached each of the "
+                   f"steps {rungs}" + ("" if isinstance(top, int) else " (and on, until a trial stops reporting)")]
+
+
+def _hyperband_lines(spec: Spec) -> tuple[list[int], list[str]]:
     low, top, eta = hyperband.resources(spec)
     head = f"Optuna  HyperbandPruner(min_resource={low}, max_resource={top!r}, reduction_factor={eta})"
     if top == "auto":

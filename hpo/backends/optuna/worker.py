@@ -74,8 +74,10 @@ def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, spe
             raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
         time.sleep(1.0)
     spec = specmod.from_dict(json.loads(attrs["hpo.spec"]))
+    # A study from before --optuna-pruner existed ran Optuna's HyperbandPruner: it keeps it.
+    kind = attrs.get("hpo.optuna_pruner", "hyperband")
     study = optuna.load_study(
-        study_name=cfg.study, storage=store, sampler=space.sampler(spec), pruner=space.pruner(spec)
+        study_name=cfg.study, storage=store, sampler=space.sampler(spec), pruner=space.pruner(spec, kind)
     )
     return study, spec
 
@@ -148,7 +150,7 @@ class _Context:
             trial.set_user_attr(key, value)
         params = {name: space.suggest(trial, name, d) for name, d in self.dists.items()}
         try:
-            outcome, _ = self.trial_run.run(
+            outcome, reporter = self.trial_run.run(
                 trial.number, params, self.trainer, self.spec.metric,
                 should_stop=lambda step, value: _prune(trial, step, value, self.last_step),
                 on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
@@ -158,6 +160,7 @@ class _Context:
         except Interrupted:
             self._tell(trial, lost("interrupted"))
             raise
+        trial.set_user_attr("hpo.trainer_seconds", round(reporter.seconds or 0.0, 4))
         self._tell(trial, outcome)
         return outcome
 

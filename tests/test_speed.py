@@ -1,0 +1,81 @@
+"""What keeps hpo's own work off a trial's critical path, checked for what it must not lose.
+
+- MLflow metrics are written by a background writer: a trial's metrics are all in the
+  store when the trial ends, and a write that fails fails the trial (not swallowed).
+- The journal fsyncs only records that change what a trial is; per-step values ride along.
+- Progress lines without a terminal: one per finished trial, counted incrementally.
+Timings are in bench/ (bench/bench_speed.py), not here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+import pytest
+
+from hpo import journal, storage
+from hpo.tracking import Tracker
+from hpo.trial import State, TrialRun
+
+
+def _trial_run(tmp_path) -> TrialRun:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment("speed")
+    parent = tracker.start_parent(exp, "parent", {}, {})
+    return TrialRun(tracker, exp, parent, "optuna", "speed", "w0")
+
+
+def test_queued_metrics_are_all_in_mlflow_when_the_trial_ends(tmp_path):
+    trial_run = _trial_run(tmp_path)
+
+    def train(config, report):
+        for step in range(1, 31):
+            report(step, {"val_acc": step / 100, "loss": 1 / step})
+
+    outcome, reporter = trial_run.run(0, {"x": 1}, train, "val_acc")
+    assert outcome.state == State.COMPLETE and outcome.value == pytest.approx(0.30)
+    run_id = trial_run.tracker.children(trial_run.experiment_id, trial_run.parent_id)[0].info.run_id
+    history = trial_run.tracker.client.get_metric_history(run_id, "val_acc")
+    assert sorted(m.step for m in history) == list(range(1, 31))  # every step, none left in the queue
+    assert [m.value for m in sorted(history, key=lambda m: m.step)][-1] == pytest.approx(0.30)
+    run = trial_run.tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert float(run.data.tags["hpo.trainer_seconds"]) == pytest.approx(reporter.seconds, abs=1e-3)
+
+
+def test_a_metric_write_that_fails_fails_the_trial(tmp_path):
+    """MLflow refuses a metric name with '*': the background write fails, and the trial says so."""
+    trial_run = _trial_run(tmp_path)
+
+    def train(config, report):
+        for step in range(1, 4):
+            report(step, {"val_acc": 0.5, "bad*name": 1.0})
+
+    outcome, _ = trial_run.run(0, {"x": 1}, train, "val_acc")
+    assert outcome.state == State.FAILED and outcome.reason == "tracking", outcome
+    assert "MLflow" in outcome.error
+    run = trial_run.tracker.children(trial_run.experiment_id, trial_run.parent_id)[0]
+    assert run.info.status == "FAILED" and run.data.tags["hpo.reason"] == "tracking"
+
+
+def test_journal_fsyncs_state_changes_not_each_step(tmp_path, monkeypatch):
+    from optuna.storages.journal._storage import JournalOperation as Op
+
+    # The op codes hpo leaves unsynced, by name: an Optuna that renumbers them fails here.
+    assert journal.UNSYNCED_OPS == {Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE,
+                                    Op.SET_TRIAL_USER_ATTR, Op.SET_TRIAL_SYSTEM_ATTR}
+    path = tmp_path / "optuna.log"
+    study = optuna.create_study(study_name="s", storage=storage.open_storage(str(path)))
+    trial = study.ask()
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(journal.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    for step in range(1, 28):
+        trial.report(0.1 * step, step)
+    trial.set_user_attr("hpo.worker", "w0")
+    assert synced == []  # 27 intermediate values and an attribute: no fsync of their own
+    study.tell(trial, 1.0)
+    assert len(synced) == 1  # the state change is synced, and carries the records before it
+    reread = optuna.load_study(study_name="s", storage=storage.open_storage(str(path))).trials[0]
+    assert reread.state.is_finished() and len(reread.intermediate_values) == 27
