@@ -1,5 +1,3 @@
-import sys
+from hpo.cli import exit_fast, main
 
-from hpo.cli import main
-
-sys.exit(main())
+exit_fast(main())

@@ -27,18 +27,18 @@ class Progress:
             self.live = Live(console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
 
-    def update(self, trials: Iterable[FrozenTrial], workers: int) -> None:
+    def update(self, trials: Iterable[FrozenTrial], workers: int, counts: storage.Counts | None = None) -> None:
         if not self.enabled:
             return
         trials = list(trials)
         if self.live is not None:
             best = storage.best_trial(trials, self.direction)
-            self.live.update(self._table(trials, None if best is None else best.value, workers))
+            self.live.update(self._table(trials, None if best is None else best.value, workers, counts))
             return
         new = [t for t in trials if t.state.is_finished() and t.number not in self._seen]
         if not new:
             return
-        finished = storage.count(trials).finished  # once per update, not once per new trial
+        finished = (counts or storage.count(trials)).finished  # once per update, not once per new trial
         for t in new:
             self._seen.add(t.number)
             value = "" if t.value is None else f" {self.metric or 'value'}={t.value:.4g}"
@@ -46,8 +46,9 @@ class Progress:
             print(f"[{self.title}] trial {t.number} {t.state.name.lower()}{value}"
                   f"{f' ({why})' if why else ''}  [{finished}/{self.budget}]", file=sys.stderr, flush=True)
 
-    def _table(self, trials: list[FrozenTrial], best: float | None, workers: int) -> Table:
-        c = storage.count(trials)
+    def _table(self, trials: list[FrozenTrial], best: float | None, workers: int,
+               counts: storage.Counts | None) -> Table:
+        c = counts or storage.count(trials)
         best_txt = "-" if best is None else f"{best:.4g}"
         table = Table(title=f"{self.title}: {c.finished}/{self.budget} done  "
                             f"({c.complete} complete, {c.pruned} pruned, {c.failed} failed)  "

@@ -59,6 +59,8 @@ class Session:
         self.tracker: Tracker | None = None
         self.experiment_id = self.parent_run_id = ""
         self.progress: Progress | None = None
+        self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
+        self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
         self.live: dict[Any, Live] = {}
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
@@ -99,6 +101,7 @@ class Session:
             # A second Ctrl-C must not cut the clean-up short: runs would stay RUNNING.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop_early()
             try:
                 result = self.close(interrupted, str(error) if error else self.aborting)
             finally:
@@ -135,11 +138,15 @@ class Session:
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names([self.spec.metric])  # optuna-dashboard: val_acc, not Objective 0
+        if not self.nothing_left():
+            self.early = self.backend.prestart(plan, self)
         try:
             self._open_parent()
         except HpoError:
+            self.stop_early()
             raise
         except Exception as exc:  # an MLflow server that answers 500s, a store it cannot open: one line
+            self.stop_early()
             if diskspace.is_disk_full(exc):
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -186,18 +193,25 @@ class Session:
             "hpo.tracking_uri": plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
             "hpo.git_sha": git_sha() or "", "hpo.trainer": plan.trainer or "", "hpo.backend": plan.backend,
             "hpo.budget": plan.budget,
-            "hpo.parent_run_id": self.parent_run_id,  # last: a joining `hpo worker` waits for it
+            "hpo.parent_run_id": self.parent_run_id,  # a joining `hpo worker` waits for it
+            "hpo.controller": f"{socket.gethostname()}:{os.getpid()}",  # last: this controller's workers wait for it
         }
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
+
+    def stop_early(self) -> None:
+        """Stop what `Backend.prestart` started when the sweep ends before the engine took it over."""
+        early, self.early = self.early, None
+        if early is not None:
+            _best_effort(early.stop)
 
     # -- what engines ask -----------------------------------------------------------------
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
     def counts(self) -> storage.Counts:
-        return storage.count(self.trials())
+        return self.tally.count(self.trials())
 
     def counted(self) -> int:
         """Trials that used the budget: complete, pruned, or failed by the trainer (not re-run)."""
@@ -239,7 +253,7 @@ class Session:
                                    user_attrs={"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda})
                    for lv in self.live.values()]
         trials = [t for t in self.trials() if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
-        self.progress.update([*trials, *running], workers)
+        self.progress.update([*trials, *running], workers, self.counts())
 
     # -- events of mirrored engines (Ray, W&B): the Session writes their Optuna trials --------
     def trial_started(self, key: Any, number: int | str, params: Mapping[str, Any], worker: str = "",
@@ -318,6 +332,7 @@ class Session:
             self.progress.close()
         result = self.summarize(interrupted, aborted)
         _best_effort(self._close_parent, result)
+        _best_effort(tracking.checkpoint, self.plan.tracking_uri)
         return result
 
     def _end_running_children(self, reason: str) -> None:

@@ -178,6 +178,49 @@ def count(trials: Iterable[FrozenTrial]) -> Counts:
     return Counts(**c)
 
 
+class Tally:
+    """`count(trials)` of one study, kept up to date without rereading the whole study at every poll.
+
+    A COMPLETE or PRUNED trial never changes again, so each is read once. Failed, running and
+    waiting trials are read at every call (a failure's reason and whether it is re-run can still
+    change), as are trials new since the last call. Trials come in number order (`get_trials`);
+    anything else falls back to a full count.
+    """
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._open: list[int] = []  # indexes of trials not yet COMPLETE or PRUNED
+        self._settled = {"complete": 0, "pruned": 0}
+        self._retried: set[int] = set()  # numbers of failed trials that a later trial re-runs
+
+    def count(self, trials: list[FrozenTrial]) -> Counts:
+        if len(trials) < self._seen:
+            self.__init__()  # another study, or a storage that lost trials: start again
+        check = [*self._open, *range(self._seen, len(trials))]
+        if any(trials[i].number != i for i in check):
+            self.__init__()
+            return count(trials)
+        for i in range(self._seen, len(trials)):
+            if "hpo.retry_of" in trials[i].user_attrs:
+                self._retried.add(trials[i].user_attrs["hpo.retry_of"])
+        self._seen, still = len(trials), []
+        c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
+        for i in check:
+            t = trials[i]
+            if t.state == TrialState.COMPLETE:
+                self._settled["complete"] += 1
+            elif t.state == TrialState.PRUNED:
+                self._settled["pruned"] += 1
+            else:
+                still.append(i)
+                if t.state == TrialState.FAIL:
+                    c["failed" if counts_toward_budget(t) and t.number not in self._retried else "retried"] += 1
+                else:
+                    c[{TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
+        self._open = still
+        return Counts(**{**c, **self._settled})
+
+
 def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
     """The best COMPLETE trial for `direction` ("maximize" / "minimize"), or None."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -186,10 +229,11 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
     return (max if direction == "maximize" else min)(done, key=lambda t: t.value)
 
 
-def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None) -> int:
+def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None,
+               tally: Tally | None = None) -> int:
     """Enqueue trials until finished + queued + running == budget; return how many were added."""
     trials = study.get_trials(deepcopy=False)
-    c = count(trials)
+    c = tally.count(trials) if tally is not None else count(trials)
     missing = budget - c.finished - c.running - c.waiting
     if missing <= 0:
         return 0

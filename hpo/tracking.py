@@ -246,6 +246,17 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def checkpoint(uri: str) -> None:
+    """Fold a SQLite store's write-ahead log into the database file, so `mlflow.db` alone holds everything
+    (hpo exits without closing its connections; copying the file then misses nothing)."""
+    import sqlite3
+
+    path = sqlite_path(uri)
+    if path is not None and path.exists():
+        with sqlite3.connect(path, timeout=30) as con:
+            con.execute("pragma wal_checkpoint(TRUNCATE)")
+
+
 def has_runs(uri: str) -> bool:
     """Whether a SQLite tracking store holds any run (False for a missing or half-made file)."""
     import sqlite3

@@ -74,9 +74,12 @@ def label(ref: str | None) -> str:
     return ref or ""
 
 
+BUILTIN = "hpo.train:train"
+
+
 def load(ref: str | None) -> Callable:
     """`package.module:function` -> the function; None -> hpo's built-in trainer."""
-    if not ref:
+    if not ref or ref == BUILTIN:
         from hpo.train import train
 
         return train

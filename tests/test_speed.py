@@ -79,3 +79,72 @@ def test_journal_fsyncs_state_changes_not_each_step(tmp_path, monkeypatch):
     assert len(synced) == 1  # the state change is synced, and carries the records before it
     reread = optuna.load_study(study_name="s", storage=storage.open_storage(str(path))).trials[0]
     assert reread.state.is_finished() and len(reread.intermediate_values) == 27
+
+
+def test_mlflow_db_alone_holds_the_sweep_after_exit(tmp_path, tiny_sweep):
+    """hpo exits without closing its connections (no interpreter teardown), so it folds SQLite's
+    write-ahead log into mlflow.db first: a copy of that one file has every run."""
+    import shutil
+    import sqlite3
+
+    from conftest import run_hpo
+
+    run_hpo("run", str(tiny_sweep), "--workers", "1", "--trials", "2", "--no-progress", cwd=tmp_path, check=True)
+    copy = tmp_path / "copy.db"
+    shutil.copy(tmp_path / "runs" / "tiny" / "mlflow.db", copy)  # without mlflow.db-wal
+    with sqlite3.connect(copy) as con:
+        statuses = sorted(r[0] for r in con.execute("select status from runs"))
+    assert len(statuses) == 3 and set(statuses) <= {"FINISHED", "KILLED"}, statuses  # parent + 2 trials, ended
+
+
+def test_a_controllers_early_workers_wait_for_its_own_parent_run(tmp_path):
+    """Workers start while the controller opens the parent run; on a resumed study the earlier run's
+    `hpo.parent_run_id` is already there, so they wait for this controller's own mark."""
+    import json
+    import socket
+
+    from hpo.backends.optuna.worker import WorkerConfig, load_study
+    from hpo.errors import UsageError
+    from hpo.spec import from_dict
+
+    s = from_dict({"method": "random", "metric": {"name": "v", "goal": "maximize"},
+                   "parameters": {"x": {"values": [1, 2]}}})
+    path = str(tmp_path / "optuna.log")
+    study = optuna.create_study(study_name="w", storage=storage.open_storage(path), direction="maximize")
+    study.set_user_attr("hpo.spec", json.dumps(s.raw))
+    study.set_user_attr("hpo.parent_run_id", "from-an-earlier-run")
+    study.set_user_attr("hpo.controller", f"{socket.gethostname()}:1")
+    mine = WorkerConfig("w", path, parent_pid=4242)
+    with pytest.raises(UsageError):
+        load_study(mine, wait=0.3)  # the earlier controller's mark is not this one's
+    assert load_study(WorkerConfig("w", path), wait=0)[0].study_name == "w"  # a worker joined by hand does not wait
+    study.set_user_attr("hpo.controller", f"{socket.gethostname()}:4242")
+    assert load_study(mine, wait=0.3)[0].study_name == "w"
+
+
+def test_the_tally_counts_as_a_full_recount_does(tmp_path):
+    """Incremental counts (each COMPLETE/PRUNED trial read once) against storage.count at every step of a
+    study whose trials finish out of order, fail, are failed by the machine and are re-run."""
+    study = optuna.create_study(study_name="t", storage=storage.open_storage(str(tmp_path / "optuna.log")))
+    tally = storage.Tally()
+    running = []
+    for i in range(12):
+        study.enqueue_trial({}, user_attrs={"hpo.queued": True})
+        assert tally.count(study.get_trials(deepcopy=False)) == storage.count(study.get_trials(deepcopy=False))
+        running.append(study.ask())
+        running[-1].suggest_float("x", 0.0, 1.0)  # a failed trial with params can be re-run
+        assert tally.count(study.get_trials(deepcopy=False)) == storage.count(study.get_trials(deepcopy=False))
+    for k, t in enumerate(reversed(running)):  # finish in reverse order, every kind of ending
+        if k % 4 == 0:
+            study.tell(t, float(k))
+        elif k % 4 == 1:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        elif k % 4 == 2:
+            storage.fail_trial(study, t._trial_id, "worker died")  # the machine's fault: not counted
+        else:
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+        assert tally.count(study.get_trials(deepcopy=False)) == storage.count(study.get_trials(deepcopy=False))
+    assert storage.queue_retries(study, 1) > 0  # re-runs link back to failed trials: those become "retried"
+    final = tally.count(study.get_trials(deepcopy=False))
+    assert final == storage.count(study.get_trials(deepcopy=False))
+    assert final.retried > 0 and final.complete == 3 and final.pruned == 3 and final.waiting > 0

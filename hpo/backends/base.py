@@ -5,14 +5,14 @@ starts trials, and reports their events to the Session. It never opens or closes
 the study or the MLflow parent run, never closes a child run of a trial it did not
 run itself, and never decides the exit code: the Session does all of that the
 same way for every engine. To add an engine: copy a package under hpo/backends/,
-fill these three methods, add one line to ENGINES.
+fill these methods, add one line to ENGINES.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpo.errors import UsageError
 
@@ -52,6 +52,11 @@ class Backend(Protocol):
     def begin(self, plan: Plan) -> Plan:
         """Create what must exist outside hpo's stores before the Session writes anything (the sweep on
         W&B's server); return the plan to run, e.g. with that sweep's id in its options."""
+
+    def prestart(self, plan: Plan, session: Session) -> Any:
+        """Once the study exists, and while the Session opens the MLflow parent run: start what is slow and
+        writes no trial (worker processes loading their libraries). The Session keeps what this returns as
+        `session.early` for `run`, and calls its `stop()` if the sweep ends before `run`. None: nothing."""
 
     def run(self, plan: Plan, session: Session) -> None:
         """Run trials until the budget is met or the session aborts; raise KeyboardInterrupt if interrupted."""

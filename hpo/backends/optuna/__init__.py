@@ -10,7 +10,7 @@ queue. The workers write the study themselves: this engine is not mirrored.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
 
@@ -42,6 +42,12 @@ class OptunaBackend:
 
     def begin(self, plan: Plan) -> Plan:
         return plan
+
+    def prestart(self, plan: Plan, session: Session) -> Any:
+        """The workers start importing (torch, MLflow: seconds) while the Session opens the parent run."""
+        from hpo.backends.optuna import controller
+
+        return controller.prestart(plan, session)
 
     def run(self, plan: Plan, session: Session) -> None:
         from hpo.backends.optuna import controller

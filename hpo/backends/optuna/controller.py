@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from hpo import diskspace, storage
+from hpo import diskspace, storage, trainer_ref
 from hpo.backends.optuna import space
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -32,7 +32,8 @@ def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
     threads = threads_per_worker(list(plan.slots))
     base = {**os.environ, "HPO_STORAGE": plan.storage, "HPO_TRACKING_URI": plan.tracking_uri,
             "HPO_THREADS": str(threads), **(extra_env or {})}
-    extra = ["--trainer", plan.trainer] if plan.trainer else []
+    # Always named, so a worker loads it (and torch) before the study is ready rather than after.
+    extra = ["--trainer", plan.trainer or trainer_ref.BUILTIN]
     return Pool(list(plan.slots), lambda s: worker_argv(plan.name, s, os.getpid(), extra),
                 lambda s: slot_env(s, base, threads), plan.dir / "logs")
 
@@ -41,15 +42,22 @@ def _grid(plan: Plan) -> list[dict] | None:
     return space.encoded_grid(plan.spec) if plan.grid is not None else None
 
 
+def prestart(plan: Plan, session: Session) -> Pool:
+    """The study exists; its parent run does not yet: the workers import meanwhile, then wait for it."""
+    _record_pruner(plan, session)
+    pool = make_pool(plan)
+    pool.start_all()
+    return pool
+
+
 def run(plan: Plan, session: Session) -> None:
     study = session.study
-    _record_pruner(plan, session)
     storage.queue_retries(study, plan.retries)
     storage.fill_queue(study, plan.budget, _grid(plan))
-    pool = make_pool(plan)
+    pool = session.early if isinstance(session.early, Pool) else prestart(plan, session)
+    session.early = None  # taken over: stopped below
     reason = "worker died"
     try:
-        pool.start_all()
         _watch(plan, session, pool)
     except KeyboardInterrupt:
         reason = "interrupted"
@@ -81,7 +89,7 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
                 _on_death(session, e)
                 session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))
         storage.queue_retries(study, plan.retries)
-        storage.fill_queue(study, plan.budget, grid)
+        storage.fill_queue(study, plan.budget, grid, session.tally)
         c = session.counts()
         if c.waiting:
             pool.fill()
@@ -93,7 +101,7 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
             # said who it is (failed as an orphan after a grace period, then run again).
             if not session.counts().running:
                 storage.queue_retries(study, plan.retries)
-                storage.fill_queue(study, plan.budget, grid)
+                storage.fill_queue(study, plan.budget, grid, session.tally)
                 if not session.counts().waiting:
                     return
         time.sleep(POLL_SECONDS)

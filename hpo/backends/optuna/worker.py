@@ -7,6 +7,7 @@ set; `hpo worker` starts one by hand, e.g. on another machine.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -57,22 +58,27 @@ def _watch_parent(pid: int) -> None:
 
 
 def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, specmod.Spec]:
-    """The sweep's study and spec; waits up to `wait` s for a controller that is still setting it up."""
-    storage.require_existing(cfg.storage)
+    """The sweep's study and spec; waits up to `wait` s for a controller that is still setting it up.
+
+    A worker its controller started (`parent_pid`) is started before the parent run exists, so it waits
+    for that controller's own mark (`hpo.controller`, set last), not for what an earlier run left."""
+    if cfg.parent_pid is None:
+        storage.require_existing(cfg.storage)
     store = storage.open_storage(cfg.storage)
+    ready = ("hpo.controller", f"{socket.gethostname()}:{cfg.parent_pid}") if cfg.parent_pid else None
     deadline = time.monotonic() + wait
     while True:
         try:
             attrs = optuna.load_study(study_name=cfg.study, storage=store).user_attrs
         except KeyError:
             attrs = None
-        if attrs is not None and "hpo.parent_run_id" in attrs:
+        if attrs is not None and "hpo.parent_run_id" in attrs and (not ready or attrs.get(ready[0]) == ready[1]):
             break
         if time.monotonic() > deadline:
             if attrs is None:
                 raise UsageError(f"--study: no study named {cfg.study!r} in {storage.mask(cfg.storage)}")
             raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
-        time.sleep(1.0)
+        time.sleep(0.05 if ready else 1.0)
     spec = specmod.from_dict(json.loads(attrs["hpo.spec"]))
     # A study from before --optuna-pruner existed ran Optuna's HyperbandPruner: it keeps it.
     kind = attrs.get("hpo.optuna_pruner", "hyperband")
@@ -88,10 +94,16 @@ def serve(cfg: WorkerConfig) -> int:
     if cfg.parent_pid:
         threading.Thread(target=_watch_parent, args=(cfg.parent_pid,), daemon=True).start()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, spec = load_study(cfg)
+    if cfg.trainer:  # load the trainer (torch) and MLflow while the controller still sets the sweep up
+        trainer = trainer_ref.load(cfg.trainer)
+        importlib.import_module("mlflow.tracking")
+    # Started by a controller: it watches this worker, and waits as long as its MLflow set-up takes.
+    study, spec = load_study(cfg, wait=600.0 if cfg.parent_pid else 60.0)
     attrs = study.user_attrs
     ref = cfg.trainer or attrs.get("hpo.trainer")
-    trainer = trainer_ref.load(ref)
+    ref = None if ref == trainer_ref.BUILTIN else ref  # the built-in trainer is tagged as such
+    if not cfg.trainer:
+        trainer = trainer_ref.load(ref)
     if cfg.threads and "torch" in __import__("sys").modules:
         import torch
 

@@ -66,6 +66,9 @@ class RayBackend:
     def begin(self, plan: Plan) -> Plan:
         return plan
 
+    def prestart(self, plan: Plan, session: Session) -> None:
+        return None
+
     def run(self, plan: Plan, session: Session) -> None:
         _space()
         from hpo.backends.ray import controller

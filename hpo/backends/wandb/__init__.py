@@ -69,6 +69,9 @@ class WandbBackend:
             return plan
         return replace(plan, options={**plan.options, "online_sweep": online.create_sweep(plan)})
 
+    def prestart(self, plan: Plan, session: Session) -> None:
+        return None
+
     def run(self, plan: Plan, session: Session) -> None:
         from hpo.backends.wandb import controller
 
