@@ -31,6 +31,8 @@ bench: setup
 	$(PY) bench/bench_default_sweep.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/program_mode.py
+	$(PY) bench/bench_speed.py
+	$(PY) bench/bench_ray.py --trials 32 --epochs 27 --reps 3
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml

@@ -62,30 +62,34 @@ def _sqlite_wal() -> None:
 
 
 class MetricWriter:
-    """A worker's per-step metrics, written by one thread off the trainer's critical path.
+    """A worker's writes to its trials' child runs, made by one thread off the trainer's critical path.
 
-    `put` only appends to a list (microseconds). The thread waits up to `linger` seconds
-    for more, then writes each run's metrics in one `log_batch`. `flush(run_id)` writes
-    what is left for that run at once and returns when it is in the store, raising the
-    error if a write failed: a trial's metrics are complete before it is told finished.
-    A process killed outright loses at most the last `linger` seconds of its running
-    trial's metrics; that trial is failed as `worker died` anyway.
+    `put` only appends (microseconds). The thread waits up to `linger` seconds for more, then
+    writes each run's params, metrics and tags in one `log_batch` (one SQLite transaction for
+    what used to be one per epoch, plus one for the params and one for the end tags).
+    `flush(run_id)` writes what is left for that run at once and returns when it is in the
+    store, raising the error if a write failed: a trial's data is complete before it is told
+    finished. A process killed outright loses at most the last `linger` seconds of its running
+    trial's data; that trial is failed as `worker died` anyway.
     """
 
-    BATCH = 1000  # MLflow's log_batch limit on metrics per call
+    LIMITS = (1000, 100, 100)  # MLflow's log_batch: metrics, params, tags per call (1000 in all)
 
-    def __init__(self, write: Callable[[str, list[Any]], None], linger: float = 1.0):
+    def __init__(self, write: Callable[[str, list[Any], list[Any], list[Any]], None], linger: float = 1.0):
         self._write, self._linger = write, linger
         self._cv = threading.Condition()
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, tuple[list[Any], list[Any], dict[str, Any]]] = {}
         self._busy: set[str] = set()
         self._errors: dict[str, BaseException] = {}
         self._urgent = 0  # flushes waiting: write now, do not linger
         self._thread: threading.Thread | None = None
 
-    def put(self, run_id: str, metrics: list[Any]) -> None:
+    def put(self, run_id: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
         with self._cv:
-            self._pending.setdefault(run_id, []).extend(metrics)
+            m, p, t = self._pending.setdefault(run_id, ([], [], {}))
+            m.extend(metrics)
+            p.extend(params)
+            t.update({tag.key: tag for tag in tags})  # a tag set twice: the last value
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="hpo-mlflow-writer", daemon=True)
                 self._thread.start()
@@ -108,11 +112,11 @@ class MetricWriter:
                 self._cv.wait_for(lambda: self._urgent, timeout=self._linger)
                 work, self._pending = self._pending, {}
                 self._busy = set(work)
-            for run_id, metrics in work.items():
+            for run_id, (metrics, params, tags) in work.items():
                 error = self._errors.get(run_id)  # after a failure, the trial fails at its flush
                 try:
-                    for i in range(0, len(metrics) if error is None else 0, self.BATCH):
-                        self._write(run_id, metrics[i : i + self.BATCH])
+                    for chunk in [] if error is not None else chunks(metrics, params, list(tags.values())):
+                        self._write(run_id, *chunk)
                 except BaseException as exc:  # noqa: BLE001 - handed to the trial at its flush
                     error = exc
                 with self._cv:
@@ -120,6 +124,18 @@ class MetricWriter:
                         self._errors[run_id] = error
                     self._busy.discard(run_id)
                     self._cv.notify_all()
+
+
+def chunks(metrics: list[Any], params: list[Any], tags: list[Any]) -> list[tuple[list[Any], list[Any], list[Any]]]:
+    """(metrics, params, tags) in as few `log_batch` calls as MLflow's limits allow."""
+    out = []
+    lm, lp, lt = MetricWriter.LIMITS
+    while metrics or params or tags or not out:
+        p, t = params[:lp], tags[:lt]
+        m = metrics[: lm - len(p) - len(t)]
+        out.append((m, p, t))
+        metrics, params, tags = metrics[len(m):], params[len(p):], tags[len(t):]
+    return out
 
 
 class Tracker:
@@ -179,17 +195,28 @@ class Tracker:
 
     # -- children -------------------------------------------------------
     def start_child(self, experiment_id: str, parent_id: str, name: str,
-                    params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+                    params: Mapping[str, Any], tags: Mapping[str, str], deferred: bool = False) -> str:
+        """The trial's child run; `deferred`: its params go with its first metrics (one write fewer)."""
         tags = {**tags, PARENT_TAG: parent_id}
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags))
-        self.log_params(run.info.run_id, params)
+        if deferred:
+            from mlflow.entities import Param
+
+            self._writes().put(run.info.run_id, params=[Param(k, _clip(v)) for k, v in params.items()])
+        else:
+            self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
-        """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child."""
-        if self._writer is not None:  # queued metrics land before the run is ended
+        """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child.
+        What this worker still holds for the run (metrics, params) goes in the same write as the tags."""
+        if self._writer is not None:
+            from mlflow.entities import RunTag
+
+            self._writer.put(run_id, tags=[RunTag(k, _clip(v, 5000)) for k, v in (tags or {}).items()])
             self._writer.flush(run_id, raise_errors=False)
-        self.set_tags(run_id, dict(tags or {}))
+        else:
+            self.set_tags(run_id, dict(tags or {}))
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
     # -- batched logging ------------------------------------------------
@@ -216,17 +243,23 @@ class Tracker:
         """One step's metrics, written by the background writer; `flush(run_id)` before trusting them."""
         batch = _metrics(step, metrics)
         if batch:
-            if self._writer is None:
-                self._writer = MetricWriter(self._write_metrics)
-            self._writer.put(run_id, batch)
+            self._writes().put(run_id, metrics=batch)
 
     def flush(self, run_id: str) -> None:
-        """Every queued metric of the run is in the store; raises what a failed write raised."""
+        """Everything queued for the run is in the store; raises what a failed write raised."""
         if self._writer is not None:
             self._writer.flush(run_id)
 
+    def _writes(self) -> MetricWriter:
+        if self._writer is None:
+            self._writer = MetricWriter(self._write_batch)
+        return self._writer
+
     def _write_metrics(self, run_id: str, batch: list[Any]) -> None:
         _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def _write_batch(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
+        _retry(lambda: self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags))
 
     # -- queries ----------------------------------------------------------
     def children(self, experiment_id: str, parent_id: str, running_only: bool = False) -> list[Any]:

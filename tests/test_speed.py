@@ -40,8 +40,24 @@ def test_queued_metrics_are_all_in_mlflow_when_the_trial_ends(tmp_path):
     assert sorted(m.step for m in history) == list(range(1, 31))  # every step, none left in the queue
     assert [m.value for m in sorted(history, key=lambda m: m.step)][-1] == pytest.approx(0.30)
     run = trial_run.tracker.client.get_run(run_id)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.params == {"x": "1"}  # params ride with the metrics
+    assert run.data.tags["hpo.state"] == "complete"  # end tags too
     assert float(run.data.tags["hpo.trainer_seconds"]) == pytest.approx(reporter.seconds, abs=1e-3)
+
+
+def test_writes_are_split_within_mlflows_log_batch_limits():
+    from mlflow.entities import Metric, Param, RunTag
+
+    from hpo.tracking import chunks
+
+    metrics = [Metric(f"m{i}", 0.0, 0, 0) for i in range(1500)]
+    params = [Param(f"p{i}", "v") for i in range(250)]
+    tags = [RunTag(f"t{i}", "v") for i in range(5)]
+    out = chunks(metrics, params, tags)
+    assert all(len(m) <= 1000 and len(p) <= 100 and len(t) <= 100 and len(m) + len(p) + len(t) <= 1000
+               for m, p, t in out)
+    assert [x for c in out for x in c[0]] == metrics and [x for c in out for x in c[1]] == params
+    assert [x for c in out for x in c[2]] == tags and len(out) == 3
 
 
 def test_a_metric_write_that_fails_fails_the_trial(tmp_path):
