@@ -245,15 +245,20 @@ class Session:
                              f"(last: {what}){'; see ' + log if log else ''}")
             raise HpoError(self.aborting)
 
-    def refresh(self, workers: int) -> None:
-        """Redraw progress (running trials of mirrored engines included)."""
+    def refresh(self, workers: int, trials: list[FrozenTrial] | None = None,
+                counts: storage.Counts | None = None) -> None:
+        """Redraw progress (running trials of mirrored engines included); `trials` and `counts` when the
+        engine has just read them."""
         if self.progress is None:
             return
+        if trials is None or counts is None:
+            trials = self.trials()
+            counts = self.tally.count(trials)
         running = [SimpleNamespace(number=lv.number, state=TrialState.RUNNING, intermediate_values=lv.values,
                                    user_attrs={"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda})
                    for lv in self.live.values()]
-        trials = [t for t in self.trials() if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
-        self.progress.update([*trials, *running], workers, self.counts())
+        trials = [t for t in trials if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
+        self.progress.update([*trials, *running], workers, counts)
 
     # -- events of mirrored engines (Ray, W&B): the Session writes their Optuna trials --------
     def trial_started(self, key: Any, number: int | str, params: Mapping[str, Any], worker: str = "",

@@ -230,10 +230,14 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
 
 
 def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None,
-               tally: Tally | None = None) -> int:
-    """Enqueue trials until finished + queued + running == budget; return how many were added."""
-    trials = study.get_trials(deepcopy=False)
-    c = tally.count(trials) if tally is not None else count(trials)
+               tally: Tally | None = None, trials: list[FrozenTrial] | None = None,
+               counts: Counts | None = None) -> int:
+    """Enqueue trials until finished + queued + running == budget; return how many were added.
+    `trials` and their `counts`, when the caller has just read them, save reading the study again."""
+    if trials is None or counts is None:
+        trials = study.get_trials(deepcopy=False)
+        counts = tally.count(trials) if tally is not None else count(trials)
+    c = counts
     missing = budget - c.finished - c.running - c.waiting
     if missing <= 0:
         return 0

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
@@ -89,11 +90,13 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
                 _on_death(session, e)
                 session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))
         storage.queue_retries(study, plan.retries)
-        storage.fill_queue(study, plan.budget, grid, session.tally)
-        c = session.counts()
+        trials = session.trials()  # one read of the study per poll, shared below
+        c = session.tally.count(trials)
+        added = storage.fill_queue(study, plan.budget, grid, trials=trials, counts=c)
+        c = replace(c, waiting=c.waiting + added)
         if c.waiting:
             pool.fill()
-        session.refresh(pool.alive())
+        session.refresh(pool.alive(), trials, c)
         _fail_stale(session)
         if not pool.workers and not c.waiting:
             session.fail_orphans("worker died", "worker gone before the trial ended")
