@@ -245,16 +245,21 @@ def scale(trials: int) -> dict:
         ends = [t.datetime_complete.timestamp() for t in ts]
         k = min(1000, len(ends) // 3)
         first, last = (ends[k] - ends[0]) / k, (ends[-1] - ends[-1 - k]) / k
-        lo, hi = ts[0].datetime_start.timestamp(), ends[-1]
-        during = [(w, c) for w, c in r["cpu"] if lo <= w <= hi]
-        cpu = (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else None
+        def cpu_between(lo: float, hi: float) -> float | None:
+            during = [(w, c) for w, c in r["cpu"] if lo <= w <= hi]
+            return (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else None
+
+        cpu = cpu_between(min(t.datetime_start.timestamp() for t in ts), ends[-1])
+        steady = cpu_between(ends[k], ends[-1])  # after the first k trials: the queue is enqueued by then
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "hpo", "status", "sweep.yaml"], cwd=folder, env=ENV, check=True,
                        capture_output=True)
         status_s = time.perf_counter() - start
     return {"trials": trials, "wall_s": round(r["wall"], 1), "cycle_first_ms": round(1000 * first, 2),
             "cycle_last_ms": round(1000 * last, 2), "cycle_ratio": round(last / first, 2),
-            "controller_cpu_fraction": None if cpu is None else round(cpu, 3), "status_s": round(status_s, 2),
+            "controller_cpu_fraction": None if cpu is None else round(cpu, 3),
+            "controller_cpu_fraction_steady": None if steady is None else round(steady, 3),
+            "last_trial_to_exit_s": round(r["end"] - ends[-1], 2), "status_s": round(status_s, 2),
             "disk_bytes_written": written, "final_file_bytes": files, "write_amplification": round(written / files, 1)}
 
 

@@ -12,10 +12,11 @@ Durability: every record is in the kernel's page cache (seen by every reader, ke
 if the process is killed) when `append_logs` returns. Records that change what a
 trial or study *is* (created, state and values, study attributes) are also
 fsynced, which carries every record written before them to the disk. Records in
-between (per-step intermediate values, trial params and attributes) are not
-fsynced on their own: a power cut can lose those of a trial still RUNNING, which
-the next `hpo run` repairs (FAILED, run again) as it does after any crash. This
-keeps a 27-epoch trial at 3 fsyncs instead of about 35.
+between (per-step intermediate values, trial params and attributes, and trials
+enqueued WAITING) are not fsynced on their own: a power cut can lose those of a
+trial still RUNNING, which the next `hpo run` repairs (FAILED, run again) as it
+does after any crash, and queued trials, which it enqueues again. This keeps a
+27-epoch trial at 2 fsyncs (taken, finished) instead of about 36.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ CHUNK = 64 * 1024
 # Op codes (optuna.storages.journal._storage.JournalOperation) whose records need no fsync of
 # their own: SET_TRIAL_PARAM, SET_TRIAL_INTERMEDIATE_VALUE, SET_TRIAL_USER_ATTR, SET_TRIAL_SYSTEM_ATTR.
 UNSYNCED_OPS = frozenset({5, 7, 8, 9})
+CREATE_TRIAL, WAITING = 4, 4  # JournalOperation.CREATE_TRIAL; TrialState.WAITING
+
+
+def needs_sync(log: dict[str, Any]) -> bool:
+    """Whether a record must reach the disk before `append_logs` returns. A trial created WAITING (the
+    budget's queue) needs no fsync either: if a power cut loses it, the next run enqueues it again."""
+    op = log.get("op_code")
+    return op not in UNSYNCED_OPS and not (op == CREATE_TRIAL and log.get("state") == WAITING)
 
 
 class FlockLock:
@@ -116,7 +125,7 @@ class SafeJournalFileBackend(JournalFileBackend):
                     view = memoryview(data)
                     while view:  # unbuffered: a failed write is seen here, not at some later flush
                         view = view[os.write(fd, view):]
-                    if any(log.get("op_code") not in UNSYNCED_OPS for log in logs):
+                    if any(needs_sync(log) for log in logs):
                         os.fsync(fd)
                 except OSError:
                     os.ftruncate(fd, before)  # needs no space: the study stays readable

@@ -83,10 +83,15 @@ def test_journal_fsyncs_state_changes_not_each_step(tmp_path, monkeypatch):
                                     Op.SET_TRIAL_USER_ATTR, Op.SET_TRIAL_SYSTEM_ATTR}
     path = tmp_path / "optuna.log"
     study = optuna.create_study(study_name="s", storage=storage.open_storage(str(path)))
-    trial = study.ask()
     synced: list[int] = []
     real = os.fsync
     monkeypatch.setattr(journal.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    for _ in range(5):
+        study.enqueue_trial({}, user_attrs={"hpo.queued": True})
+    assert synced == []  # the queue: a lost WAITING trial is enqueued again by the next run
+    trial = storage.claim(study)
+    assert len(synced) == 1  # taken: RUNNING is on disk before the trial runs
+    synced.clear()
     for step in range(1, 28):
         trial.report(0.1 * step, step)
     trial.set_user_attr("hpo.worker", "w0")
@@ -95,6 +100,8 @@ def test_journal_fsyncs_state_changes_not_each_step(tmp_path, monkeypatch):
     assert len(synced) == 1  # the state change is synced, and carries the records before it
     reread = optuna.load_study(study_name="s", storage=storage.open_storage(str(path))).trials[0]
     assert reread.state.is_finished() and len(reread.intermediate_values) == 27
+    assert sum(t.state.name == "WAITING" for t in optuna.load_study(study_name="s", storage=storage.open_storage(
+        str(path))).trials) == 4
 
 
 def test_mlflow_db_alone_holds_the_sweep_after_exit(tmp_path, tiny_sweep):
