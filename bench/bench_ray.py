@@ -29,6 +29,7 @@ parameters:
   hidden: {{value: {hidden}}}
   lr: {{distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-1}}
   batch_size: {{value: {batch}}}
+command: [python, -m, hpo.train, "${{args}}"]
 """
 SEED = 7
 

@@ -207,14 +207,16 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None,
+                  strict: bool = False) -> None:
         """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child.
-        What this worker still holds for the run (metrics, params) goes in the same write as the tags."""
+        What this worker still holds for the run (metrics, params) goes in the same write as the tags;
+        `strict`: a failed write raises before the run is ended (the caller ends it with its own verdict)."""
         if self._writer is not None:
             from mlflow.entities import RunTag
 
             self._writer.put(run_id, tags=[RunTag(k, _clip(v, 5000)) for k, v in (tags or {}).items()])
-            self._writer.flush(run_id, raise_errors=False)
+            self._writer.flush(run_id, raise_errors=strict)
         else:
             self.set_tags(run_id, dict(tags or {}))
         _retry(lambda: self.client.set_terminated(run_id, status=status))

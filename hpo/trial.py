@@ -168,9 +168,10 @@ def _failure(exc: Exception) -> Outcome:
     return Outcome(State.FAILED, reason="oom" if oom else "error", error_type=name, error=str(exc))
 
 
-def close_child(tracker: Any, run_id: str, outcome: Outcome, tags: Mapping[str, str] | None = None) -> None:
+def close_child(tracker: Any, run_id: str, outcome: Outcome, tags: Mapping[str, str] | None = None,
+                strict: bool = False) -> None:
     """End (or amend) a trial's child run with its outcome. Idempotent: the last call wins."""
-    tracker.end_child(run_id, outcome.state.mlflow_status, {**outcome.tags(), **(tags or {})})
+    tracker.end_child(run_id, outcome.state.mlflow_status, {**outcome.tags(), **(tags or {})}, strict=strict)
 
 
 @dataclass
@@ -220,26 +221,29 @@ class TrialRun:
         try:
             outcome = run_trainer(trainer, config, reporter)
             reporter.seconds = time.monotonic() - started
-            outcome = self._flushed(run_id, outcome)
         except Interrupted:
             self.end(run_id, config, lost("interrupted"))
             raise
-        self.end(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"})
-        return outcome, reporter
+        return self._finish(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}), reporter
 
-    def _flushed(self, run_id: str, outcome: Outcome) -> Outcome:
-        """The trial's metrics are in MLflow before it is told finished; a write that failed fails it."""
+    def _finish(self, run_id: str, config: Mapping[str, Any], outcome: Outcome, tags: Mapping[str, str]) -> Outcome:
+        """End the child run: what is still queued (metrics, params) and the end tags in one write, then the
+        status. The trial's data is in MLflow before it is told finished; a write that failed fails it."""
+        from hpo.diskspace import is_disk_full
+        from hpo.outage import StorageDown
+        from hpo.provenance import dataset_tags
+
         try:
-            self.tracker.flush(run_id)
+            close_child(self.tracker, run_id, outcome, {**dataset_tags(config, self.trainer_ref), **tags},
+                        strict=True)
+            return outcome
         except Exception as exc:  # noqa: BLE001
-            from hpo.diskspace import is_disk_full
-            from hpo.outage import StorageDown
-
             if is_disk_full(exc) or isinstance(exc, StorageDown):
                 raise  # the machine's fault, not the trial's
-            return Outcome(State.FAILED, reason="tracking", error_type=type(exc).__name__,
-                           error=f"its metrics could not be written to MLflow: {exc}")
-        return outcome
+            failed = Outcome(State.FAILED, reason="tracking", error_type=type(exc).__name__,
+                             error=f"its metrics could not be written to MLflow: {exc}")
+            self.end(run_id, config, failed, tags)
+            return failed
 
     def end(self, run_id: str, config: Mapping[str, Any], outcome: Outcome,
             tags: Mapping[str, str] | None = None) -> None:
