@@ -35,8 +35,10 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
         p.add_argument("--retries", type=int, default=0,
                        help="re-run a failed or killed trial's params up to N times")
-        p.add_argument("--no-progress", action="store_true", help="print no progress (default: a live table on a terminal, "
-                                                             "else one line per finished trial)")
+        p.add_argument("--no-progress", action="store_true",
+                       help="print no progress (default: a live table on a terminal, else one line per finished trial)")
+        p.add_argument("--json", action="store_true",
+                       help="end with one JSON line on stdout, also on a terminal (the default when stdout is not one)")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
         p.add_argument("--ray-scheduler", default="asha", choices=["asha", "hyperband"],
                        help="ray backend: ASHA (default) or Ray's synchronous HyperBandScheduler")
@@ -64,9 +66,20 @@ def _settings(a: argparse.Namespace):
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    import time
+
     from hpo import api
 
-    result = api.run(api.prepare(_settings(a)))
+    started = time.monotonic()
+    plan = api.prepare(_settings(a))
+    result = api.run(plan)
+    if sys.stdout.isatty() and not a.json:  # a person reads this; scripts get the JSON line
+        from hpo.summary import text
+
+        print(text(plan, result, time.monotonic() - started, _dashboard_command(a)))
+        if result.exit_code == 1:
+            print(f"hpo: {result.failure_summary()}", file=sys.stderr)
+        return result.exit_code
     c = result.counts
     print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
                       "best_params": result.best_params, "best_run_id": result.best_run_id,
@@ -75,6 +88,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     if result.exit_code == 1:
         print(f"hpo: {result.failure_summary()}", file=sys.stderr)
     return result.exit_code
+
+
+def _dashboard_command(a: argparse.Namespace) -> str:
+    from hpo.storage import mask
+
+    flags = [f"--study {a.study}"] if a.study else []
+    flags += [f"--storage {mask(a.storage)}"] if a.storage else []
+    flags += [f"--root {a.root}"] if a.root != "runs" else []
+    return " ".join(["hpo dashboard", a.sweep_file, *flags])
 
 
 def cmd_worker(a: argparse.Namespace) -> int:

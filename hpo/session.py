@@ -345,7 +345,9 @@ class Session:
             close_child(self.tracker, run.info.run_id, lost(reason))
 
     def summarize(self, interrupted: bool, aborted: str | None) -> Result:
-        return summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)
+        result = summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)
+        result.extra["experiment_id"] = self.experiment_id
+        return result
 
     def _close_parent(self, result: Result) -> None:
         summary.close_parent(self.tracker, self.plan, result)

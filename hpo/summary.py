@@ -34,6 +34,28 @@ def summarize(plan: Plan, trials: list[FrozenTrial], parent_run_id: str, interru
                   best.user_attrs.get("hpo.mlflow_run_id"), interrupted, aborted, failures(trials))
 
 
+def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
+    """The end of `hpo run` for a person: counts, best trial, and where to look next."""
+    from hpo.storage import mask
+
+    c, metric = result.counts, plan.spec.metric or "value"
+    how = "interrupted" if result.interrupted else "stopped" if result.aborted else "done"
+    lines = [f"{plan.name}: {how} in {seconds:.1f} s: {c.complete} complete, {c.pruned} pruned, {c.failed} failed"
+             + (f", {c.retried} retried" if c.retried else "")]
+    if result.best_value is not None:
+        lines.append(f"best {metric} {result.best_value:.6g}: trial {result.best_trial}"
+                     + (f", MLflow run {result.best_run_id}" if result.best_run_id else ""))
+        lines += [f"  {k} = {v}" for k, v in result.best_params.items()]
+    uri, exp = plan.tracking_uri, result.extra.get("experiment_id")
+    if uri.startswith(("sqlite:", "file:", "/")):
+        lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri} --host 127.0.0.1   "
+                     f"then http://127.0.0.1:5000/#/experiments/{exp}/runs")
+    else:
+        lines.append(f"MLflow:    {mask(uri).rstrip('/')}/#/experiments/{exp}/runs")
+    lines.append(f"dashboard: {dashboard}")
+    return "\n".join(lines)
+
+
 def close_parent(tracker: Tracker, plan: Plan, result: Result) -> None:
     """Best value and params, counts, sweep.yaml and best.json as artifacts, and the end status."""
     c, metric = result.counts, plan.spec.metric or "value"
