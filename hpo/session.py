@@ -334,7 +334,8 @@ class Session:
         _best_effort(self.fail_orphans, reason)
         _best_effort(self._end_running_children, reason)
         if self.progress is not None:
-            self.progress.close()
+            how = "interrupted (Ctrl-C)" if interrupted else f"stopped: {aborted}" if aborted else "done"
+            _best_effort(self.progress.close, self.trials(), how)
         result = self.summarize(interrupted, aborted)
         _best_effort(self._close_parent, result)
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)

@@ -48,8 +48,8 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
         lines += [f"  {k} = {v}" for k, v in result.best_params.items()]
     uri, exp = plan.tracking_uri, result.extra.get("experiment_id")
     if uri.startswith(("sqlite:", "file:", "/")):
-        lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri} --host 127.0.0.1   "
-                     f"then http://127.0.0.1:5000/#/experiments/{exp}/runs")
+        lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        lines.append(f"           then http://127.0.0.1:5000/#/experiments/{exp}/runs  (the runs table)")
     else:
         lines.append(f"MLflow:    {mask(uri).rstrip('/')}/#/experiments/{exp}/runs")
     lines.append(f"dashboard: {dashboard}")

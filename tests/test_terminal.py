@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 from conftest import write
@@ -22,13 +26,17 @@ SWEEP = """
 ARGS = ["run", "sweep.yaml", "--workers", "1", "--trainer", "trivial:train", "--no-progress"]
 
 
-def run_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str]:
-    """`hpo ARGS` with stdout on a pseudo-terminal (stderr a pipe); returns (exit code, what stdout showed)."""
-    env = {**os.environ, "PYTHONPATH": str(BENCH)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def run_on_a_terminal(*args: str, cwd: Path, stderr_too: bool = False) -> tuple[int, str]:
+    """`hpo ARGS` with stdout (and stderr, if asked) on an 80-column pseudo-terminal; returns (exit code, what
+    the terminal got)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(BENCH.parent / "tests")]),
+           "TERM": "xterm-256color"}
+    for name in ("MLFLOW_TRACKING_URI", "COLUMNS", "LINES"):
+        env.pop(name, None)
     main, sub = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, stdout=sub, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=env)
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))  # 40 rows, 80 columns
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=cwd, stdout=sub,
+                            stderr=sub if stderr_too else subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     os.close(sub)
     out = b""
     while True:
@@ -52,10 +60,10 @@ def test_a_terminal_gets_a_summary(tmp_path):
     assert lines[0].startswith("term: done in ") and "3 complete, 0 pruned, 0 failed" in lines[0], shown
     assert "best score 0.75: trial 1, MLflow run " in lines[1], shown  # the grid's best point, by its number
     assert "  x = 0.75" in lines, shown
-    mlflow_line = next(line for line in lines if line.startswith("MLflow:"))
+    at = next(i for i, line in enumerate(lines) if line.startswith("MLflow:"))
     db = (tmp_path / "runs" / "term" / "mlflow.db").resolve()
-    assert f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1" in mlflow_line
-    assert "http://127.0.0.1:5000/#/experiments/1/runs" in mlflow_line  # the runs table, not the GenAI overview
+    assert lines[at].endswith(f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1")
+    assert lines[at + 1].strip() == "then http://127.0.0.1:5000/#/experiments/1/runs  (the runs table)"
     assert lines[-1] == "dashboard: hpo dashboard sweep.yaml"
     assert not any(line.lstrip().startswith("{") for line in lines)  # no JSON for a person
 
@@ -67,3 +75,23 @@ def test_json_on_a_terminal_when_asked(tmp_path):
     result = json.loads(shown.strip().splitlines()[-1])  # --json: the scripts' line, also on a terminal
     assert result["study"] == "other" and result["best_value"] == 0.75 and result["complete"] == 3
     assert "dashboard:" not in shown
+
+
+def test_live_progress_fits_80_columns_and_ends_on_the_final_state(tmp_path):
+    """A terminal shows a bar with done/budget, elapsed and ETA, the running trials, and a last frame with
+    the final counts (not an empty table); no line is wider than the terminal."""
+    write(tmp_path / "sweep.yaml", SWEEP.replace("[0.25, 0.75, 0.5]", "[0.25, 0.75, 0.5, 0.1]"))
+    code, shown = run_on_a_terminal("run", "sweep.yaml", "--workers", "2", "--trainer", "fault_trainers:slow",
+                                    cwd=tmp_path, stderr_too=True)
+    assert code == 0, shown
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)  # colours off; cursor moves split the frames into lines
+    pieces = [p for p in re.split(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n", plain) if p.strip()]
+    frames = [i for i, p in enumerate(pieces) if p.startswith("term ") and "/4" in p]
+    live = pieces[frames[0]:pieces.index("done") + 1]  # the live view, from its first frame to its last
+    too_wide = [p for p in live if len(p) > 80]
+    assert not too_wide, too_wide
+    assert any("ETA 0:" in pieces[i] for i in frames), pieces  # an estimate while trials remain
+    assert any(p.startswith("cpu") and " cpu " in p for p in pieces), pieces  # a running trial on its worker
+    last = frames[-1]
+    assert "4/4" in pieces[last] and pieces[last + 1].startswith("4 complete, 0 pruned, 0 failed"), pieces
+    assert pieces[last + 2] == "done", pieces[last:]  # the final state, not an empty table
