@@ -1,3 +1,3 @@
-from hpo.cli import exit_fast, main
+from hpo.cli import entry
 
-exit_fast(main())
+entry()

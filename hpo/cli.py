@@ -262,5 +262,10 @@ def exit_fast(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `hpo` command (and `python -m hpo`)."""
     exit_fast(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -60,7 +61,8 @@ class Session:
         self.experiment_id = self.parent_run_id = ""
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
-        self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
+        self.early: Any = None
+        self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it  # what the engine started while the parent run was opened (Backend.prestart)
         self.live: dict[Any, Live] = {}
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
@@ -73,8 +75,9 @@ class Session:
         diskspace.warn_if_low(self.plan.dir, self.plan.budget)
         try:
             self.open()
-        except Exception as exc:
-            if diskspace.is_disk_full(exc):
+        except BaseException as exc:  # Ctrl-C during MLflow's set-up too: no worker outlives the sweep
+            self.stop_early()
+            if isinstance(exc, Exception) and diskspace.is_disk_full(exc):
                 raise diskspace.DiskFull(self.plan.dir) from None
             raise
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -194,7 +197,7 @@ class Session:
             "hpo.git_sha": git_sha() or "", "hpo.trainer": plan.trainer or "", "hpo.backend": plan.backend,
             "hpo.budget": plan.budget,
             "hpo.parent_run_id": self.parent_run_id,  # a joining `hpo worker` waits for it
-            "hpo.controller": f"{socket.gethostname()}:{os.getpid()}",  # last: this controller's workers wait for it
+            "hpo.controller": self.launch,  # last: the workers this run started wait for it
         }
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:

@@ -91,16 +91,24 @@ class MetricWriter:
             p.extend(params)
             t.update({tag.key: tag for tag in tags})  # a tag set twice: the last value
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="hpo-mlflow-writer", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="hpo-mlflow-writer", daemon=True)
+                thread.start()
+                self._thread = thread  # only once it runs: a start that failed is tried again
             self._cv.notify_all()
+
+    def failed(self, run_id: str) -> BaseException | None:
+        """The error a write of this run met (kept for its flush), or None."""
+        with self._cv:
+            return self._errors.get(run_id)
 
     def flush(self, run_id: str, raise_errors: bool = True) -> None:
         with self._cv:
             self._urgent += 1
-            self._cv.notify_all()
-            self._cv.wait_for(lambda: run_id not in self._pending and run_id not in self._busy)
-            self._urgent -= 1
+            try:
+                self._cv.notify_all()
+                self._cv.wait_for(lambda: run_id not in self._pending and run_id not in self._busy)
+            finally:  # a SIGTERM may land while waiting
+                self._urgent -= 1
             error = self._errors.pop(run_id, None)
         if error is not None and raise_errors:
             raise error
@@ -244,8 +252,12 @@ class Tracker:
     def queue_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         """One step's metrics, written by the background writer; `flush(run_id)` before trusting them."""
         batch = _metrics(step, metrics)
+        writer = self._writes()
+        error = writer.failed(run_id)
+        if error is not None:  # the store refused an earlier write: stop the trial now, not hours later
+            raise error
         if batch:
-            self._writes().put(run_id, metrics=batch)
+            writer.put(run_id, metrics=batch)
 
     def flush(self, run_id: str) -> None:
         """Everything queued for the run is in the store; raises what a failed write raised."""

@@ -221,10 +221,10 @@ class TrialRun:
         try:
             outcome = run_trainer(trainer, config, reporter)
             reporter.seconds = time.monotonic() - started
-        except Interrupted:
+            return self._finish(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}), reporter
+        except Interrupted:  # in the trainer, or while its last write is flushed
             self.end(run_id, config, lost("interrupted"))
             raise
-        return self._finish(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}), reporter
 
     def _finish(self, run_id: str, config: Mapping[str, Any], outcome: Outcome, tags: Mapping[str, str]) -> Outcome:
         """End the child run: what is still queued (metrics, params) and the end tags in one write, then the

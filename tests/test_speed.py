@@ -75,6 +75,24 @@ def test_a_metric_write_that_fails_fails_the_trial(tmp_path):
     assert run.info.status == "FAILED" and run.data.tags["hpo.reason"] == "tracking"
 
 
+def test_a_refused_write_stops_the_trial_at_its_next_report(tmp_path):
+    """The writer's error reaches the trainer at its next report, not hours later at the trial's end."""
+    import time
+
+    trial_run = _trial_run(tmp_path)
+    steps = []
+
+    def train(config, report):
+        for step in range(1, 41):
+            steps.append(step)
+            report(step, {"val_acc": 0.5, **({"bad*name": 1.0} if step == 1 else {})})
+            time.sleep(0.1)
+
+    outcome, _ = trial_run.run(0, {"x": 1}, train, "val_acc")
+    assert outcome.state == State.FAILED and outcome.reason == "tracking", outcome
+    assert len(steps) < 40, "the trial trained on after MLflow refused its metrics"
+
+
 def test_journal_fsyncs_state_changes_not_each_step(tmp_path, monkeypatch):
     from optuna.storages.journal._storage import JournalOperation as Op
 
@@ -120,11 +138,10 @@ def test_mlflow_db_alone_holds_the_sweep_after_exit(tmp_path, tiny_sweep):
     assert len(statuses) == 3 and set(statuses) <= {"FINISHED", "KILLED"}, statuses  # parent + 2 trials, ended
 
 
-def test_a_controllers_early_workers_wait_for_its_own_parent_run(tmp_path):
+def test_a_controllers_early_workers_wait_for_its_own_parent_run(tmp_path, monkeypatch):
     """Workers start while the controller opens the parent run; on a resumed study the earlier run's
     `hpo.parent_run_id` is already there, so they wait for this controller's own mark."""
     import json
-    import socket
 
     from hpo.backends.optuna.worker import WorkerConfig, load_study
     from hpo.errors import UsageError
@@ -136,12 +153,13 @@ def test_a_controllers_early_workers_wait_for_its_own_parent_run(tmp_path):
     study = optuna.create_study(study_name="w", storage=storage.open_storage(path), direction="maximize")
     study.set_user_attr("hpo.spec", json.dumps(s.raw))
     study.set_user_attr("hpo.parent_run_id", "from-an-earlier-run")
-    study.set_user_attr("hpo.controller", f"{socket.gethostname()}:1")
+    study.set_user_attr("hpo.controller", "an-earlier-launch")
+    monkeypatch.setenv("HPO_LAUNCH", "this-launch")  # what a controller gives the workers it starts
     mine = WorkerConfig("w", path, parent_pid=4242)
     with pytest.raises(UsageError):
-        load_study(mine, wait=0.3)  # the earlier controller's mark is not this one's
+        load_study(mine, wait=0.3)  # the earlier run's mark is not this one's
     assert load_study(WorkerConfig("w", path), wait=0)[0].study_name == "w"  # a worker joined by hand does not wait
-    study.set_user_attr("hpo.controller", f"{socket.gethostname()}:4242")
+    study.set_user_attr("hpo.controller", "this-launch")
     assert load_study(mine, wait=0.3)[0].study_name == "w"
 
 
@@ -171,3 +189,26 @@ def test_the_tally_counts_as_a_full_recount_does(tmp_path):
     final = tally.count(study.get_trials(deepcopy=False))
     assert final == storage.count(study.get_trials(deepcopy=False))
     assert final.retried > 0 and final.complete == 3 and final.pruned == 3 and final.waiting > 0
+
+
+def test_a_study_from_before_the_pruner_choice_keeps_optunas_hyperband(tmp_path):
+    """Resuming a study whose workers ran HyperbandPruner must not switch it to SuccessiveHalving mid-study;
+    a new study gets the default (or the flag)."""
+    import json
+    from types import SimpleNamespace
+
+    from hpo.backends.optuna.controller import _record_pruner
+    from hpo.spec import from_dict
+
+    spec = from_dict({"method": "random", "metric": {"name": "v", "goal": "maximize"},
+                      "early_terminate": {"type": "hyperband", "min_iter": 1},
+                      "parameters": {"epochs": {"value": 9}}})
+    store = storage.open_storage(str(tmp_path / "optuna.log"))
+    old = optuna.create_study(study_name="old", storage=store, direction="maximize")
+    old.set_user_attr("hpo.spec", json.dumps(spec.raw))  # made by an earlier hpo run
+    new = optuna.create_study(study_name="new", storage=store, direction="maximize")
+    plan = SimpleNamespace(options={}, spec=spec, name="x")
+    _record_pruner(plan, SimpleNamespace(study=old))
+    _record_pruner(plan, SimpleNamespace(study=new))
+    assert old.user_attrs["hpo.optuna_pruner"] == "hyperband"
+    assert new.user_attrs["hpo.optuna_pruner"] == "sha"

@@ -44,9 +44,12 @@ def _grid(plan: Plan) -> list[dict] | None:
 
 
 def prestart(plan: Plan, session: Session) -> Pool:
-    """The study exists; its parent run does not yet: the workers import meanwhile, then wait for it."""
+    """The study exists; its parent run does not yet: the workers import meanwhile, then wait for it.
+    The queue is filled first, so a worker that is ready finds trials, not an empty queue."""
     _record_pruner(plan, session)
-    pool = make_pool(plan)
+    storage.queue_retries(session.study, plan.retries)
+    storage.fill_queue(session.study, plan.budget, _grid(plan), session.tally)
+    pool = make_pool(plan, {"HPO_LAUNCH": session.launch})
     pool.start_all()
     return pool
 
@@ -73,6 +76,9 @@ def _record_pruner(plan: Plan, session: Session) -> None:
     """The workers build the pruner the study records; a study keeps the one it started with."""
     asked = plan.options.get("optuna_pruner") or space.PRUNERS[0]
     kept = session.study.user_attrs.get("hpo.optuna_pruner")
+    if kept is None and "hpo.spec" in session.study.user_attrs:  # a study from before the choice existed
+        kept = "hyperband"  # ran Optuna's HyperbandPruner: it keeps it
+        session.study.set_user_attr("hpo.optuna_pruner", kept)
     if kept is None:
         session.study.set_user_attr("hpo.optuna_pruner", asked)
     elif kept != asked and plan.spec.hyperband is not None and "optuna_pruner" in plan.options:

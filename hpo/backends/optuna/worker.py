@@ -60,12 +60,13 @@ def _watch_parent(pid: int) -> None:
 def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, specmod.Spec]:
     """The sweep's study and spec; waits up to `wait` s for a controller that is still setting it up.
 
-    A worker its controller started (`parent_pid`) is started before the parent run exists, so it waits
-    for that controller's own mark (`hpo.controller`, set last), not for what an earlier run left."""
+    A worker its controller started (`parent_pid`, `$HPO_LAUNCH`) is started before the parent run exists,
+    so it waits for that run's own mark (`hpo.controller`, set last), not for what an earlier run left."""
     if cfg.parent_pid is None:
         storage.require_existing(cfg.storage)
     store = storage.open_storage(cfg.storage)
-    ready = ("hpo.controller", f"{socket.gethostname()}:{cfg.parent_pid}") if cfg.parent_pid else None
+    launch = os.environ.get("HPO_LAUNCH") if cfg.parent_pid else None
+    ready = ("hpo.controller", launch) if launch else None
     deadline = time.monotonic() + wait
     while True:
         try:
