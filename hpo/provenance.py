@@ -28,6 +28,61 @@ def git_sha(cwd: str | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def snapshot(argv: list[str], cwd: str | None = None) -> dict[str, str]:
+    """The sweep's environment, as files for the parent run: `requirements.txt` (every installed
+    distribution, pinned), `environment.json` (interpreter, platform, hpo/torch versions, GPU driver, git
+    commit and whether the checkout is dirty, the command line with passwords masked) and, when the
+    checkout is dirty, `git.diff`. Read without importing torch or initialising CUDA."""
+    import importlib.metadata as md
+    import json
+    import shlex
+
+    from hpo.storage import mask
+
+    pins = {}
+    for dist in md.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in pins:
+            pins[name.lower()] = f"{name}=={dist.version}"
+    sha = git_sha(cwd)
+    diff = _git(["diff", "HEAD"], cwd) if sha else None
+    env = {
+        "python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
+        "host": platform.node(), "hpo": _version(md, "hpo"), "torch": _version(md, "torch"),
+        "gpu_driver": _gpu_driver(), "git_sha": sha, "git_dirty": bool(diff),
+        "command": shlex.join(mask(a) for a in argv), "cwd": cwd or "",
+    }
+    out = {"requirements.txt": "\n".join(sorted(pins.values(), key=str.lower)) + "\n",
+           "environment.json": json.dumps(env, indent=2) + "\n"}
+    if diff:
+        out["git.diff"] = diff[:1_000_000]
+    return out
+
+
+def _version(md: Any, name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str], cwd: str | None) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def dataset_tags(config: Mapping[str, Any], trainer_ref: str | None) -> dict[str, str]:
     """Name and fingerprint of the built-in trainer's dataset (already cached by the trial)."""
     if trainer_ref or "hpo.data" not in sys.modules:

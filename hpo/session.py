@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class Session:
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
         self.early: Any = None
+        self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it  # what the engine started while the parent run was opened (Backend.prestart)
         self.live: dict[Any, Live] = {}
         self.aborting: str | None = None
@@ -191,6 +193,9 @@ class Session:
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
                                                        resume_id=study.user_attrs.get("hpo.parent_run_id"))
+        # Off the start-up path: written while the trials run, waited for when the sweep closes.
+        self._snapshotting = threading.Thread(target=_best_effort, args=(self._snapshot,), daemon=True)
+        self._snapshotting.start()
         attrs = {
             "hpo.spec": json.dumps(self.spec.raw), "hpo.experiment_id": self.experiment_id,
             "hpo.tracking_uri": plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
@@ -202,6 +207,14 @@ class Session:
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
+
+    def _snapshot(self) -> None:
+        """The environment the sweep ran in, on its parent run (rewritten by a resume)."""
+        from hpo.provenance import snapshot
+
+        files = snapshot(sys.argv, os.getcwd())
+        self.tracker.log_texts(self.parent_run_id, files, "environment")
+        self.tracker.set_tags(self.parent_run_id, {"hpo.git_dirty": str("git.diff" in files).lower()})
 
     def stop_early(self) -> None:
         """Stop what `Backend.prestart` started when the sweep ends before the engine took it over."""
@@ -336,6 +349,8 @@ class Session:
             _best_effort(self.trial_lost, key, reason, detail)
         _best_effort(self.fail_orphans, reason)
         _best_effort(self._end_running_children, reason)
+        if self._snapshotting is not None:
+            self._snapshotting.join(timeout=60)
         if self.progress is not None:
             how = "interrupted (Ctrl-C)" if interrupted else f"stopped: {aborted}" if aborted else "done"
             _best_effort(self.progress.close, self.trials(), how)

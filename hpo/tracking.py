@@ -190,6 +190,13 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def log_texts(self, run_id: str, texts: Mapping[str, str], folder: str | None = None) -> None:
+        """Text files as artifacts of a run (under `folder`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in texts.items():
+                (Path(tmp) / name).write_text(text)
+                _retry(lambda n=name: self.client.log_artifact(run_id, str(Path(tmp) / n), folder))
+
     def finish_parent(self, run_id: str, status: str, metrics: Mapping[str, float],
                       tags: Mapping[str, str], artifacts: Mapping[str, str]) -> None:
         """Summary metrics, best-trial tags, sweep.yaml as an artifact, end status."""

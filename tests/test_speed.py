@@ -10,6 +10,7 @@ Timings are in bench/ (bench/bench_speed.py), not here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import optuna
 import pytest
@@ -212,3 +213,29 @@ def test_a_study_from_before_the_pruner_choice_keeps_optunas_hyperband(tmp_path)
     _record_pruner(plan, SimpleNamespace(study=new))
     assert old.user_attrs["hpo.optuna_pruner"] == "hyperband"
     assert new.user_attrs["hpo.optuna_pruner"] == "sha"
+
+
+def test_the_parent_run_keeps_the_sweeps_environment(tmp_path, tiny_sweep):
+    """requirements.txt, environment.json (versions, git state, the command with passwords masked) on the
+    parent, written while the trials ran."""
+    import json as jsonlib
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import run_hpo
+    from hpo.provenance import snapshot
+
+    files = snapshot(["hpo", "run", "--storage", "postgresql://me:hunter2@db/x"])
+    assert "hunter2" not in files["environment.json"] and "me:***@db" in files["environment.json"]
+
+    out = run_hpo("run", str(tiny_sweep), "--workers", "1", "--trials", "1", "--no-progress", "--json",
+                  cwd=tmp_path, check=True)
+    parent = jsonlib.loads(out.stdout.strip().splitlines()[-1])["parent_run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'tiny' / 'mlflow.db'}")
+    where = client.download_artifacts(parent, "environment", str(tmp_path / "env"))
+    pins = (Path(where) / "requirements.txt").read_text().splitlines()
+    assert any(p.startswith("optuna==") for p in pins) and any(p.startswith("mlflow==") for p in pins)
+    env = jsonlib.loads((Path(where) / "environment.json").read_text())
+    assert env["command"].split()[-6:] == ["--workers", "1", "--trials", "1", "--no-progress", "--json"]
+    assert env["python"] and env["torch"] and env["hpo"]
+    assert client.get_run(parent).data.tags["hpo.git_dirty"] in ("true", "false")
