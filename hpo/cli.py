@@ -37,6 +37,8 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
                        help="re-run a failed or killed trial's params up to N times")
         p.add_argument("--no-progress", action="store_true",
                        help="print no progress (default: a live table on a terminal, else one line per finished trial)")
+        p.add_argument("--no-report", action="store_true",
+                       help="do not write runs/NAME/report.html (nor attach it to the parent run) at the end")
         p.add_argument("--json", action="store_true",
                        help="end with one JSON line on stdout, also on a terminal (the default when stdout is not one)")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
@@ -61,7 +63,7 @@ def _settings(a: argparse.Namespace):
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
         options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project", "entity",
-                                             "offline") if getattr(a, k, None) not in (None, False)},
+                                             "offline", "no_report") if getattr(a, k, None) not in (None, False)},
     )
 
 
@@ -178,6 +180,14 @@ def cmd_best(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from hpo import htmlreport, status
+
+    study, _ = status.open_existing(_settings(a))
+    print(htmlreport.write_for(study, _settings(a)))
+    return 0
+
+
 def cmd_dashboard(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -200,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explain": (cmd_explain, "what each engine's early termination will do"),
         "status": (cmd_status, "counts and what runs now"),
         "best": (cmd_best, "the best trial as JSON"),
+        "report": (cmd_report, "write runs/NAME/report.html: the sweep's plots in one offline file"),
         "dashboard": (cmd_dashboard, "optuna-dashboard for the sweep's storage"),
     }
     for name, (fn, help_text) in commands.items():

@@ -10,6 +10,7 @@ Engines (hpo.backends) only start trials and report their events here.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -95,6 +96,8 @@ class Session:
                       "nothing left to run (raise --trials to run more, or --study NAME for a new study)",
                       file=sys.stderr)
             else:
+                if not self.plan.options.get("no_report"):  # plotly's import (1 s) while trials run, not after
+                    threading.Thread(target=_import_quietly, args=("optuna.visualization",), daemon=True).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
                                          self.plan.progress)
                 self.backend.run(self.plan, self)
@@ -355,7 +358,8 @@ class Session:
             how = "interrupted (Ctrl-C)" if interrupted else f"stopped: {aborted}" if aborted else "done"
             _best_effort(self.progress.close, self.trials(), how)
         result = self.summarize(interrupted, aborted)
-        _best_effort(self._close_parent, result)
+        report = self._report()
+        _best_effort(self._close_parent, result, {"report.html": report} if report else {})
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)
         return result
 
@@ -368,8 +372,28 @@ class Session:
         result.extra["experiment_id"] = self.experiment_id
         return result
 
-    def _close_parent(self, result: Result) -> None:
-        summary.close_parent(self.tracker, self.plan, result)
+    def _close_parent(self, result: Result, artifacts: dict[str, str]) -> None:
+        summary.close_parent(self.tracker, self.plan, result, artifacts)
+
+    def _report(self) -> str | None:
+        """runs/NAME/report.html (`hpo report`), written at every end; its text goes on the parent run."""
+        if self.plan.options.get("no_report") or self.study is None:
+            return None
+        try:
+            from hpo import htmlreport
+
+            return htmlreport.write(self.study, self.spec, self.plan.dir).read_text(encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - the sweep's results stand without their pictures
+            if not diskspace.is_disk_full(exc):
+                print(f"hpo: warning: report: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return None
+
+
+def _import_quietly(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - the report says what is missing, later
+        pass
 
 
 def _best_effort(fn, *args) -> None:

@@ -56,7 +56,7 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     return "\n".join(lines)
 
 
-def close_parent(tracker: Tracker, plan: Plan, result: Result) -> None:
+def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[str, str] | None = None) -> None:
     """Best value and params, counts, sweep.yaml and best.json as artifacts, and the end status."""
     c, metric = result.counts, plan.spec.metric or "value"
     metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
@@ -75,4 +75,5 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result) -> None:
             "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal}
     status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
     tracker.finish_parent(result.parent_run_id, status, metrics, tags,
-                          {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str)})
+                          {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str),
+                           **(artifacts or {})})

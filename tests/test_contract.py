@@ -306,6 +306,25 @@ def test_budget_is_exactly_the_trials_asked_for(finished):
     assert (states["COMPLETE"], states["PRUNED"], s["failed"]) == (s["complete"], s["pruned"], 0), (states, s)
 
 
+def test_the_report_draws_what_the_engine_did(finished, engine, explained):
+    """Every engine's sweep ends with runs/NAME/report.html (also on the parent run): one learning curve
+    per trial, the engine's own rungs drawn on them, a timeline row per worker slot."""
+    from hpo.htmlreport import figure
+
+    sw, ran = finished
+    ok(ran)
+    page = (sw.dir / "report.html").read_text()
+    trials = [t for t in sw.study().get_trials() if t.intermediate_values]
+    curves = figure(page, "curves")
+    assert len(curves["data"]) == len(trials) == BUDGET, len(curves["data"])
+    drawn = sorted(shape["x0"] for shape in curves["layout"].get("shapes", []))
+    assert drawn == explain_json(explained)[engine]["rungs"], (drawn, engine)
+    slots = {y.split(" (")[0] for trace in figure(page, "timeline")["data"] for y in trace["y"]}
+    assert slots == {t.user_attrs["hpo.worker"] for t in sw.study().get_trials()}, slots
+    client, parents, _ = sw.mlflow()
+    assert "report.html" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+
+
 def test_parent_run_summarises_the_sweep(finished):
     """One FINISHED parent run whose summary agrees with the summary line and the Optuna study, and
     whose best-run tags point at a child of this parent that really reached the best value."""

@@ -1,0 +1,206 @@
+"""`hpo report`: one self-contained HTML file with the plots people look at, from the sweep's Optuna study.
+
+Every engine's trials are in the study (Optuna's own, or the mirror of Ray's and W&B's), so one
+reader serves all three. Plotly draws the figures: it is what `optuna.visualization` and
+optuna-dashboard use, and its figures are interactive (hover a point for its trial). plotly.js is
+written into the file (about 4.8 MB), so the report opens on a machine with no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import storage
+from hpo.spec import Spec
+
+COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
+           "WAITING": "#bbbbbb"}
+IMPORTANCE = "fANOVA (optuna.importance.FanovaImportanceEvaluator, Optuna's default)"
+
+
+def _last(t: FrozenTrial) -> float | None:
+    """A trial's value: its objective when complete, else where it stopped (its last report)."""
+    if t.value is not None:
+        return t.value
+    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+
+
+def history(trials: list[FrozenTrial], metric: str, direction: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for state in ("COMPLETE", "PRUNED", "FAIL"):
+        ts = [t for t in trials if t.state.name == state and _last(t) is not None]
+        fig.add_scatter(x=[t.number for t in ts], y=[_last(t) for t in ts], mode="markers", name=state.lower(),
+                        marker={"color": COLOURS[state]}, text=[f"trial {t.number}" for t in ts])
+    best, xs, ys = None, [], []
+    pick = max if direction == "maximize" else min
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = t.value if best is None else pick(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+    fig.add_scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": "#2ca02c"}, name="best so far")
+    fig.update_layout(title="Optimisation history (pruned: the value where the trial stopped)",
+                      xaxis_title="trial", yaxis_title=metric)
+    return fig
+
+
+def curves(trials: list[FrozenTrial], metric: str, rungs: list[int]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown: set[str] = set()
+    for t in trials:
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        state = t.state.name
+        fig.add_scatter(x=steps, y=[t.intermediate_values[s] for s in steps], mode="lines",
+                        line={"color": COLOURS.get(state, "#999"), "width": 1}, name=state.lower(),
+                        legendgroup=state, showlegend=state not in shown, text=f"trial {t.number}",
+                        hovertemplate="%{text}<br>step %{x}<br>%{y}<extra></extra>")
+        shown.add(state)
+    for r in rungs:
+        fig.add_vline(x=r, line_dash="dash", line_color="#999", annotation_text=f"rung {r}")
+    fig.update_layout(title="Learning curves (dashed: the engine's rungs, as `hpo explain` prints them)",
+                      xaxis_title="step (epoch)", yaxis_title=metric)
+    return fig
+
+
+def timeline(trials: list[FrozenTrial]) -> tuple[Any, dict[str, float]]:
+    """Which trial ran on which worker and when, and each worker's busy fraction of the sweep."""
+    import plotly.graph_objects as go
+
+    done = [t for t in trials if t.datetime_start and t.datetime_complete]
+    busy: dict[str, float] = {}
+    fig = go.Figure()
+    if not done:
+        return fig, busy
+    start = min(t.datetime_start for t in done)
+    span = max((max(t.datetime_complete for t in done) - start).total_seconds(), 1e-9)
+    for t in done:
+        slot = str(t.user_attrs.get("hpo.worker", "?"))
+        busy[slot] = busy.get(slot, 0.0) + (t.datetime_complete - t.datetime_start).total_seconds() / span
+    for state in ("COMPLETE", "PRUNED", "FAIL"):
+        ts = [t for t in done if t.state.name == state]
+        if not ts:
+            continue
+        fig.add_bar(orientation="h", name=state.lower(), marker={"color": COLOURS[state]},
+                    y=[f"{t.user_attrs.get('hpo.worker', '?')} ({busy[str(t.user_attrs.get('hpo.worker', '?'))]:.0%} busy)"
+                       for t in ts],
+                    base=[(t.datetime_start - start).total_seconds() for t in ts],
+                    x=[(t.datetime_complete - t.datetime_start).total_seconds() for t in ts],
+                    text=[f"trial {t.number}" for t in ts], hovertemplate="%{text}<br>%{base:.1f}s + %{x:.1f}s")
+    fig.update_layout(title="Timeline per worker slot (gaps are idle time)", barmode="overlay",
+                      xaxis_title="seconds since the first trial started", yaxis={"categoryorder": "category ascending"})
+    return fig, busy
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>")
+
+
+def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
+    """The report's HTML: figures with plotly.js inline, then the top trials and the failures."""
+    import plotly.io as pio
+    from optuna import visualization as vis
+
+    trials = study.get_trials(deepcopy=False)
+    metric, direction = spec.metric or "value", spec.direction
+    figs: list[tuple[str, Any, str]] = [("history", history(trials, metric, direction), ""),
+                                        ("curves", curves(trials, metric, rungs), "")]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    notes = []
+    for name, make, why in (("parallel", vis.plot_parallel_coordinate, ""),
+                            ("importance", vis.plot_param_importances, f"Importance evaluator: {IMPORTANCE}.")):
+        try:
+            if len(complete) < 2:
+                raise ValueError("fewer than 2 complete trials")
+            figs.append((name, make(study), why))
+        except Exception as exc:  # noqa: BLE001 - e.g. one parameter value only: say so, keep the rest
+            notes.append(f"{name}: not drawn ({exc})")
+    tl, busy = timeline(trials)
+    figs.append(("timeline", tl, "Busy: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(busy.items()))))
+    parts, first = [], True
+    for name, fig, why in figs:
+        fig.update_layout(height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+        parts.append(f'<section id="{name}">'
+                     + pio.to_html(fig, full_html=False, include_plotlyjs=first, div_id=f"fig-{name}")
+                     + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
+        first = False
+    best = sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")[:10]
+    top = _table([[t.number, f"{t.value:.6g}", t.user_attrs.get("hpo.mlflow_run_id", ""),
+                   json.dumps(storage.trainer_params(t), default=str)] for t in best],
+                 ["trial", metric, "MLflow run", "params"])
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    fails = _table([[t.number, t.user_attrs.get("hpo.reason", ""), str(t.user_attrs.get("hpo.error", ""))[:300]]
+                    for t in failed], ["trial", "reason", "error"]) if failed else "<p>None.</p>"
+    c = storage.count(trials)
+    title = html.escape(study.study_name)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}: hpo report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}}
+section{{margin-bottom:2em}}</style></head><body>
+<h1>{title}</h1>
+<p>{html.escape(spec.method)} search, {html.escape(metric)} ({html.escape(spec.goal)});
+{c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.retried} retried; written
+{datetime.now().strftime('%Y-%m-%d %H:%M')}.</p>
+{''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
+{''.join(parts)}
+<h2>Top trials</h2>{top}
+<h2>Failed trials</h2>{fails}
+</body></html>
+"""
+
+
+def figure(page: str, name: str) -> dict[str, Any]:
+    """A figure's data and layout back out of a report (for checks): `name` as in the section ids."""
+    at = page.index(f'"fig-{name}",')
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(page, page.index("[", at))
+    layout, _ = decoder.raw_decode(page, page.index("{", end))
+    return {"data": data, "layout": layout}
+
+
+def rungs_for(study: optuna.Study, spec: Spec) -> list[int]:
+    """The rungs of the engine the sweep ran on, with the options it recorded."""
+    from hpo.backends import base
+
+    engine = study.user_attrs.get("hpo.backend", "optuna")
+    options = {"optuna_pruner": study.user_attrs.get("hpo.optuna_pruner", "sha")}
+    try:
+        return list(base.get(engine).schedule(spec, options).rungs)
+    except Exception:  # noqa: BLE001 - an engine whose package is missing here: no rungs drawn
+        return []
+
+
+def write(study: optuna.Study, spec: Spec, folder: Path) -> Path:
+    path = folder / "report.html"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = build(study, spec, rungs_for(study, spec))
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a report
+    return path
+
+
+def write_for(study: optuna.Study, settings: Any) -> Path:
+    """`hpo report`: the study's own recorded spec, the sweep's folder."""
+    from dataclasses import replace
+
+    from hpo import spec as specmod
+    from hpo.api import prepare
+
+    plan = prepare(replace(settings, inspect_only=True))
+    raw = study.user_attrs.get("hpo.spec")
+    return write(study, specmod.from_dict(json.loads(raw)) if raw else plan.spec, plan.dir)

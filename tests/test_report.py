@@ -1,0 +1,87 @@
+"""`hpo report`: one offline HTML file with the sweep's plots, checked in the file and in a real browser.
+
+The browser is Debian's headless Chromium (`.ci/run` installs it); without it the browser test is
+skipped and says so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import TINY, run_hpo, write
+from hpo.htmlreport import figure
+
+FIGURES = ("history", "curves", "parallel", "importance", "timeline")
+
+
+# The tiny digits sweep without early termination (every trial complete: every figure has data).
+SWEEP = TINY.replace("early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n", "").replace(
+    "epochs: {value: 9}", "epochs: {value: 3}")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """6 trials on 2 workers, report written at the run's end."""
+    tmp = tmp_path_factory.mktemp("report")
+    assert SWEEP != TINY and "early_terminate" not in SWEEP
+    write(tmp / "sweep.yaml", SWEEP)
+    out = run_hpo("run", "sweep.yaml", "--workers", "2", "--trials", "6", "--no-progress", cwd=tmp, check=True)
+    return tmp, out
+
+
+def test_a_run_ends_with_a_self_contained_report(swept):
+    tmp, out = swept
+    page = (tmp / "runs" / "tiny" / "report.html").read_text()
+    for name in FIGURES:
+        assert f'id="fig-{name}"' in page, name
+    tags = re.findall(r"<script\b[^>]*>", page)
+    assert tags and not [t for t in tags if "src=" in t], tags  # plotly.js is inline: the file opens offline
+    assert len(page) < 8_000_000
+    history = figure(page, "history")
+    best = max(y for trace in history["data"] if trace["name"] == "complete" for y in trace["y"])
+    assert best == pytest.approx(float(out.stdout.split('"best_value": ')[1].split(",")[0]))
+    assert "fANOVA" in page  # says which importance evaluator
+
+
+def test_hpo_report_rewrites_it_and_prints_where(swept):
+    tmp, _ = swept
+    path = tmp / "runs" / "tiny" / "report.html"
+    path.unlink()
+    out = run_hpo("report", "sweep.yaml", cwd=tmp, check=True)
+    assert out.stdout.strip() == "runs/tiny/report.html" and path.is_file()
+
+
+def test_a_report_of_a_sweep_that_never_ran_is_one_line(tmp_path):
+    write(tmp_path / "sweep.yaml", TINY)
+    out = run_hpo("report", "sweep.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("--storage: no sweep at"), out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # nothing written
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium here (`.ci/run` installs Debian's chromium)")
+def test_the_report_renders_in_chromium_with_no_console_errors(swept, tmp_path):
+    tmp, _ = swept
+    url = (tmp / "runs" / "tiny" / "report.html").resolve().as_uri()
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1300,2800",
+             "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # Scripts ran: each figure's div now holds plotly's rendered SVG.
+    assert dom.stdout.count('class="main-svg"') >= len(FIGURES), dom.stdout[:2000]
+    for name in FIGURES:
+        assert f'id="fig-{name}" class="plotly-graph-div js-plotly-plot"' in dom.stdout.replace("'", '"'), name
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not [line for line in console if "rror" in line or "Uncaught" in line], console
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.is_file() and shot.stat().st_size > 50_000  # kept in the test's folder to look at
