@@ -9,10 +9,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
-from conftest import TINY, run_hpo, write
+from pathlib import Path
+
+from conftest import TINY, free_port, run_hpo, write
 from hpo.htmlreport import figure
 
 FIGURES = ("history", "curves", "parallel", "importance", "timeline")
@@ -67,15 +72,39 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(chromium() is None, reason="no Chromium here (`.ci/run` installs Debian's chromium)")
-def test_the_report_renders_in_chromium_with_no_console_errors(swept, tmp_path):
-    tmp, _ = swept
-    url = (tmp / "runs" / "tiny" / "report.html").resolve().as_uri()
+NEEDS_CHROMIUM = pytest.mark.skipif(chromium() is None,
+                                    reason="no Chromium here (`.ci/run` installs Debian's chromium)")
+
+
+def browser(tmp_path, url: str, budget_ms: int = 10000) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Headless Chromium's flags, and the DOM of `url` after its scripts ran (`budget_ms` of virtual time)."""
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1300,2800",
-             "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0",
+             f"--virtual-time-budget={budget_ms}", "--enable-logging=stderr", "--v=0",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
+    return flags, dom
+
+
+def serve(argv: list[str], cwd, port: int, path: str = "/") -> subprocess.Popen:
+    """A server started for a test; returns once it answers on `path`."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"{argv[:4]} did not answer on port {port}: {proc.communicate()[1][-2000:]}")
+
+
+@NEEDS_CHROMIUM
+def test_the_report_renders_in_chromium_with_no_console_errors(swept, tmp_path):
+    tmp, _ = swept
+    url = (tmp / "runs" / "tiny" / "report.html").resolve().as_uri()
+    flags, dom = browser(tmp_path, url)
     # Scripts ran: each figure's div now holds plotly's rendered SVG.
     assert dom.stdout.count('class="main-svg"') >= len(FIGURES), dom.stdout[:2000]
     for name in FIGURES:
@@ -85,3 +114,36 @@ def test_the_report_renders_in_chromium_with_no_console_errors(swept, tmp_path):
     shot = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
     assert shot.is_file() and shot.stat().st_size > 50_000  # kept in the test's folder to look at
+
+
+@NEEDS_CHROMIUM
+def test_optuna_dashboard_shows_the_study_in_chromium(swept, tmp_path):
+    """The page `hpo dashboard` serves draws the finished study (its history plot rendered)."""
+    tmp, _ = swept
+    port = free_port()
+    proc = serve([sys.executable, "-m", "hpo", "dashboard", "sweep.yaml", "--port", str(port)], tmp, port, "/api/studies")
+    try:
+        _, dom = browser(tmp_path, f"http://127.0.0.1:{port}/dashboard/studies/0", 15000)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "tiny" in dom.stdout and dom.stdout.count('class="main-svg"') >= 1, dom.stdout[-3000:]
+
+
+@NEEDS_CHROMIUM
+def test_the_mlflow_ui_lists_the_parent_and_its_children_in_chromium(swept, tmp_path):
+    """`mlflow ui` on the sweep's store, at the runs-table link the summary prints: the parent run is
+    listed with its 6 children under it (7 matching runs)."""
+    tmp, _ = swept
+    port = free_port()
+    db = (tmp / "runs" / "tiny" / "mlflow.db").resolve()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    proc = serve([mlflow, "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1"], tmp, port)
+    try:
+        _, dom = browser(tmp_path, f"http://127.0.0.1:{port}/#/experiments/1/runs", 20000)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", dom.stdout, flags=re.S)))
+    assert "tiny" in text and "7 matching runs" in text, text[:3000]
