@@ -316,7 +316,8 @@ def test_the_report_draws_what_the_engine_did(finished, engine, explained):
     page = (sw.dir / "report.html").read_text()
     trials = [t for t in sw.study().get_trials() if t.intermediate_values]
     curves = figure(page, "curves")
-    assert len(curves["data"]) == len(trials) == BUDGET, len(curves["data"])
+    drawn_trials = {n for trace in curves["data"] for n in trace["customdata"] if n is not None}
+    assert drawn_trials == {t.number for t in trials} and len(trials) == BUDGET, drawn_trials
     drawn = sorted(shape["x0"] for shape in curves["layout"].get("shapes", []))
     assert drawn == explain_json(explained)[engine]["rungs"], (drawn, engine)
     slots = {y.split(" (")[0] for trace in figure(page, "timeline")["data"] for y in trace["y"]}
