@@ -65,8 +65,8 @@ class MetricWriter:
     """A worker's writes to its trials' child runs, made by one thread off the trainer's critical path.
 
     `put` only appends (microseconds). The thread waits up to `linger` seconds for more, then
-    writes each run's params, metrics and tags in one `log_batch` (one SQLite transaction for
-    what used to be one per epoch, plus one for the params and one for the end tags).
+    writes each run's metrics and tags in one `log_batch` (one SQLite transaction for what used
+    to be one per epoch, plus one for the end tags).
     `flush(run_id)` writes what is left for that run at once and returns when it is in the
     store, raising the error if a write failed: a trial's data is complete before it is told
     finished. A process killed outright loses at most the last `linger` seconds of its running
@@ -210,16 +210,12 @@ class Tracker:
 
     # -- children -------------------------------------------------------
     def start_child(self, experiment_id: str, parent_id: str, name: str,
-                    params: Mapping[str, Any], tags: Mapping[str, str], deferred: bool = False) -> str:
-        """The trial's child run; `deferred`: its params go with its first metrics (one write fewer)."""
+                    params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """The trial's child run, with its params written before the trainer starts: a worker killed at any
+        moment leaves a run that still says what it tried (the params are not queued with the metrics)."""
         tags = {**tags, PARENT_TAG: parent_id}
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags))
-        if deferred:
-            from mlflow.entities import Param
-
-            self._writes().put(run.info.run_id, params=[Param(k, _clip(v)) for k, v in params.items()])
-        else:
-            self.log_params(run.info.run_id, params)
+        self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def end_child(self, run_id: str, status: str, tags: Mapping[str, str] | None = None,

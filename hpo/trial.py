@@ -208,7 +208,7 @@ class TrialRun:
 
         config = unflatten(params, self.literal)
         run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
-                                          {**self.tags(number, config), **(tags or {})}, deferred=True)
+                                          {**self.tags(number, config), **(tags or {})})
         on_start(run_id)
         TRIAL.set({**TRIAL.get(), "number": number, "run_id": run_id})
 

@@ -41,7 +41,7 @@ def test_queued_metrics_are_all_in_mlflow_when_the_trial_ends(tmp_path):
     assert sorted(m.step for m in history) == list(range(1, 31))  # every step, none left in the queue
     assert [m.value for m in sorted(history, key=lambda m: m.step)][-1] == pytest.approx(0.30)
     run = trial_run.tracker.client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.params == {"x": "1"}  # params ride with the metrics
+    assert run.info.status == "FINISHED" and run.data.params == {"x": "1"}
     assert run.data.tags["hpo.state"] == "complete"  # end tags too
     assert float(run.data.tags["hpo.trainer_seconds"]) == pytest.approx(reporter.seconds, abs=1e-3)
 
