@@ -245,9 +245,8 @@ def test_the_mlflow_store_locked_for_a_while_mid_sweep_loses_nothing(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "runs" / "locked" / "mlflow.db"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "runs" / "locked" / "logs").glob("*.log")):
-        time.sleep(0.3)
-    time.sleep(3)
+    while time.monotonic() < deadline and _runs_in(db) < 3:  # mid-sweep: the parent and two trials' runs
+        time.sleep(0.3)  # (workers start, and log, before the parent run exists: logs say nothing here)
     holder = sqlite3.connect(db, timeout=60, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     time.sleep(15)
@@ -256,6 +255,19 @@ def test_the_mlflow_store_locked_for_a_while_mid_sweep_loses_nothing(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     check_invariants(tmp_path / "runs" / "locked", "locked", 6)
+
+
+def _runs_in(db: Path) -> int:
+    """How many runs a SQLite tracking store holds (0 while it is not there or not made yet)."""
+    import sqlite3
+
+    if not db.exists():  # connecting would make an empty file under MLflow's feet
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def test_an_mlflow_server_that_answers_500_is_one_line(tmp_path, tiny_sweep):
