@@ -91,13 +91,18 @@ class Result:
         """130 interrupted; 1 when no trial finished (complete or pruned) or the sweep aborted; else 0."""
         if self.interrupted:
             return 130
-        if self.aborted or self.counts.complete + self.counts.pruned == 0:
-            return 1
-        return 0
+        return 1 if self.sweep_failed or self.extra.get("register_error") else 0
+
+    @property
+    def sweep_failed(self) -> bool:
+        """Aborted, or no trial finished: the parent run ends FAILED (a registry that refused does not)."""
+        return bool(self.aborted) or self.counts.complete + self.counts.pruned == 0
 
     def failure_summary(self) -> str:
         """One line naming the commonest failure, for a sweep in which no trial finished."""
         c = self.counts
+        if self.extra.get("register_error") and not self.aborted and c.complete:
+            return str(self.extra["register_error"])
         head = f"no trial finished ({c.failed} failed, {c.retried} lost to dead workers or interrupts)"
         if self.aborted:
             head = self.aborted
@@ -138,6 +143,20 @@ def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str
     return found.ref() if found else None
 
 
+def _check_models(s: Settings, trainer: str | None) -> None:
+    """--keep-models and --register, before anything is written."""
+    from hpo import program, registry
+
+    keep = s.options.get("keep_models")
+    if keep is not None and keep < 0:
+        raise UsageError(f"--keep-models: must be 0 or more (got {keep})")
+    name = s.options.get("register")
+    if name is not None:
+        registry.check_name(name)
+        if keep == 0 and not (trainer or "").startswith(program.PREFIX):
+            raise UsageError("--register: needs a kept model; --keep-models 0 keeps none")
+
+
 def prepare(s: Settings) -> Plan:
     """Validate the sweep file and every setting; raise UsageError on the first problem."""
     from hpo.backends import base
@@ -159,6 +178,7 @@ def prepare(s: Settings) -> Plan:
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
     if s.retries < 0:
         raise UsageError(f"--retries: must be 0 or more (got {s.retries})")
+    _check_models(s, trainer)
     slots = slotsmod.plan(gpus, s.workers_per_gpu, s.workers)
     text = Path(s.sweep_file).read_text(encoding="utf-8")
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,

@@ -39,6 +39,12 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
                        help="print no progress (default: a live table on a terminal, else one line per finished trial)")
         p.add_argument("--no-report", action="store_true",
                        help="do not write runs/NAME/report.html (nor attach it to the parent run) at the end")
+        p.add_argument("--keep-models", type=int, metavar="K",
+                       help="log the trained model of the best K complete trials so far as MLflow models "
+                            "(default: 3; 0: none)")
+        p.add_argument("--register", metavar="NAME",
+                       help="at the end, register the best trial's model as a new version of NAME in the MLflow "
+                            "Model Registry; the alias 'best' moves to it when it beats the holder")
         p.add_argument("--json", action="store_true",
                        help="end with one JSON line on stdout, also on a terminal (the default when stdout is not one)")
         p.add_argument("--ray-address", help="ray backend: an existing cluster (e.g. auto); default: a local Ray")
@@ -63,7 +69,8 @@ def _settings(a: argparse.Namespace):
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
         options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project", "entity",
-                                             "offline", "no_report") if getattr(a, k, None) not in (None, False)},
+                                             "offline", "no_report", "keep_models", "register")
+                 if getattr(a, k, None) is not None and getattr(a, k) is not False},
     )
 
 
@@ -86,7 +93,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
                       "best_params": result.best_params, "best_run_id": result.best_run_id,
                       "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
-                      "parent_run_id": result.parent_run_id, "interrupted": result.interrupted}, default=str))
+                      "parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
+                      "registered": result.extra.get("registered")}, default=str))
     if result.exit_code == 1:
         print(f"hpo: {result.failure_summary()}", file=sys.stderr)
     return result.exit_code
@@ -176,7 +184,10 @@ def cmd_best(a: argparse.Namespace) -> int:
     if study.user_attrs.get("hpo.spec") and not json.loads(study.user_attrs["hpo.spec"]).get("metric"):
         print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs['hpo.spec'])['method']} "
               "sweep records its trials; add metric: to rank them)", file=sys.stderr)
-    print(json.dumps(status.best(study, metric), default=str))
+    found = status.best(study, metric)
+    if a.model:
+        found.update(status.best_model(study, found.get("mlflow_run_id"), a.tracking_uri))
+    print(json.dumps(found, default=str))
     return 0
 
 
@@ -219,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         if name == "explain":
             p.add_argument("--json", action="store_true", help="one JSON object: each engine's rungs")
+        if name == "best":
+            p.add_argument("--model", action="store_true",
+                           help="also the best trial's MLflow model URI and its registered versions")
         if name == "dashboard":
             p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             p.add_argument("--port", type=int, default=8080)

@@ -32,6 +32,21 @@ class Dataset:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the raw images are H x W x C (CIFAR-10), as their loader gives them."""
+        return self.name == "cifar10"
+
+    def raw(self, x: torch.Tensor) -> np.ndarray:
+        """Stored rows back in the raw form their loader gives (what a served model is fed): digits as
+        `load_digits().data` rows (float64, 64 values 0-16), torchvision sets as uint8 images."""
+        x = x.detach().cpu()
+        if self.name == "digits":
+            return x.reshape(len(x), -1).numpy().astype(np.float64)
+        if self.channels_last:
+            return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+        return np.ascontiguousarray(x[:, 0].numpy())
+
 
 def _fingerprint(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()

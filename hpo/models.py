@@ -50,6 +50,23 @@ def build(name: str, shape: tuple[int, ...], classes: int, hidden: int, dropout:
     return makers[name](shape, classes, int(hidden), float(dropout))
 
 
+class RawInput(nn.Module):
+    """A trained network that takes raw inputs (as the dataset's own loader gives them: digits' rows of 64
+    pixel values 0-16, torchvision's uint8 images, channels last for CIFAR) and returns class logits: the
+    preprocessing travels inside the model that is logged and registered."""
+
+    def __init__(self, net: nn.Module, shape: tuple[int, ...], scale: float, channels_last: bool = False):
+        super().__init__()
+        self.net, self.shape, self.scale, self.channels_last = net, tuple(shape), float(scale), channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.channels_last:  # N x H x W x C -> N x C x H x W
+            x = x.permute(0, 3, 1, 2)
+        # x.shape[0], not -1: torch.export keeps the batch dimension dynamic, down to a single row.
+        return self.net(x.reshape(x.shape[0], *self.shape) / self.scale)
+
+
 def optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     """sgd / adam / adamw."""
     if name == "sgd":

@@ -243,8 +243,12 @@ class ProgramTrainer:
                "WANDB_RUN_GROUP": p.study, "WANDB_NAME": f"trial-{me.get('number', '')}",
                "WANDB_DIR": p.run_dir, "HPO_TRIAL": str(me.get("number", ""))}
         env["PYTHONPATH"] = os.pathsep.join(x for x in (str(HOOK_DIR), os.environ.get("PYTHONPATH")) if x)
-        if me.get("run_id"):
+        if me.get("run_id"):  # `mlflow.start_run()` in the program logs into the trial's child run
             env["MLFLOW_RUN_ID"] = me["run_id"]
+            for key, value in (("MLFLOW_TRACKING_URI", me.get("tracking_uri")),
+                               ("MLFLOW_EXPERIMENT_ID", me.get("experiment_id"))):
+                if value:
+                    env[key] = str(value)
         env.pop("WANDB_RUN_ID", None)  # the worker's, if any: each trial is a run of its own
         if me.get("wandb_run_id"):
             env["WANDB_RUN_ID"] = me["wandb_run_id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 import subprocess
 import sys
 from typing import Any, Mapping
@@ -30,7 +31,7 @@ def git_sha(cwd: str | None = None) -> str | None:
 
 def snapshot(argv: list[str], cwd: str | None = None) -> dict[str, str]:
     """The sweep's environment, as files for the parent run: `requirements.txt` (every installed
-    distribution, pinned), `environment.json` (interpreter, platform, hpo/torch versions, GPU driver, git
+    distribution, pinned), `environment.json` (interpreter, platform, hpo/torch/CUDA versions, GPU driver, git
     commit and whether the checkout is dirty, the command line with passwords masked) and, when the
     checkout is dirty, `git.diff`. Read without importing torch or initialising CUDA."""
     import importlib.metadata as md
@@ -48,7 +49,7 @@ def snapshot(argv: list[str], cwd: str | None = None) -> dict[str, str]:
     diff = _git(["diff", "HEAD"], cwd) if sha else None
     env = {
         "python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
-        "host": platform.node(), "hpo": _version(md, "hpo"), "torch": _version(md, "torch"),
+        "host": platform.node(), "hpo": _version(md, "hpo"), "torch": _version(md, "torch"), "cuda": _torch_cuda(),
         "gpu_driver": _gpu_driver(), "git_sha": sha, "git_dirty": bool(diff),
         "command": shlex.join(mask(a) for a in argv), "cwd": cwd or "",
     }
@@ -64,6 +65,20 @@ def _version(md: Any, name: str) -> str | None:
         return md.version(name)
     except md.PackageNotFoundError:
         return None
+
+
+def _torch_cuda() -> str | None:
+    """The CUDA version torch was built with, read from torch/version.py (importing torch takes seconds)."""
+    import importlib.util
+    import re
+
+    try:
+        found = importlib.util.find_spec("torch")
+        text = (Path(found.origin).parent / "version.py").read_text() if found and found.origin else ""
+    except (OSError, ImportError, ValueError):
+        return None
+    match = re.search(r"^cuda\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return match[1] if match else None
 
 
 def _git(args: list[str], cwd: str | None) -> str | None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, mirror, orphans, storage, summary, tracking
+from hpo import diskspace, keep, mirror, orphans, storage, summary, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.progress import Progress
@@ -191,7 +191,8 @@ class Session:
             self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
         tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
-                "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train"}
+                "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
+                keep.K_TAG: str(plan.options.get("keep_models", keep.DEFAULT_K))}
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
@@ -358,6 +359,9 @@ class Session:
             how = "interrupted (Ctrl-C)" if interrupted else f"stopped: {aborted}" if aborted else "done"
             _best_effort(self.progress.close, self.trials(), how)
         result = self.summarize(interrupted, aborted)
+        if self.tracker is not None:  # two workers that kept a model at the same moment may leave k + 1
+            _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy())
+        self._register(result)
         report = self._report()
         _best_effort(self._close_parent, result, {"report.html": report} if report else {})
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)
@@ -371,6 +375,28 @@ class Session:
         result = summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)
         result.extra["experiment_id"] = self.experiment_id
         return result
+
+    def _keep_policy(self) -> keep.Policy:
+        return keep.Policy(int(self.plan.options.get("keep_models", keep.DEFAULT_K)), self.spec.metric, self.spec.goal)
+
+    def _register(self, result: Result) -> None:
+        """`--register NAME`: the best model becomes a version of NAME (not after Ctrl-C or an abort)."""
+        from hpo import registry
+
+        name = self.plan.options.get("register")
+        if not name or result.interrupted or result.aborted or result.best_run_id is None:
+            return
+        try:
+            done = registry.register(self.tracker, name, self.experiment_id, self.plan.name, result.best_run_id,
+                                     self.spec.metric, self.spec.goal)
+            result.extra["registered"] = done.fields()
+        except registry.RegistryFailed as exc:
+            result.extra["register_error"] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a registry that fails: the sweep's results stand
+            if diskspace.is_disk_full(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            result.extra["register_error"] = f"--register: {type(exc).__name__}: {storage.mask(first)}"
 
     def _close_parent(self, result: Result, artifacts: dict[str, str]) -> None:
         summary.close_parent(self.tracker, self.plan, result, artifacts)

@@ -49,3 +49,19 @@ def status_text(study: optuna.Study, metric: str) -> str:
             lines.append(f"running: trial {t.number} on {t.user_attrs.get('hpo.worker', '?')} "
                          f"(gpu {t.user_attrs.get('hpo.cuda_visible_devices') or 'none'}), step {step}")
     return "\n".join(lines)
+
+
+def best_model(study: optuna.Study, run_id: str | None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """`hpo best --model`: the best trial's logged model URI and the registered versions made from it."""
+    import os
+
+    from hpo import registry
+    from hpo.tracking import Tracker
+
+    uri = tracking_uri or study.user_attrs.get("hpo.tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UsageError("--tracking-uri: required: the sweep's tracking URI holds a password, so hpo did not "
+                         "store it in the study")
+    if not run_id:
+        return {"model_uri": None, "registered": []}
+    return registry.lookup(Tracker(uri), study.user_attrs.get("hpo.experiment_id", "0"), run_id)

@@ -46,6 +46,9 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
         lines.append(f"best {metric} {result.best_value:.6g}: trial {result.best_trial}"
                      + (f", MLflow run {result.best_run_id}" if result.best_run_id else ""))
         lines += [f"  {k} = {v}" for k, v in result.best_params.items()]
+    reg = result.extra.get("registered")
+    if reg:
+        lines.append(f"model:     {reg['uri']} ({reg['note']}); load it with mlflow.pyfunc.load_model")
     uri, exp = plan.tracking_uri, result.extra.get("experiment_id")
     if uri.startswith(("sqlite:", "file:", "/")):
         lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
@@ -61,7 +64,7 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
     c, metric = result.counts, plan.spec.metric or "value"
     metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
                "trials_retried": c.retried}
-    failed = result.exit_code == 1
+    failed = not result.interrupted and result.sweep_failed
     tags = {"hpo.state": "failed" if failed else "interrupted" if result.interrupted else "finished"}
     if failed:
         tags["hpo.failure"] = result.failure_summary()
@@ -71,8 +74,14 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
         if result.best_run_id:
             tags["hpo.best_run_id"] = result.best_run_id
         tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
+    reg = result.extra.get("registered")
+    if reg:
+        tags.update({"hpo.registered_model": reg["name"], "hpo.registered_version": reg["version"]})
+    if result.extra.get("register_error"):
+        tags["hpo.register_error"] = result.extra["register_error"]
     best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
-            "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal}
+            "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal,
+            "registered": reg or None}
     status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
     tracker.finish_parent(result.parent_run_id, status, metrics, tags,
                           {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str),

@@ -190,11 +190,12 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def log_texts(self, run_id: str, texts: Mapping[str, str], folder: str | None = None) -> None:
-        """Text files as artifacts of a run (under `folder`)."""
+    def log_texts(self, run_id: str, texts: Mapping[str, str | bytes], folder: str | None = None) -> None:
+        """Files (text or bytes) as artifacts of a run (under `folder`)."""
         with tempfile.TemporaryDirectory() as tmp:
             for name, text in texts.items():
-                (Path(tmp) / name).write_text(text)
+                path = Path(tmp) / name
+                path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
                 _retry(lambda n=name: self.client.log_artifact(run_id, str(Path(tmp) / n), folder))
 
     def finish_parent(self, run_id: str, status: str, metrics: Mapping[str, float],
@@ -279,6 +280,16 @@ class Tracker:
         _retry(lambda: self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags))
 
     # -- queries ----------------------------------------------------------
+    def get_run(self, run_id: str) -> Any:
+        return _retry(lambda: self.client.get_run(run_id))
+
+    def kept(self, experiment_id: str, parent_id: str) -> list[tuple[Any, float, str]]:
+        """The parent's child runs that keep a model now: (run, the value it was ranked by, model URI)."""
+        where = f"tags.{PARENT_TAG} = '{parent_id}' and tags.`hpo.kept` = 'true'"
+        runs = _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50000))
+        return [(r, float(r.data.tags["hpo.kept_value"]), r.data.tags.get("hpo.model_uri", "")) for r in runs
+                if "hpo.kept_value" in r.data.tags]
+
     def children(self, experiment_id: str, parent_id: str, running_only: bool = False) -> list[Any]:
         """The parent's child runs (only those still RUNNING: the store filters, nothing else is fetched)."""
         where = f"tags.{PARENT_TAG} = '{parent_id}'" + (" and attributes.status = 'RUNNING'" if running_only else "")

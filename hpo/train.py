@@ -4,7 +4,9 @@
 
 `report(step, metrics)` is called once per epoch with train_loss, val_loss,
 val_acc and epoch_seconds. Whoever calls `train` supplies `report`; it may raise
-to stop the trial early (that is how pruning reaches the trainer).
+to stop the trial early (that is how pruning reaches the trainer). When `report`
+has a `model` hook (hpo's does), the trained network goes to it at the end,
+wrapped to take raw inputs, with the validation split for its evaluation.
 
 Run alone, the way `wandb agent` starts it:
 
@@ -115,6 +117,11 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
         }
         if report is not None:
             report(epoch, metrics)
+    keep = getattr(report, "model", None)  # hpo's report keeps the best trials' models; a plain callable does not
+    if callable(keep):
+        model.eval()
+        keep(models.RawInput(model, ds.shape, ds.scale, ds.channels_last), input_example=ds.raw(ds.x_val[:5]),
+             validation=(ds.raw(ds.x_val), ds.y_val.numpy(), [str(c) for c in range(ds.num_classes)]))
     return metrics
 
 

@@ -112,6 +112,7 @@ class Reporter:
     should_stop: Callable[[int, float], bool] = lambda step, value: False
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     seconds: float | None = None  # the trainer's own wall time (hpo's before and after left out)
+    candidate: Any = None  # hpo.keep.Candidate: the trained model, handed over by `model(...)`
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -124,6 +125,14 @@ class Reporter:
         if value is not None and self.should_stop(int(step), value):
             raise Pruned(f"stopped at step {step}")
 
+    def model(self, model: Any, input_example: Any = None, validation: Any = None) -> None:
+        """The trained model (a torch.nn.Module taking raw inputs), a few raw inputs (numpy) for its signature,
+        and optionally the validation split `(inputs, labels, class_names)` for its evaluation. hpo logs it as
+        an MLflow model when the trial completes among the sweep's best few (`--keep-models`)."""
+        from hpo.keep import Candidate
+
+        self.candidate = Candidate(model, input_example, validation)
+
     def last(self, name: str | None) -> float | None:
         """The last value reported for `name`: a trial's value is where it ended, not where it began."""
         for _, m in reversed(self.history):
@@ -135,7 +144,9 @@ class Reporter:
 def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter) -> Outcome:
     """Run one trial; every way it can end becomes an Outcome (Interrupted propagates)."""
     try:
-        final = trainer(dict(config), reporter) or {}
+        final = trainer(dict(config), reporter)
+        if reporter.candidate is None and type(final).__module__ != "builtins" and hasattr(final, "state_dict"):
+            reporter.model(final)  # `train` returned its model
     except Pruned as exc:
         return Outcome(State.PRUNED, reporter.last(reporter.metric), reason=str(exc))
     except TrialFailed as exc:
@@ -210,7 +221,8 @@ class TrialRun:
         run_id = self.tracker.start_child(self.experiment_id, self.parent_id, f"trial-{number}", params,
                                           {**self.tags(number, config), **(tags or {})})
         on_start(run_id)
-        TRIAL.set({**TRIAL.get(), "number": number, "run_id": run_id})
+        TRIAL.set({**TRIAL.get(), "number": number, "run_id": run_id, "tracking_uri": self.tracker.uri,
+                   "experiment_id": self.experiment_id})
 
         def sink(step: int, metrics: Mapping[str, float]) -> None:
             self.tracker.queue_metrics(run_id, step, metrics)  # written off the trainer's critical path
@@ -221,10 +233,30 @@ class TrialRun:
         try:
             outcome = run_trainer(trainer, config, reporter)
             reporter.seconds = time.monotonic() - started
-            return self._finish(run_id, config, outcome, {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}), reporter
+            tags = {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}
+            if outcome.state == State.COMPLETE and reporter.candidate is not None:
+                tags.update(self._keep(run_id, outcome, reporter))
+            return self._finish(run_id, config, outcome, tags), reporter
         except Interrupted:  # in the trainer, or while its last write is flushed
             self.end(run_id, config, lost("interrupted"))
             raise
+
+    def _keep(self, run_id: str, outcome: Outcome, reporter: Reporter) -> dict[str, str]:
+        """Log the trial's model when it is among the sweep's best few; a model that cannot be logged is noted
+        on the run (and on stderr), and the trial stays complete."""
+        from hpo.diskspace import is_disk_full
+        from hpo.keep import keep
+        from hpo.outage import StorageDown
+
+        candidate, reporter.candidate = reporter.candidate, None  # the weights are not held after this
+        try:
+            return keep(self.tracker, self.experiment_id, self.parent_id, run_id, outcome.value, candidate)
+        except Exception as exc:  # noqa: BLE001
+            if is_disk_full(exc) or isinstance(exc, StorageDown):
+                raise
+            print(f"hpo: warning: trial {run_id}: its model was not logged: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return {"hpo.model_error": f"{type(exc).__name__}: {exc}"[:1000]}
 
     def _finish(self, run_id: str, config: Mapping[str, Any], outcome: Outcome, tags: Mapping[str, str]) -> Outcome:
         """End the child run: what is still queued (metrics, params) and the end tags in one write, then the

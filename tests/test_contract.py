@@ -262,9 +262,10 @@ def engine(request) -> str:
 
 @pytest.fixture(scope="module")
 def finished(engine, tmp_path_factory) -> tuple[Sweep, Ran]:
-    """The contract sweep run to its end once per engine: 6 trials of `curve`, 2 workers, Hyperband."""
+    """The contract sweep run to its end once per engine: 6 trials of `curve` (returning a "model" that
+    predicts its own x), 2 workers, Hyperband, the best model registered."""
     sw = Sweep.make(engine, tmp_path_factory.mktemp(f"contract-{engine}"), NAME)
-    return sw, sw.run("--trials", str(BUDGET), "--trainer", "contract_trainers:curve")
+    return sw, sw.run("--trials", str(BUDGET), "--trainer", "contract_trainers:curve_model", "--register", NAME)
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +352,30 @@ def test_parent_run_summarises_the_sweep(finished):
     assert last_score(client, best.info.run_id) == pytest.approx(metrics["best_score"])
     assert tags.get("hpo.best_trial") == best.data.tags.get("hpo.trial"), (tags.get("hpo.best_trial"),
                                                                           best.data.tags.get("hpo.trial"))
+
+
+def test_the_best_trials_model_is_kept_and_registered(finished):
+    """The trainer returns its model: the best complete trial's is logged on its child run and registered
+    as `contract@best` (its run is the parent's hpo.best_run_id, its prediction is that trial's x); at most
+    the best 3 complete trials keep a model, and no pruned trial does."""
+    import numpy as np
+
+    import mlflow
+
+    sw, ran = finished
+    ok(ran)
+    client, parents, children = sw.mlflow()
+    best_run = parents[0].data.tags["hpo.best_run_id"]
+    version = client.get_model_version_by_alias(NAME, "best")
+    assert version.run_id == best_run and ran.summary["registered"]["version"] == str(version.version)
+    mlflow.set_tracking_uri(f"sqlite:///{sw.dir / 'mlflow.db'}")
+    predicted = np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}@best").predict(
+        np.zeros((1, 1), dtype=np.float32))).ravel()[0]
+    best_x = float({c.info.run_id: c for c in children}[best_run].data.params["x"])
+    assert float(predicted) == pytest.approx(best_x)
+    kept = [c for c in children if c.data.tags.get("hpo.kept") == "true"]
+    assert best_run in {c.info.run_id for c in kept} and len(kept) <= 3
+    assert all(c.info.status == "FINISHED" for c in kept), [c.info.status for c in kept]
 
 
 def test_one_child_run_per_trial_with_its_end_status(finished, engine):
