@@ -143,7 +143,7 @@ def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str
     return found.ref() if found else None
 
 
-def _check_models(s: Settings, trainer: str | None) -> None:
+def _check_models(s: Settings, spec: specmod.Spec, trainer: str | None) -> None:
     """--keep-models and --register, before anything is written."""
     from hpo import program, registry
 
@@ -153,6 +153,8 @@ def _check_models(s: Settings, trainer: str | None) -> None:
     name = s.options.get("register")
     if name is not None:
         registry.check_name(name)
+        if not spec.metric:
+            raise UsageError("--register: the sweep has no metric: to rank its models; add metric: {name, goal}")
         if keep == 0 and not (trainer or "").startswith(program.PREFIX):
             raise UsageError("--register: needs a kept model; --keep-models 0 keeps none")
 
@@ -178,7 +180,7 @@ def prepare(s: Settings) -> Plan:
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
     if s.retries < 0:
         raise UsageError(f"--retries: must be 0 or more (got {s.retries})")
-    _check_models(s, trainer)
+    _check_models(s, spec, trainer)
     slots = slotsmod.plan(gpus, s.workers_per_gpu, s.workers)
     text = Path(s.sweep_file).read_text(encoding="utf-8")
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,30 @@ MODEL_URI = "hpo.model_uri"  # models:/m-... (MLflow 3's logged model)
 REGISTERED = "hpo.registered"  # NAME/VERSION once `--register` made it a model version: never evicted
 K_TAG = "hpo.keep_models"  # on the parent: how many models the sweep keeps
 DEFAULT_K = 3
+
+
+_EXPORTING = threading.Lock()  # torch.export is not thread-safe: the warm-up and a real export take turns
+
+
+def warm() -> None:
+    """Pay once, early, what a worker's first kept model would (about 4 s on a 2-core VM, 0.3 s after):
+    MLflow's PyTorch flavor and its scan of the installed packages, torch.export's first trace, matplotlib
+    and scikit-learn's metrics. Run by a worker in a thread while it waits for its controller."""
+    with _EXPORTING:
+        import importlib
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        for name in ("matplotlib.figure", "sklearn.metrics", "mlflow.models"):
+            importlib.import_module(name)
+        import mlflow.pytorch
+        import torch
+        from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+        warn_dependency_requirement_mismatches(mlflow.pytorch.get_default_pip_requirements())  # cached after
+        torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(3, 2),),
+                            dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
 @dataclass
@@ -73,7 +98,7 @@ def keep(tracker: Any, experiment_id: str, parent_id: str, run_id: str, value: f
     if rule.k <= 0 or value is None or not math.isfinite(value):
         return {}
     kept = tracker.kept(experiment_id, parent_id)
-    if sum(rule.better(v, value) for _, v, _ in kept) >= rule.k:
+    if sum(not rule.better(value, v) for _, v, _ in kept) >= rule.k:  # a tie does not push out an earlier one
         return {}
     started = time.monotonic()
     if candidate.validation is not None:  # on the model's own device, before it is moved to the CPU to log
@@ -86,18 +111,22 @@ def keep(tracker: Any, experiment_id: str, parent_id: str, run_id: str, value: f
     return tags
 
 
-def evict(tracker: Any, experiment_id: str, parent_id: str, rule: Policy) -> None:
-    """Delete the models ranked below the top k (a registered one stays)."""
-    kept = tracker.kept(experiment_id, parent_id)
-    order = sorted(kept, key=lambda r: r[1], reverse=rule.goal == "maximize")
+def evict(tracker: Any, experiment_id: str, parent_id: str, rule: Policy, protect: frozenset[str] = frozenset()) -> None:
+    """Delete the models ranked below the top k (ties: the earlier trial ranks first). A registered model
+    stays, and so do the runs in `protect` (the sweep's best, at its end)."""
+    from hpo.tracking import _retry
+
+    sign = -1 if rule.goal == "maximize" else 1
+    order = sorted(tracker.kept(experiment_id, parent_id), key=lambda r: (sign * r[1], r[0].info.start_time))
     for run, _, uri in order[rule.k:]:
-        if run.data.tags.get(REGISTERED):
+        if run.data.tags.get(REGISTERED) or run.info.run_id in protect:
             continue
         model_id = uri.rsplit("/", 1)[-1]
         try:
-            tracker.client.delete_logged_model(model_id)
-        except Exception:  # noqa: BLE001 - another worker deleted it first
-            pass
+            _retry(lambda: tracker.client.delete_logged_model(model_id))
+        except Exception as exc:  # noqa: BLE001 - another worker deleted it first: fine; else it stays kept
+            if "not found" not in str(exc).lower() and "does not exist" not in str(exc).lower():
+                continue
         tracker.set_tags(run.info.run_id, {KEPT: "evicted"})
 
 
@@ -121,15 +150,34 @@ def log_model(tracker: Any, experiment_id: str, run_id: str, candidate: Candidat
             out = model(torch.as_tensor(example))
         kwargs.update(signature=infer_signature(example, out.numpy()), input_example=example,
                       validate_serving_input=False)
+    from hpo.tracking import _retry
+
     info = None
-    if example is not None:
-        try:
-            info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
-        except Exception:  # noqa: BLE001 - a model torch.export cannot trace: pickled instead
-            info = None
-    if info is None:
-        info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
+    with _EXPORTING:
+        if example is not None:
+            try:
+                info = _retry(lambda: mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs))
+            except Exception:  # noqa: BLE001 - a model torch.export cannot trace: pickled instead
+                info = None
+        if info is None:
+            kwargs.pop("validate_serving_input", None)  # pickle's save() would get it
+            info = _retry(lambda: mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs))
+    _drop_unfinished(tracker, experiment_id, run_id)
     return info.model_uri
+
+
+def _drop_unfinished(tracker: Any, experiment_id: str, run_id: str) -> None:
+    """Delete the run's logged models that never became READY (an export that failed half-way)."""
+    from hpo.tracking import _retry
+
+    found = _retry(lambda: tracker.client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}'"))
+    for m in found:
+        if not str(m.status).upper().endswith("READY"):
+            try:
+                _retry(lambda mid=m.model_id: tracker.client.delete_logged_model(mid))
+            except Exception:  # noqa: BLE001 - best effort: it is not READY, so nothing ever uses it
+                pass
 
 
 def evaluation(model: Any, inputs: Any, labels: Any, classes: list[str]) -> dict[str, bytes]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo.errors import HpoError, UsageError
+from hpo.storage import mask, mask_text
 
 ALIAS = "best"
 
@@ -55,7 +56,10 @@ def check_name(name: str) -> None:
 
 def logged_model(tracker: Any, experiment_id: str, run_id: str) -> Any | None:
     """The newest MLflow model logged into `run_id` (by hpo, or by the trial's own program)."""
-    found = tracker.client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    from hpo.tracking import _retry
+
+    found = _retry(lambda: tracker.client.search_logged_models([experiment_id],
+                                                               filter_string=f"source_run_id = '{run_id}'"))
     ready = [m for m in found if str(m.status).upper().endswith("READY")]  # not one whose upload failed
     return max(ready, key=lambda m: m.creation_timestamp, default=None)
 
@@ -79,7 +83,7 @@ def register(tracker: Any, name: str, experiment_id: str, study: str, best_run_i
             "train() function hands it to report.model(...) or returns it")
     value = run.data.tags.get("hpo.kept_value") or _value(run, metric)
     try:
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{best_run_id}'")
+        versions = [v for v in client.search_model_versions(f"run_id = '{best_run_id}'") if v.name == name]
         if versions:
             mv = max(versions, key=lambda v: int(v.version))
         else:
@@ -99,8 +103,8 @@ def register(tracker: Any, name: str, experiment_id: str, study: str, best_run_i
         moved, note = _alias(client, name, mv)
         tracker.set_tags(best_run_id, {"hpo.registered": f"{name}/{mv.version}"})
     except MlflowException as exc:
-        raise RegistryFailed(f"--register: the MLflow registry at {_masked(tracker.uri)} refused {name!r}: "
-                             f"{exc.message.splitlines()[0][:300]}") from None
+        raise RegistryFailed(f"--register: the MLflow registry at {mask(tracker.uri)} refused {name!r}: "
+                             f"{mask_text(exc.message.splitlines()[0][:300])}") from None
     return Registered(name, str(mv.version), f"models:/{model.model_id}", moved, note)
 
 
@@ -135,12 +139,6 @@ def _value(run: Any, metric: str | None) -> str | None:
     if metric and metric in run.data.metrics:
         return repr(float(run.data.metrics[metric]))
     return None
-
-
-def _masked(uri: str) -> str:
-    from hpo.storage import mask
-
-    return mask(uri)
 
 
 def lookup(tracker: Any, experiment_id: str, run_id: str) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Session:
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
         self.early: Any = None
+        self.keep_k = keep.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it  # what the engine started while the parent run was opened (Backend.prestart)
         self.live: dict[Any, Live] = {}
@@ -192,7 +193,7 @@ class Session:
         tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
                 "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
-                keep.K_TAG: str(plan.options.get("keep_models", keep.DEFAULT_K))}
+                keep.K_TAG: str(self._keep_k(study))}
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
@@ -360,7 +361,8 @@ class Session:
             _best_effort(self.progress.close, self.trials(), how)
         result = self.summarize(interrupted, aborted)
         if self.tracker is not None:  # two workers that kept a model at the same moment may leave k + 1
-            _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy())
+            _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
+                         frozenset({result.best_run_id} if result.best_run_id else ()))
         self._register(result)
         report = self._report()
         _best_effort(self._close_parent, result, {"report.html": report} if report else {})
@@ -376,15 +378,25 @@ class Session:
         result.extra["experiment_id"] = self.experiment_id
         return result
 
+    def _keep_k(self, study: optuna.Study) -> int:
+        """--keep-models, else what the sweep kept when it last ran (a resume keeps its K), else 3."""
+        k = self.plan.options.get("keep_models")
+        if k is None:
+            k = study.user_attrs.get("hpo.keep_models", keep.DEFAULT_K)
+        if study.user_attrs.get("hpo.keep_models") != k:
+            study.set_user_attr("hpo.keep_models", k)
+        self.keep_k = int(k)
+        return self.keep_k
+
     def _keep_policy(self) -> keep.Policy:
-        return keep.Policy(int(self.plan.options.get("keep_models", keep.DEFAULT_K)), self.spec.metric, self.spec.goal)
+        return keep.Policy(self.keep_k, self.spec.metric, self.spec.goal)
 
     def _register(self, result: Result) -> None:
         """`--register NAME`: the best model becomes a version of NAME (not after Ctrl-C or an abort)."""
         from hpo import registry
 
         name = self.plan.options.get("register")
-        if not name or result.interrupted or result.aborted or result.best_run_id is None:
+        if not name or result.interrupted or result.aborted or self.tracker is None:
             return
         try:
             done = registry.register(self.tracker, name, self.experiment_id, self.plan.name, result.best_run_id,
@@ -392,11 +404,9 @@ class Session:
             result.extra["registered"] = done.fields()
         except registry.RegistryFailed as exc:
             result.extra["register_error"] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a registry that fails: the sweep's results stand
-            if diskspace.is_disk_full(exc):
-                raise
+        except Exception as exc:  # noqa: BLE001 - a registry that fails (a full disk too): the results stand
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            result.extra["register_error"] = f"--register: {type(exc).__name__}: {storage.mask(first)}"
+            result.extra["register_error"] = f"--register: {type(exc).__name__}: {storage.mask_text(first)}"
 
     def _close_parent(self, result: Result, artifacts: dict[str, str]) -> None:
         summary.close_parent(self.tracker, self.plan, result, artifacts)

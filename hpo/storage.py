@@ -48,6 +48,11 @@ def mask(url: str) -> str:
     return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
+def mask_text(text: str) -> str:
+    """Every URL in a text (an error message that quotes one) with its password masked."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda m: mask(m[0]), text)
+
+
 def open_storage(url: str) -> BaseStorage:
     """A journal file path (default, safe for many local processes) or an RDB URL."""
     if is_rdb(url):

@@ -248,15 +248,19 @@ class TrialRun:
         from hpo.keep import keep
         from hpo.outage import StorageDown
 
+        from hpo.storage import mask_text
+
         candidate, reporter.candidate = reporter.candidate, None  # the weights are not held after this
         try:
-            return keep(self.tracker, self.experiment_id, self.parent_id, run_id, outcome.value, candidate)
+            keep(self.tracker, self.experiment_id, self.parent_id, run_id, outcome.value, candidate)
+            return {}  # keep() tagged the run itself (re-writing its tags here could undo an eviction)
         except Exception as exc:  # noqa: BLE001
             if is_disk_full(exc) or isinstance(exc, StorageDown):
                 raise
-            print(f"hpo: warning: trial {run_id}: its model was not logged: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
-            return {"hpo.model_error": f"{type(exc).__name__}: {exc}"[:1000]}
+            _failure(exc)  # a CUDA out-of-memory error: the memory goes back for the next trial
+            what = mask_text(f"{type(exc).__name__}: {exc}")
+            print(f"hpo: warning: trial {run_id}: its model was not logged: {what}", file=sys.stderr)
+            return {"hpo.model_error": what[:1000]}
 
     def _finish(self, run_id: str, config: Mapping[str, Any], outcome: Outcome, tags: Mapping[str, str]) -> Outcome:
         """End the child run: what is still queued (metrics, params) and the end tags in one write, then the

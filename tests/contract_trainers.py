@@ -69,3 +69,23 @@ def curve_model(config, report):
         model.weight.zero_()
         model.bias.fill_(float(config["x"]))
     return model
+
+
+def curve_untraceable(config, report):
+    """`curve`, then a model that torch.export cannot trace (its forward branches on a tensor's value), handed
+    over with an input example: hpo must fall back to pickling it."""
+    import numpy as np
+    import torch
+
+    class Branchy(torch.nn.Module):
+        def __init__(self, x: float):
+            super().__init__()
+            self.x = torch.nn.Parameter(torch.tensor([x]))
+
+        def forward(self, rows):
+            if rows.sum() > 1e9:  # data-dependent control flow
+                return rows[:, :1] * 0
+            return rows[:, :1] * 0 + self.x
+
+    curve(config, report)
+    report.model(Branchy(float(config["x"])), input_example=np.zeros((2, 1), dtype=np.float32))

@@ -242,9 +242,79 @@ def test_a_program_logs_its_own_model_and_register_uses_it(tmp_path):
     (["--register", " "], "--register: "),
     (["--keep-models", "-1"], "--keep-models: must be 0 or more (got -1)"),
     (["--register", "d", "--keep-models", "0"], "--register: needs a kept model"),
+    (["--register", "d", "--space", "NOMETRIC"], "--register: the sweep has no metric"),
 ])
 def test_bad_model_flags_are_one_line_and_write_nothing(tmp_path, tiny_sweep, args, line):
+    if "NOMETRIC" in args:  # the same sweep without its metric (and so without early termination)
+        text = tiny_sweep.read_text().replace("metric: {name: val_acc, goal: maximize}\n", "")
+        tiny_sweep.write_text(text.replace("early_terminate: {type: hyperband, min_iter: 1, eta: 3}\n", ""))
+        args = args[:2]
     out = run_hpo("run", str(tiny_sweep), *args, cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().startswith(line) and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trial_behind_the_best_k_logs_no_model(tmp_path):
+    """Trials run best-first (one worker, a grid listed best-first): the first two keep a model, and no later
+    trial logs one at all, since none enters the top 2 when it ends (a model is logged only when it does)."""
+    _xs_sweep(tmp_path, "order", [0.9, 0.8, 0.7, 0.6, 0.5])
+    out = run_hpo("run", "order.yaml", "--trainer", "contract_trainers:curve_model", "--workers", "1",
+                  "--keep-models", "2", "--no-progress", cwd=tmp_path,
+                  env={**CPU, "PYTHONPATH": str(TESTS)}, check=True)
+    assert _json(out)["complete"] == 5
+    client = mlflow_client(tmp_path / "runs" / "order")
+    exp = client.get_experiment_by_name("order")
+    children = client.search_runs([exp.experiment_id], filter_string="tags.`hpo.trial` != ''", max_results=100)
+    logged = {float(c.data.params["x"]): c.data.tags.get("hpo.kept") for c in children if "hpo.kept" in c.data.tags}
+    assert logged == {0.9: "true", 0.8: "true"}
+    assert len(client.search_logged_models([exp.experiment_id])) == 2
+
+
+def test_ties_keep_the_earlier_trial_and_its_model_is_registered(tmp_path):
+    """Three trials with the same value, --keep-models 1: the first keeps its model, the later two log none,
+    and the best trial (the first of the tie) is the one registered."""
+    write(tmp_path / "tie.yaml", """
+        name: tie
+        method: grid
+        metric: {name: score, goal: maximize}
+        parameters:
+          epochs: {value: 2}
+          x: {value: 0.5}
+          y: {values: [1, 2, 3]}
+        """)
+    out = run_hpo("run", "tie.yaml", "--trainer", "contract_trainers:curve_model", "--workers", "1",
+                  "--keep-models", "1", "--register", "tie", "--no-progress", cwd=tmp_path,
+                  env={**CPU, "PYTHONPATH": str(TESTS)}, check=True)
+    summary = _json(out)
+    assert summary["complete"] == 3 and summary["registered"]["version"] == "1"
+    client = mlflow_client(tmp_path / "runs" / "tie")
+    assert client.get_model_version("tie", "1").run_id == summary["best_run_id"]
+    kept = client.search_runs([client.get_experiment_by_name("tie").experiment_id],
+                              filter_string="tags.`hpo.kept` != ''")
+    assert [r.info.run_id for r in kept] == [summary["best_run_id"]]
+
+
+def test_a_model_torch_export_cannot_trace_is_pickled_instead(tmp_path):
+    """A model with data-dependent control flow, handed over with an input example: it is logged pickled
+    (loadable, predicting its trial's x), and no half-made model is left behind."""
+    import mlflow
+
+    _xs_sweep(tmp_path, "branchy", [0.25])
+    out = run_hpo("run", "branchy.yaml", "--trainer", "contract_trainers:curve_untraceable", "--workers", "1",
+                  "--register", "branchy", "--no-progress", cwd=tmp_path,
+                  env={**CPU, "PYTHONPATH": str(TESTS)}, check=True)
+    assert _json(out)["registered"]["alias_best"]
+    client = mlflow_client(tmp_path / "runs" / "branchy")
+    models = client.search_logged_models([client.get_experiment_by_name("branchy").experiment_id])
+    assert [str(m.status).upper().rsplit(".", 1)[-1] for m in models] == ["READY"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'branchy' / 'mlflow.db'}")
+    pred = mlflow.pyfunc.load_model("models:/branchy@best").predict(np.zeros((1, 1), dtype=np.float32))
+    assert float(np.asarray(pred).ravel()[0]) == pytest.approx(0.25)
+
+
+def test_an_error_that_quotes_a_tracking_url_loses_its_password():
+    from hpo.storage import mask_text
+
+    text = mask_text("API request to https://alice:s3cret@mlflow.example:5000/api/2.0/x failed (see http://h/y)")
+    assert "s3cret" not in text and "https://alice:***@mlflow.example:5000/api/2.0/x" in text and "http://h/y" in text

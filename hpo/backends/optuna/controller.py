@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from hpo import diskspace, storage, trainer_ref
+from hpo import diskspace, keep, storage, trainer_ref
 from hpo.backends.optuna import space
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -49,7 +49,8 @@ def prestart(plan: Plan, session: Session) -> Pool:
     _record_pruner(plan, session)
     storage.queue_retries(session.study, plan.retries)
     storage.fill_queue(session.study, plan.budget, _grid(plan), session.tally)
-    pool = make_pool(plan, {"HPO_LAUNCH": session.launch})
+    pool = make_pool(plan, {"HPO_LAUNCH": session.launch,
+                            "HPO_KEEP_MODELS": str(plan.options.get("keep_models", keep.DEFAULT_K))})
     pool.start_all()
     return pool
 

@@ -98,6 +98,10 @@ def serve(cfg: WorkerConfig) -> int:
     if cfg.trainer:  # load the trainer (torch) and MLflow while the controller still sets the sweep up
         trainer = trainer_ref.load(cfg.trainer)
         importlib.import_module("mlflow.tracking")
+        if cfg.trainer == trainer_ref.BUILTIN and os.environ.get("HPO_KEEP_MODELS", "0") != "0":
+            from hpo import keep  # the trainer hands its model over and the sweep keeps some: ready that too
+
+            threading.Thread(target=keep.warm, daemon=True, name="hpo-export-warm-up").start()
     # Started by a controller: it watches this worker, and waits as long as its MLflow set-up takes.
     study, spec = load_study(cfg, wait=600.0 if cfg.parent_pid else 60.0)
     attrs = study.user_attrs
