@@ -155,6 +155,9 @@ def _check_models(s: Settings, spec: specmod.Spec, trainer: str | None) -> None:
         registry.check_name(name)
         if not spec.metric:
             raise UsageError("--register: the sweep has no metric: to rank its models; add metric: {name, goal}")
+        if spec.multi:
+            raise UsageError("--register: a metrics: sweep has a Pareto front, not one best model; register one "
+                             "of its trials' models with mlflow.register_model")
         if keep == 0 and not (trainer or "").startswith(program.PREFIX):
             raise UsageError("--register: needs a kept model; --keep-models 0 keeps none")
 

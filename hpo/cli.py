@@ -94,7 +94,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                       "best_params": result.best_params, "best_run_id": result.best_run_id,
                       "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
                       "parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
-                      "registered": result.extra.get("registered")}, default=str))
+                      "registered": result.extra.get("registered"),
+                      **({"pareto": result.extra["pareto"]} if "pareto" in result.extra else {})}, default=str))
     if result.exit_code == 1:
         print(f"hpo: {result.failure_summary()}", file=sys.stderr)
     return result.exit_code
@@ -181,12 +182,18 @@ def cmd_best(a: argparse.Namespace) -> int:
     from hpo import status
 
     study, metric = status.open_existing(_settings(a))
-    if study.user_attrs.get("hpo.spec") and not json.loads(study.user_attrs["hpo.spec"]).get("metric"):
+    raw = json.loads(study.user_attrs.get("hpo.spec") or "{}")
+    if raw and not raw.get("metric") and not raw.get("metrics"):
         print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs['hpo.spec'])['method']} "
               "sweep records its trials; add metric: to rank them)", file=sys.stderr)
     found = status.best(study, metric)
     if a.model:
         found.update(status.best_model(study, found.get("mlflow_run_id"), a.tracking_uri))
+    if "pareto" in found and sys.stdout.isatty() and not a.json:  # a person reads the front as a table
+        from hpo.summary import pareto_table
+
+        print(f"{study.study_name}: Pareto front, {len(found['pareto'])} trial(s)\n{pareto_table(found['pareto'])}")
+        return 0
     print(json.dumps(found, default=str))
     return 0
 
@@ -233,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "best":
             p.add_argument("--model", action="store_true",
                            help="also the best trial's MLflow model URI and its registered versions")
+            p.add_argument("--json", action="store_true",
+                           help="JSON also on a terminal (a multi-objective sweep's front is a table there)")
         if name == "dashboard":
             p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             p.add_argument("--port", type=int, default=8080)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,13 @@ from hpo.spec import Spec
 
 COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
            "WAITING": "#bbbbbb"}
-IMPORTANCE = "fANOVA (optuna.importance.FanovaImportanceEvaluator, Optuna's default)"
+IMPORTANCE = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, Optuna 5's default)"
 
 
 def _last(t: FrozenTrial) -> float | None:
     """A trial's value: its objective when complete, else where it stopped (its last report)."""
-    if t.value is not None:
-        return t.value
+    if t.values is not None:
+        return storage.primary(t)
     return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
 
 
@@ -43,8 +44,8 @@ def history(trials: list[FrozenTrial], metric: str, direction: str) -> Any:
     best, xs, ys = None, [], []
     pick = max if direction == "maximize" else min
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            best = t.value if best is None else pick(best, t.value)
+        if t.state == TrialState.COMPLETE and t.values is not None:
+            best = storage.primary(t) if best is None else pick(best, storage.primary(t))
             xs.append(t.number)
             ys.append(best)
     fig.add_scatter(x=xs, y=ys, mode="lines", line={"shape": "hv", "color": "#2ca02c"}, name="best so far")
@@ -123,14 +124,24 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
     metric, direction = spec.metric or "value", spec.direction
     figs: list[tuple[str, Any, str]] = [("history", history(trials, metric, direction), ""),
                                         ("curves", curves(trials, metric, rungs), "")]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     notes = []
-    for name, make, why in (("parallel", vis.plot_parallel_coordinate, ""),
-                            ("importance", vis.plot_param_importances, f"Importance evaluator: {IMPORTANCE}.")):
+    plots = [("parallel", vis.plot_parallel_coordinate, ""),
+             ("importance", vis.plot_param_importances, f"Importance evaluator: {IMPORTANCE}.")]
+    on: dict[str, dict[str, Any]] = {"parallel": {}, "importance": {}, "pareto": {"target_names": spec.metric_names}}
+    if spec.multi:  # the front first; the other plots show the first objective
+        plots.insert(0, ("pareto", vis.plot_pareto_front,
+                         "Pareto front: the trials no other trial beats on every objective."))
+        sign = -1.0 if direction == "maximize" else 1.0  # PED-ANOVA ranks what makes a custom target low
+        on["parallel"] = {"target": storage.primary, "target_name": metric}
+        on["importance"] = {"target": lambda t: sign * storage.primary(t), "target_name": metric}
+    for name, make, why in plots:
         try:
             if len(complete) < 2:
                 raise ValueError("fewer than 2 complete trials")
-            figs.append((name, make(study), why))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                figs.append((name, make(study, **on[name]), why))
         except Exception as exc:  # noqa: BLE001 - e.g. one parameter value only: say so, keep the rest
             notes.append(f"{name}: not drawn ({exc})")
     tl, busy = timeline(trials)
@@ -142,8 +153,8 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                      + pio.to_html(fig, full_html=False, include_plotlyjs=first, div_id=f"fig-{name}")
                      + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
         first = False
-    best = sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")[:10]
-    top = _table([[t.number, f"{t.value:.6g}", t.user_attrs.get("hpo.mlflow_run_id", ""),
+    best = sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10]
+    top = _table([[t.number, f"{storage.primary(t):.6g}", t.user_attrs.get("hpo.mlflow_run_id", ""),
                    json.dumps(storage.trainer_params(t), default=str)] for t in best],
                  ["trial", metric, "MLflow run", "params"])
     failed = [t for t in trials if t.state == TrialState.FAIL]

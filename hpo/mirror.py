@@ -82,6 +82,8 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
         store.set_trial_user_attr(trial_id, key, value)
     # COMPLETE without a value: the sweep has no metric (run_trainer fails a trial that never reports one)
     values = [float(outcome.value)] if outcome.state == State.COMPLETE and outcome.value is not None else None
+    if outcome.state == State.COMPLETE and outcome.values:  # a multi-objective trial
+        values = list(outcome.values)
     try:
         store.set_trial_state_values(trial_id, state=outcome.state.optuna_state, values=values)
     except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)

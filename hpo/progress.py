@@ -53,7 +53,7 @@ class Progress:
             return
         for t in new:
             self._seen.add(t.number)
-            value = "" if t.value is None else f" {self.metric or 'value'}={t.value:.4g}"
+            value = "" if t.values is None else f" {self.metric or 'value'}={storage.primary(t):.4g}"
             why = t.user_attrs.get("hpo.reason")
             print(f"[{self.title}] trial {t.number} {t.state.name.lower()}{value}"
                   f"{f' ({why})' if why else ''}  [{counts.finished}/{self.budget}]", file=sys.stderr, flush=True)

@@ -141,12 +141,12 @@ class Session:
         if old is not None:
             self._check_resume(old)
         plan.dir.mkdir(parents=True, exist_ok=True)
-        self.study = optuna.create_study(study_name=plan.name, storage=store, direction=self.spec.direction,
+        self.study = optuna.create_study(study_name=plan.name, storage=store, directions=self.spec.directions,
                                          load_if_exists=True)
-        if self.spec.metric and self.study.metric_names != [self.spec.metric]:
+        if self.spec.metric_names and self.study.metric_names != self.spec.metric_names:
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.set_metric_names([self.spec.metric])  # optuna-dashboard: val_acc, not Objective 0
+                self.study.set_metric_names(self.spec.metric_names)  # optuna-dashboard: val_acc, not Objective 0
         if not self.nothing_left():
             self.early = self.backend.prestart(plan, self)
         try:
@@ -167,8 +167,10 @@ class Session:
 
     def _check_resume(self, old: optuna.Study) -> None:
         attrs, where = old.user_attrs, f"{self.plan.name!r} in {storage.mask(self.plan.storage)}"
-        if old.direction.name.lower() != self.spec.direction:
-            raise UsageError(f"metric.goal: study {where} already exists with goal {old.direction.name.lower()}; "
+        goals = [d.name.lower() for d in old.directions]
+        if goals != self.spec.directions:
+            field_name = "metrics" if self.spec.multi or len(goals) > 1 else "metric.goal"
+            raise UsageError(f"{field_name}: study {where} already exists with goal {', '.join(goals)}; "
                              "use --study NAME for a new study")
         if attrs.get("hpo.backend") and attrs["hpo.backend"] != self.plan.backend:
             raise UsageError(f"--backend: study {where} was run on {attrs['hpo.backend']}; resume it there, "
@@ -376,6 +378,8 @@ class Session:
     def summarize(self, interrupted: bool, aborted: str | None) -> Result:
         result = summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)
         result.extra["experiment_id"] = self.experiment_id
+        if self.spec.multi:
+            result.extra["pareto"] = storage.pareto(self.study, self.spec.metric_names)
         return result
 
     def _keep_k(self, study: optuna.Study) -> int:

@@ -26,7 +26,11 @@ def open_existing(s: Settings) -> tuple[optuna.Study, str]:
 
 
 def best(study: optuna.Study, metric: str) -> dict[str, Any]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if len(study.directions) > 1:  # several objectives: the Pareto front
+        names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+        return {"study": study.study_name, "metrics": names,
+                "goals": [d.name.lower() for d in study.directions], "pareto": storage.pareto(study, names)}
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
     if not done:
         return {"study": study.study_name, "best_trial": None}
     t = study.best_trial
@@ -41,7 +45,9 @@ def status_text(study: optuna.Study, metric: str) -> str:
     lines = [f"{study.study_name}: {c.finished}/{budget} finished - {c.complete} complete, {c.pruned} pruned, "
              f"{c.failed} failed, {c.retried} retried; {c.running} running, {c.waiting} queued"]
     b = best(study, metric)
-    if b.get("best_trial") is not None:
+    if "pareto" in b:
+        lines.append(f"Pareto front: {len(b['pareto'])} trial(s) on {', '.join(b['metrics'])}")
+    elif b.get("best_trial") is not None:
         lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g} {b['params']}")
     for t in trials:
         if t.state == TrialState.RUNNING:

@@ -226,12 +226,25 @@ class Tally:
         return Counts(**{**c, **self._settled})
 
 
+def primary(t: FrozenTrial) -> float | None:
+    """A trial's value; for a multi-objective trial, its first objective's (FrozenTrial.value raises there)."""
+    return t.values[0] if t.values else None
+
+
 def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
-    """The best COMPLETE trial for `direction` ("maximize" / "minimize"), or None."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if not done:
+    """The best COMPLETE trial for `direction` ("maximize" / "minimize"), or None; None for a multi-objective
+    study too (it has a Pareto front, `pareto`, not one best)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    if not done or len(done[0].values) > 1:
         return None
     return (max if direction == "maximize" else min)(done, key=lambda t: t.value)
+
+
+def pareto(study: optuna.Study, names: list[str]) -> list[dict[str, Any]]:
+    """A multi-objective study's Pareto front (Optuna's `best_trials`): trial, MLflow run, values, params."""
+    return [{"trial": t.user_attrs.get("hpo.trial", t.number), "run_id": t.user_attrs.get("hpo.mlflow_run_id"),
+             "values": dict(zip(names, t.values)), "params": trainer_params(t)}
+            for t in sorted(study.best_trials, key=lambda t: t.number)]
 
 
 def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | None = None,

@@ -42,6 +42,10 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     how = "interrupted" if result.interrupted else "stopped" if result.aborted else "done"
     lines = [f"{plan.name}: {how} in {seconds:.1f} s: {c.complete} complete, {c.pruned} pruned, {c.failed} failed"
              + (f", {c.retried} retried" if c.retried else "")]
+    front = result.extra.get("pareto")
+    if front:
+        lines.append(f"Pareto front: {len(front)} trial(s)")
+        lines += ["  " + line for line in pareto_table(front).splitlines()]
     if result.best_value is not None:
         lines.append(f"best {metric} {result.best_value:.6g}: trial {result.best_trial}"
                      + (f", MLflow run {result.best_run_id}" if result.best_run_id else ""))
@@ -57,6 +61,18 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
         lines.append(f"MLflow:    {mask(uri).rstrip('/')}/#/experiments/{exp}/runs")
     lines.append(f"dashboard: {dashboard}")
     return "\n".join(lines)
+
+
+def pareto_table(front: list[dict]) -> str:
+    """The front as a plain table: trial, every objective, the params."""
+    if not front:
+        return "(no complete trial)"
+    names = list(front[0]["values"])
+    rows = [["trial", *names, "params"]]
+    rows += [[str(f["trial"]), *(f"{f['values'][n]:.6g}" for n in names),
+              " ".join(f"{k}={v}" for k, v in f["params"].items())] for f in front]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 
 
 def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[str, str] | None = None) -> None:
@@ -82,7 +98,15 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
     best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
             "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal,
             "registered": reg or None}
+    front = result.extra.get("pareto")
+    extra = {}
+    if front is not None:  # a multi-objective sweep: its front, on the parent and on each Pareto child
+        tags["hpo.pareto_trials"] = ",".join(str(f["trial"]) for f in front)[:5000]
+        extra["pareto.json"] = json.dumps(front, indent=2, default=str)
+        for f in front:
+            if f.get("run_id"):
+                tracker.set_tags(f["run_id"], {"hpo.pareto": "true"})
     status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
     tracker.finish_parent(result.parent_run_id, status, metrics, tags,
                           {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str),
-                           **(artifacts or {})})
+                           **extra, **(artifacts or {})})

@@ -3,7 +3,7 @@
     train(config, report) -> final metrics
 
 `report(step, metrics)` is called once per epoch with train_loss, val_loss,
-val_acc and epoch_seconds. Whoever calls `train` supplies `report`; it may raise
+val_acc, epoch_seconds and n_params (the model's parameter count). Whoever calls `train` supplies `report`; it may raise
 to stop the trial early (that is how pruning reaches the trainer). When `report`
 has a `model` hook (hpo's does), the trained network goes to it at the end,
 wrapped to take raw inputs, with the validation split for its evaluation.
@@ -91,6 +91,7 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
                            float(cfg["momentum"]), float(cfg["weight_decay"]))
     autocast, scaler = _amp(device, bool(cfg["amp"]))
     batch = int(cfg["batch_size"])
+    n_params = float(sum(p.numel() for p in model.parameters()))  # a second objective: the model's size
     metrics: dict[str, float] = {}
     for epoch in range(1, int(cfg["epochs"]) + 1):
         start = time.perf_counter()
@@ -114,6 +115,7 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
             "val_loss": val_loss,
             "val_acc": val_acc,
             "epoch_seconds": time.perf_counter() - start,
+            "n_params": n_params,
         }
         if report is not None:
             report(epoch, metrics)

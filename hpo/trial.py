@@ -75,9 +75,12 @@ class Outcome:
     reason: str | None = None
     error_type: str | None = None
     error: str | None = None
+    values: tuple[float, ...] | None = None  # a multi-objective trial's values, one per `metrics:` entry
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", State(self.state))
+        if self.values is not None:
+            object.__setattr__(self, "values", tuple(float(v) for v in self.values))
 
     @property
     def infra(self) -> bool:
@@ -94,7 +97,7 @@ class Outcome:
     def fields(self) -> dict[str, Any]:
         """Plain data (for a pipe to the controller)."""
         return {"state": self.state.value, "value": self.value, "reason": self.reason,
-                "error_type": self.error_type, "error": self.error}
+                "error_type": self.error_type, "error": self.error, "values": self.values}
 
 
 def lost(reason: str, detail: str = "") -> Outcome:
@@ -113,6 +116,7 @@ class Reporter:
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     seconds: float | None = None  # the trainer's own wall time (hpo's before and after left out)
     candidate: Any = None  # hpo.keep.Candidate: the trained model, handed over by `model(...)`
+    objectives: tuple[str, ...] = ()  # a multi-objective sweep's metrics (`metric` is the first of them)
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -158,6 +162,8 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
         if is_disk_full(exc) or isinstance(exc, StorageDown):  # hpo's own records could not be written:
             raise  # the machine's fault, not the trial's
         return _failure(exc)
+    if len(reporter.objectives) > 1:
+        return _objectives(reporter, final)
     value = reporter.last(reporter.metric)
     if value is None and reporter.metric and isinstance(final, Mapping):
         value = final.get(reporter.metric)
@@ -166,6 +172,24 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
     if value is not None and not math.isfinite(float(value)):
         return Outcome(State.FAILED, reason="nan", error=f"{reporter.metric} is {value}")
     return Outcome(State.COMPLETE, None if value is None else float(value))
+
+
+def _objectives(reporter: Reporter, final: Any) -> Outcome:
+    """A multi-objective trial's values: the last reported value of each metric (or the returned one)."""
+    values = {}
+    for name in reporter.objectives:
+        value = reporter.last(name)
+        if value is None and isinstance(final, Mapping):
+            value = final.get(name)
+        values[name] = value
+    missing = [n for n, v in values.items() if v is None]
+    if missing:
+        return Outcome(State.FAILED, reason="no metric", error=f"the trainer never reported {', '.join(missing)}")
+    bad = [n for n, v in values.items() if not math.isfinite(float(v))]
+    if bad:
+        return Outcome(State.FAILED, reason="nan", error=f"{', '.join(bad)} is not finite")
+    ordered = tuple(float(values[n]) for n in reporter.objectives)
+    return Outcome(State.COMPLETE, ordered[0], values=ordered)
 
 
 def _failure(exc: Exception) -> Outcome:
@@ -213,7 +237,7 @@ class TrialRun:
             should_stop: Callable[[int, float], bool] = lambda s, v: False,
             on_start: Callable[[str], None] = lambda run_id: None,
             on_report: Callable[[int, Mapping[str, float]], None] = lambda s, m: None,
-            tags: Mapping[str, str] | None = None) -> tuple[Outcome, Reporter]:
+            tags: Mapping[str, str] | None = None, objectives: tuple[str, ...] = ()) -> tuple[Outcome, Reporter]:
         """Run the trainer under a child run; Interrupted ends the run KILLED and propagates."""
         from hpo.spec import unflatten
 
@@ -228,7 +252,7 @@ class TrialRun:
             self.tracker.queue_metrics(run_id, step, metrics)  # written off the trainer's critical path
             on_report(step, metrics)
 
-        reporter = Reporter(metric, sink=sink, should_stop=should_stop)
+        reporter = Reporter(metric, sink=sink, should_stop=should_stop, objectives=tuple(objectives))
         started = time.monotonic()
         try:
             outcome = run_trainer(trainer, config, reporter)

@@ -38,6 +38,18 @@ def run_hpo(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
     return out
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_put():
+    """`mlflow.set_tracking_uri` (tests that load a registered model) also sets $MLFLOW_TRACKING_URI, which
+    every later `hpo run` started with this process's environment would then write to: put it back."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def tiny_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "sweep.yaml"

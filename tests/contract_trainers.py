@@ -89,3 +89,13 @@ def curve_untraceable(config, report):
 
     curve(config, report)
     report.model(Branchy(float(config["x"])), input_example=np.zeros((2, 1), dtype=np.float32))
+
+
+def two_objectives(config, report):
+    """`curve`'s score (to maximise) and a cost (to minimise) that is lowest at x = 0.5: a trial with x < 0.5
+    is beaten on both by the one at 1 - x, so the Pareto front is the trials with x >= 0.5."""
+    epochs = int(config["epochs"])
+    for step in range(1, epochs + 1):
+        time.sleep(float(config.get("sleep", 0.05)))
+        report(step, {"score": score(config["x"], step, epochs),
+                      "cost": round((float(config["x"]) - 0.5) ** 2 + 0.01 * (epochs - step), 6)})

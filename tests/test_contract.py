@@ -378,6 +378,44 @@ def test_the_best_trials_model_is_kept_and_registered(finished):
     assert all(c.info.status == "FINISHED" for c in kept), [c.info.status for c in kept]
 
 
+MULTI = {"name": "multi", "method": "grid",
+         "metrics": [{"name": "score", "goal": "maximize"}, {"name": "cost", "goal": "minimize"}],
+         "parameters": {"epochs": {"value": 3}, "x": {"values": [0.9, 0.3, 0.7, 0.2, 0.5]}}}
+
+
+def test_a_multi_objective_sweep_records_its_pareto_front(engine, tmp_path):
+    """`metrics:` (two goals; a grid, so every point runs once): every complete trial's values are the last
+    reported score and cost; `hpo best` prints Optuna's own Pareto front (here: the
+    trials with x >= 0.5), its children are tagged hpo.pareto, the parent holds pareto.json. W&B's engines
+    optimise one metric: one line, exit 2, nothing written."""
+    sw = Sweep.make(engine, tmp_path, "multi", text=yaml.safe_dump(MULTI, sort_keys=False))
+    ran = sw.run("--trials", "5", "--trainer", "contract_trainers:two_objectives")
+    if engine == "wandb":
+        assert ran.code == 2 and one_line(ran.err) == [one_line(ran.err)[0]], ran.describe()
+        assert one_line(ran.err)[0].startswith("metrics: W&B's sweep engines optimise one metric"), ran.err
+        assert not (tmp_path / "runs").exists()
+        return
+    ok(ran)
+    study = sw.study()
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"] and study.metric_names == ["score", "cost"]
+    client, parents, children = sw.mlflow()
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(complete) == 5, _states(study.get_trials())
+    for t in complete:
+        child = child_of(children, t)
+        assert t.values == pytest.approx([last_score(client, child.info.run_id),
+                                          history(client, child.info.run_id, "cost")[3]])
+    front = {float(t.params["x"]) for t in study.best_trials}
+    assert front == {0.9, 0.7, 0.5}
+    best = json.loads(sw.cli("best", str(sw.file)).out.strip().splitlines()[-1])
+    assert {float(f["params"]["x"]) for f in best["pareto"]} == front
+    assert {float(c.data.params["x"]) for c in children if c.data.tags.get("hpo.pareto") == "true"} == front
+    assert {float(f["params"]["x"]) for f in ran.summary["pareto"]} == front
+    local = client.download_artifacts(parents[0].info.run_id, "pareto.json")
+    assert {float(f["params"]["x"]) for f in json.loads(Path(local).read_text())} == front
+    assert 'id="pareto"' in (sw.dir / "report.html").read_text()
+
+
 def test_one_child_run_per_trial_with_its_end_status(finished, engine):
     """Every trial is one child of the parent, tagged with the engine, none left RUNNING; its status
     follows its state (complete FINISHED, pruned KILLED, failed FAILED) and matches the Optuna trial."""

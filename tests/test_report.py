@@ -49,7 +49,7 @@ def test_a_run_ends_with_a_self_contained_report(swept):
     history = figure(page, "history")
     best = max(y for trace in history["data"] if trace["name"] == "complete" for y in trace["y"])
     assert best == pytest.approx(float(out.stdout.split('"best_value": ')[1].split(",")[0]))
-    assert "fANOVA" in page  # says which importance evaluator
+    assert "PED-ANOVA" in page  # says which importance evaluator (Optuna 5's default)
 
 
 def test_hpo_report_rewrites_it_and_prints_where(swept):

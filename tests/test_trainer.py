@@ -41,7 +41,7 @@ def test_report_is_called_once_per_epoch_and_can_stop_training():
     with pytest.raises(Stop):
         train({"epochs": 6, "hidden": 16}, report)
     assert [s for s, _ in seen] == [1, 2]
-    assert seen[0][1] == {"train_loss", "val_loss", "val_acc", "epoch_seconds"}
+    assert seen[0][1] == {"train_loss", "val_loss", "val_acc", "epoch_seconds", "n_params"}
 
 
 # Every optimizer on the small models; resnet18 once (its optimizer code path is the same).

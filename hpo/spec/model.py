@@ -94,10 +94,24 @@ class Spec:
     params: tuple[Param, ...]
     hyperband: Hyperband | None = None
     run_cap: int | None = None
+    objectives: tuple[tuple[str, str], ...] = ()  # `metrics:` (name, goal) pairs; () for one `metric:`
 
     @property
     def direction(self) -> str:
         return "maximize" if self.goal == "maximize" else "minimize"
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives (`metrics:`): trials have a Pareto front, not one best."""
+        return len(self.objectives) > 1
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [n for n, _ in self.objectives] if self.multi else [self.metric] if self.metric else []
+
+    @property
+    def directions(self) -> list[str]:
+        return [g for _, g in self.objectives] if self.multi else [self.direction]
 
     @property
     def literal_names(self) -> frozenset[str]:
@@ -121,6 +135,8 @@ class Spec:
 def changes(old: Spec, new: Spec) -> list[str]:
     """What differs between two specs in what a study searches (not its name, budget or command)."""
     out = []
+    if old.objectives != new.objectives:
+        out.append(f"metrics: {[list(o) for o in old.objectives]} -> {[list(o) for o in new.objectives]}")
     for key in ("method", "metric", "goal"):
         if getattr(old, key) != getattr(new, key):
             out.append(f"{'metric.' + key if key != 'method' else key}: {getattr(old, key)!r} -> {getattr(new, key)!r}")

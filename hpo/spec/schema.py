@@ -57,6 +57,13 @@ def wandb_schema() -> dict:
     props.setdefault("job", {"type": "string", "description": "W&B Launch job"})
     props.setdefault("image_uri", {"type": "string", "description": "W&B Launch image"})
     props.setdefault("scheduler", {"type": "object", "description": "W&B Launch sweep scheduler"})
+    # sweeps 0.3.0's multi-objective form: a list of at least two {name, goal}, instead of `metric:`.
+    props.setdefault("metrics", {"type": "array", "description": "Metrics to optimize together (Pareto front)",
+                                 "items": {"type": "object", "required": ["name", "goal"],
+                                           "additionalProperties": False,
+                                           "properties": {"name": {"type": "string"},
+                                                          "goal": {"type": "string",
+                                                                   "enum": ["minimize", "maximize"]}}}})
     return schema
 
 

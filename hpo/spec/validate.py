@@ -60,6 +60,9 @@ def from_dict(raw: Any) -> Spec:
         # one line per problem, in order; a key with a newline in it must not break the line
         raise SpecError(list(dict.fromkeys(one_line(p) for p in problems)))
     metric = raw.get("metric") or {}
+    objectives = tuple((m["name"], m["goal"]) for m in raw.get("metrics") or ())
+    if objectives:  # the first objective stands in where one metric is shown (progress, curves)
+        metric = {"name": objectives[0][0], "goal": objectives[0][1]}
     return Spec(
         raw=raw,
         name=raw.get("name"),
@@ -69,6 +72,7 @@ def from_dict(raw: Any) -> Spec:
         params=tuple(params),
         hyperband=_hyperband(raw.get("early_terminate")),
         run_cap=raw.get("run_cap"),
+        objectives=objectives,
     )
 
 
@@ -145,13 +149,36 @@ def fill_defaults(dist: str, value: Mapping[str, Any]) -> dict[str, Any]:
     return filled
 
 
+def _metrics_checks(raw: dict, metrics: Any) -> list[str]:
+    """`metrics:` (several objectives): a list of at least two distinct {name, goal}, without `metric:`, and
+    without early termination (Optuna's pruners and Ray's schedulers stop trials on one metric)."""
+    if not isinstance(metrics, list):
+        return []  # the schema says what is wrong
+    problems = []
+    if raw.get("metric") is not None:
+        problems.append("metrics: give either metric: (one objective) or metrics: (several), not both")
+    if len(metrics) < 2:
+        problems.append(f"metrics: needs at least two metrics (got {len(metrics)}); for one, use metric:")
+    names = [m.get("name") for m in metrics if isinstance(m, dict)]
+    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
+        problems.append(f"metrics: {name!r} is listed twice")
+    if raw.get("early_terminate"):
+        problems.append("early_terminate: cannot stop trials of a multi-objective sweep (metrics:): a pruner "
+                        "ranks trials on one metric; remove early_terminate")
+    return problems
+
+
 def _semantic_checks(raw: dict, params: list[Param]) -> list[str]:
     problems = []
     method = raw.get("method")
     metric = raw.get("metric") if isinstance(raw.get("metric"), dict) else {}
-    if method == "custom":
-        problems.append("method: 'custom' needs W&B's cloud controller; use bayes, random or grid")
-    if (method == "bayes" or raw.get("early_terminate")) and not metric.get("name"):
+    metrics = raw.get("metrics")
+    if metrics is not None:
+        problems += _metrics_checks(raw, metrics)
+    elif method == "custom":
+        problems.append("method: 'custom' needs W&B's cloud controller; use bayes, random or grid "
+                        "(or a metrics: list, which hpo optimises together)")
+    if (method == "bayes" or raw.get("early_terminate")) and not metric.get("name") and metrics is None:
         why = "method bayes" if method == "bayes" else "early_terminate"
         problems.append(f"metric.name: required with {why}")
     if method == "grid" and params:

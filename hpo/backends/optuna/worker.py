@@ -169,10 +169,12 @@ class _Context:
         try:
             outcome, reporter = self.trial_run.run(
                 trial.number, params, self.trainer, self.spec.metric,
-                should_stop=lambda step, value: _prune(trial, step, value, self.last_step),
+                should_stop=(lambda step, value: False) if self.spec.multi else  # no pruner ranks several
+                lambda step, value: _prune(trial, step, value, self.last_step),
                 on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
                 tags={f"hpo.{k}": str(trial.user_attrs[f"hpo.{k}"]) for k in ("retry_of", "attempt")
                       if f"hpo.{k}" in trial.user_attrs},
+                objectives=tuple(self.spec.metric_names) if self.spec.multi else (),
             )
         except Interrupted:
             self._tell(trial, lost("interrupted"))
@@ -188,7 +190,7 @@ class _Context:
         if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric
             self.study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE)  # noqa: SLF001
         elif outcome.state == State.COMPLETE:
-            self.study.tell(trial, outcome.value)
+            self.study.tell(trial, list(outcome.values) if outcome.values else outcome.value)
         else:
             self.study.tell(trial, state=outcome.state.optuna_state)
 

@@ -75,8 +75,11 @@ class Side:
                               error_type=tags.get("hpo.error_type"), error=tags.get("hpo.error"))
         elif s.stopped and s.reports < self.max_t:
             outcome = Outcome(State.PRUNED, value, reason=f"stopped by {self.scheduler} after {s.reports} reports")
-        else:
-            outcome = Outcome(State.COMPLETE, value)
+        else:  # several objectives: each one's last reported value (Ray keeps the last result)
+            names = self.plan.spec.metric_names if self.plan.spec.multi else []
+            last = trial.last_result or {}
+            values = tuple(last[n] for n in names) if names and all(n in last for n in names) else None
+            outcome = Outcome(State.COMPLETE, values[0] if values else value, values=values)
         # A stopped trial may be gone before it closed its run: close it here too (idempotent).
         self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED)
         self.session.refresh(len(self.session.live))
@@ -220,10 +223,13 @@ def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: lis
     searcher, space, samples = ray_space.search(plan.spec, n, concurrency, plan.options.get("seed"), grid)
     limit = None if isinstance(searcher, tune.search.BasicVariantGenerator) else concurrency  # it limits itself
     mode = None if not plan.spec.metric else "max" if plan.spec.direction == "maximize" else "min"
+    metric = plan.spec.metric
+    if plan.spec.multi:  # OptunaSearch holds the metrics and modes; Tune itself ranks nothing
+        metric = mode = None
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(
-            metric=plan.spec.metric, mode=mode, search_alg=searcher,
+            metric=metric, mode=mode, search_alg=searcher,
             scheduler=ray_space.scheduler(plan.spec, plan.options.get("ray_scheduler", "asha")),
             num_samples=samples, max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,
@@ -252,7 +258,8 @@ def run(plan: Plan, session: Session) -> None:
         ctx = TrialContext(plan.tracking_uri, session.experiment_id, session.parent_run_id, plan.name,
                            plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
                            plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)),
-                           tuple(ray_space.encoded_names(plan.spec)))
+                           tuple(ray_space.encoded_names(plan.spec)),
+                           tuple(plan.spec.metric_names) if plan.spec.multi else ())
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
         while (n := session.remaining()) > 0:
             before = session.counted()

@@ -128,12 +128,13 @@ def search(spec: Spec, budget: int, concurrency: int, seed: int | None = None,
         points = grid_points[:budget]
         return (BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrency), param_space(spec),
                 len(points))
-    if spec.method == "bayes":
+    if spec.method in ("bayes", "custom"):  # custom: a metrics: sweep (multi-objective TPE)
         from ray.tune.search.optuna import OptunaSearch
 
         sampler = space.sampler(spec, seed)  # TPE with constant_liar: trials run concurrently
-        mode = "max" if spec.direction == "maximize" else "min"
-        return OptunaSearch(space=_DefineByRun(spec), metric=spec.metric, mode=mode, sampler=sampler), {}, budget
+        modes = ["max" if d == "maximize" else "min" for d in spec.directions]
+        metric, mode = (spec.metric_names, modes) if spec.multi else (spec.metric, modes[0])
+        return OptunaSearch(space=_DefineByRun(spec), metric=metric, mode=mode, sampler=sampler), {}, budget
     if spec.method == "grid" and budget >= spec.grid_size():
         grid = {p.name: tune.grid_search([space.encode(v) for v in p.grid_values()]) for p in spec.params}
         return BasicVariantGenerator(max_concurrent=concurrency), grid, 1

@@ -37,6 +37,7 @@ class TrialContext:
     git_sha: str = "none"
     literal: tuple[str, ...] = ()  # the spec's literal dotted names
     encoded: tuple[str, ...] = ()  # parameters whose list or mapping values come as JSON text
+    objectives: tuple[str, ...] = ()  # a multi-objective sweep's metrics
 
 
 class _Done(Exception):
@@ -86,6 +87,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     params = {k: json.loads(v) if k in ctx.encoded else plain(v) for k, v in config.items()}
     trial_run.run(trial_number(trial_id), params, until_done, ctx.metric,
-                  on_start=lambda rid: run.update(id=rid), on_report=to_tune)
+                  on_start=lambda rid: run.update(id=rid), on_report=to_tune, objectives=ctx.objectives)
     if run["stopped"]:
         raise SystemExit(0)  # how Ray expects a stopped trial's thread to end (reuse the actor)

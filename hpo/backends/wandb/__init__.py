@@ -35,6 +35,9 @@ class WandbBackend:
         from hpo.backends.wandb import online
 
         online.wandb_module()
+        if plan.spec.multi:
+            return ["metrics: W&B's sweep engines optimise one metric; run a metrics: sweep with --backend optuna "
+                    "or --backend ray"]
         if not self._offline(plan) and not plan.options.get("project"):
             return ["--project: required for a sweep on the W&B server (or use --offline)"]
         if (plan.trainer or "").startswith("program:") and not self._offline(plan):
