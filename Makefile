@@ -33,6 +33,8 @@ bench: setup
 	$(PY) bench/program_mode.py
 	$(PY) bench/bench_speed.py
 	$(PY) bench/bench_ray.py --trials 32 --epochs 27 --reps 3
+	$(PY) bench/bench_models.py
+	$(PY) bench/bench_multi.py
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml

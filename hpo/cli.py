@@ -187,6 +187,9 @@ def cmd_best(a: argparse.Namespace) -> int:
         print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs['hpo.spec'])['method']} "
               "sweep records its trials; add metric: to rank them)", file=sys.stderr)
     found = status.best(study, metric)
+    if a.model and "pareto" in found:
+        raise UsageError("--model: a metrics: sweep has a Pareto front, not one best model; each front entry's "
+                         "run_id holds its trial's model (hpo.model_uri) when it kept one")
     if a.model:
         found.update(status.best_model(study, found.get("mlflow_run_id"), a.tracking_uri))
     if "pareto" in found and sys.stdout.isatty() and not a.json:  # a person reads the front as a table

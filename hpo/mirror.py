@@ -84,6 +84,8 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
     values = [float(outcome.value)] if outcome.state == State.COMPLETE and outcome.value is not None else None
     if outcome.state == State.COMPLETE and outcome.values:  # a multi-objective trial
         values = list(outcome.values)
+    if values is not None and len(values) != len(study.directions):  # a study must never hold that trial
+        values, outcome = None, Outcome(State.FAILED, reason="no metric", error="not every objective reported")
     try:
         store.set_trial_state_values(trial_id, state=outcome.state.optuna_state, values=values)
     except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)

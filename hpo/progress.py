@@ -76,9 +76,12 @@ class Progress:
             line.add_column(no_wrap=True)
         line.add_row(head, bar, tail)
         best = storage.best_trial(trials, self.direction)
-        best_txt = "-" if best is None else f"{best.value:.4g} (trial {best.number})"
+        best_txt = f"best {self.metric or 'value'} " + ("-" if best is None else f"{best.value:.4g} (trial {best.number})")
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+        if done and len(done[0].values) > 1:  # several objectives: no one best
+            best_txt = "multi-objective: `hpo best` shows the Pareto front"
         counts = Text(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
-                      f"{f', {c.retried} retried' if c.retried else ''}  best {self.metric or 'value'} {best_txt}",
+                      f"{f', {c.retried} retried' if c.retried else ''}  {best_txt}",
                       overflow="ellipsis", no_wrap=True)
         parts: list = [line, counts]
         if final:

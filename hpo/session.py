@@ -363,8 +363,9 @@ class Session:
             _best_effort(self.progress.close, self.trials(), how)
         result = self.summarize(interrupted, aborted)
         if self.tracker is not None:  # two workers that kept a model at the same moment may leave k + 1
+            keep_too = {result.best_run_id} | {f["run_id"] for f in result.extra.get("pareto", ())}
             _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
-                         frozenset({result.best_run_id} if result.best_run_id else ()))
+                         frozenset(r for r in keep_too if r))
         self._register(result)
         report = self._report()
         _best_effort(self._close_parent, result, {"report.html": report} if report else {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 
 from optuna.trial import FrozenTrial, TrialState
@@ -63,6 +64,17 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     return "\n".join(lines)
 
 
+def _tag_front(tracker: Tracker, result: Result, on: set[str]) -> None:
+    """hpo.pareto=true on the front's children, false on those a resumed sweep pushed off it."""
+    was = {r.info.run_id for r in tracker.children(result.extra.get("experiment_id", ""), result.parent_run_id)
+           if r.data.tags.get("hpo.pareto") == "true"}
+    for run_id, flag in [*((r, "true") for r in on - was), *((r, "false") for r in was - on)]:
+        try:
+            tracker.set_tags(run_id, {"hpo.pareto": flag})
+        except Exception as exc:  # noqa: BLE001 - a child deleted by hand: the parent still closes
+            print(f"hpo: warning: run {run_id}: hpo.pareto not set: {type(exc).__name__}", file=sys.stderr)
+
+
 def pareto_table(front: list[dict]) -> str:
     """The front as a plain table: trial, every objective, the params."""
     if not front:
@@ -103,9 +115,7 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
     if front is not None:  # a multi-objective sweep: its front, on the parent and on each Pareto child
         tags["hpo.pareto_trials"] = ",".join(str(f["trial"]) for f in front)[:5000]
         extra["pareto.json"] = json.dumps(front, indent=2, default=str)
-        for f in front:
-            if f.get("run_id"):
-                tracker.set_tags(f["run_id"], {"hpo.pareto": "true"})
+        _tag_front(tracker, result, {f["run_id"] for f in front if f.get("run_id")})
     status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"
     tracker.finish_parent(result.parent_run_id, status, metrics, tags,
                           {"sweep.yaml": plan.sweep_text, "best.json": json.dumps(best, indent=2, default=str),

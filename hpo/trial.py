@@ -8,6 +8,7 @@ opened with params and tags and closed with FINISHED / KILLED / FAILED.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -92,6 +93,8 @@ class Outcome:
         for key in ("reason", "error_type", "error"):
             if getattr(self, key):
                 out[f"hpo.{key}"] = str(getattr(self, key))[:1000]
+        if self.values is not None:  # a multi-objective trial's values, for whoever reads its run (Ray's side)
+            out["hpo.values"] = json.dumps(list(self.values))
         return out
 
     def fields(self) -> dict[str, Any]:

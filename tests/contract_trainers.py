@@ -99,3 +99,9 @@ def two_objectives(config, report):
         time.sleep(float(config.get("sleep", 0.05)))
         report(step, {"score": score(config["x"], step, epochs),
                       "cost": round((float(config["x"]) - 0.5) ** 2 + 0.01 * (epochs - step), 6)})
+
+
+def cost_returned(config, report):
+    """`two_objectives`, but the cost only comes back in train()'s return value, never through report()."""
+    curve(config, report)
+    return {"cost": round((float(config["x"]) - 0.5) ** 2, 6)}

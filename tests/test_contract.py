@@ -405,6 +405,7 @@ def test_a_multi_objective_sweep_records_its_pareto_front(engine, tmp_path):
         child = child_of(children, t)
         assert t.values == pytest.approx([last_score(client, child.info.run_id),
                                           history(client, child.info.run_id, "cost")[3]])
+    assert all(t.intermediate_values for t in complete)  # the first objective per step: the report's curves
     front = {float(t.params["x"]) for t in study.best_trials}
     assert front == {0.9, 0.7, 0.5}
     best = json.loads(sw.cli("best", str(sw.file)).out.strip().splitlines()[-1])

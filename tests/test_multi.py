@@ -74,3 +74,18 @@ def test_bad_metrics_are_one_line_and_write_nothing(tmp_path, block, line):
                   env={"PYTHONPATH": str(TESTS)})
     assert out.returncode == 2 and out.stderr.strip().startswith(line), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("engine", ["optuna", "ray"])
+def test_an_objective_only_returned_by_train_still_counts(tmp_path, engine):
+    """`cost` never goes through report(), only train()'s return value: every complete trial still has both
+    values (Ray's side reads them from the trial's run), and the front is x >= 0.5."""
+    write(tmp_path / "sweep.yaml", CUSTOM.replace("method: custom", "method: grid").replace(
+        "x: {distribution: uniform, min: 0.0, max: 1.0}", "x: {values: [0.9, 0.2, 0.6, 0.4]}"))
+    env = {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(TESTS), "HPO_RAY_NUM_CPUS": "2", "RAY_ADDRESS": ""}
+    run_hpo("run", "sweep.yaml", "--workers", "2", "--backend", engine, "--trainer", "contract_trainers:cost_returned",
+            "--no-progress", cwd=tmp_path, env=env, check=True)
+    study = load_study(tmp_path / "runs" / "mo", "mo")
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and all(len(t.values) == 2 for t in complete)
+    assert {float(t.params["x"]) for t in study.best_trials} == {0.9, 0.6}

@@ -169,7 +169,7 @@ class _Context:
         try:
             outcome, reporter = self.trial_run.run(
                 trial.number, params, self.trainer, self.spec.metric,
-                should_stop=(lambda step, value: False) if self.spec.multi else  # no pruner ranks several
+                should_stop=(lambda step, value: _record(trial, step, value)) if self.spec.multi else
                 lambda step, value: _prune(trial, step, value, self.last_step),
                 on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
                 tags={f"hpo.{k}": str(trial.user_attrs[f"hpo.{k}"]) for k in ("retry_of", "attempt")
@@ -193,6 +193,15 @@ class _Context:
             self.study.tell(trial, list(outcome.values) if outcome.values else outcome.value)
         else:
             self.study.tell(trial, state=outcome.state.optuna_state)
+
+
+def _record(trial: optuna.Trial, step: int, value: float) -> bool:
+    """A multi-objective trial: its first objective's value at each step, for the curves (no pruner ranks
+    several objectives, and Trial.report refuses them)."""
+    from hpo import mirror
+
+    mirror.report(trial.study, trial._trial_id, step, value)  # noqa: SLF001
+    return False
 
 
 def _prune(trial: optuna.Trial, step: int, value: float, last_step: int | None) -> bool:

@@ -75,11 +75,15 @@ class Side:
                               error_type=tags.get("hpo.error_type"), error=tags.get("hpo.error"))
         elif s.stopped and s.reports < self.max_t:
             outcome = Outcome(State.PRUNED, value, reason=f"stopped by {self.scheduler} after {s.reports} reports")
-        else:  # several objectives: each one's last reported value (Ray keeps the last result)
-            names = self.plan.spec.metric_names if self.plan.spec.multi else []
-            last = trial.last_result or {}
-            values = tuple(last[n] for n in names) if names and all(n in last for n in names) else None
-            outcome = Outcome(State.COMPLETE, values[0] if values else value, values=values)
+        elif self.plan.spec.multi:  # several objectives: the values the trial's own run recorded
+            values = json.loads(tags["hpo.values"]) if tags.get("hpo.values") else None
+            if values is None or len(values) != len(self.plan.spec.metric_names):
+                outcome = Outcome(State.FAILED, reason="no metric",
+                                  error=f"the trial did not report every one of {self.plan.spec.metric_names}")
+            else:
+                outcome = Outcome(State.COMPLETE, values[0], values=values)
+        else:
+            outcome = Outcome(State.COMPLETE, value)
         # A stopped trial may be gone before it closed its run: close it here too (idempotent).
         self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED)
         self.session.refresh(len(self.session.live))

@@ -67,7 +67,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run = {"id": "", "reports": 0, "stopped": False}
 
     def to_tune(step: int, metrics: dict[str, float]) -> None:
-        if ctx.metric and ctx.metric not in metrics:
+        if ctx.objectives and not any(n in metrics for n in ctx.objectives):
+            return  # a multi-objective sweep: any of its metrics is news
+        if ctx.metric and ctx.metric not in metrics and not ctx.objectives:
             return  # NaN or not reported: Ray's scheduler and searcher need the metric
         run["reports"] += 1
         try:

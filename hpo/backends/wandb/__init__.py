@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from hpo.spec import Spec
 
 
+MULTI_REFUSED = ("metrics: W&B's sweep engines optimise one metric; run a metrics: sweep with --backend optuna "
+                 "or --backend ray")
+
+
 class WandbBackend:
     name = "wandb"
     mirrored = True
@@ -34,10 +38,9 @@ class WandbBackend:
     def check(self, plan: Plan) -> list[str]:
         from hpo.backends.wandb import online
 
-        online.wandb_module()
         if plan.spec.multi:
-            return ["metrics: W&B's sweep engines optimise one metric; run a metrics: sweep with --backend optuna "
-                    "or --backend ray"]
+            return [MULTI_REFUSED]
+        online.wandb_module()
         if not self._offline(plan) and not plan.options.get("project"):
             return ["--project: required for a sweep on the W&B server (or use --offline)"]
         if (plan.trainer or "").startswith("program:") and not self._offline(plan):
@@ -51,6 +54,8 @@ class WandbBackend:
         from hpo.spec import hyperband
 
         hb = spec.hyperband
+        if spec.multi:
+            return Schedule(self.name, lines=(f"W&B     {MULTI_REFUSED}",), problem=MULTI_REFUSED)
         if hb is None:
             return Schedule(self.name, lines=("W&B     no early_terminate: every run runs all its epochs.",))
         top = hyperband.max_epochs(spec) or 100
