@@ -24,8 +24,9 @@ def schedules(spec: Spec, options: dict | None = None) -> list[base.Schedule]:
 
 
 def explain(spec: Spec, options: dict | None = None) -> str:
-    head = (f"{spec.name or 'sweep'}: method {spec.method}, metric {spec.metric} ({spec.goal}), "
-            f"{len(spec.params)} parameters")
+    goals = (f"metrics {', '.join(f'{n} ({g})' for n, g in spec.objectives)} (a Pareto front)" if spec.multi
+             else f"metric {spec.metric} ({spec.goal})")
+    head = f"{spec.name or 'sweep'}: method {spec.method}, {goals}, {len(spec.params)} parameters"
     lines = [head]
     if spec.hyperband is None:
         lines.append("no early_terminate: every trial runs all its epochs on every engine.")

@@ -89,3 +89,12 @@ def test_an_objective_only_returned_by_train_still_counts(tmp_path, engine):
     complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(complete) == 4 and all(len(t.values) == 2 for t in complete)
     assert {float(t.params["x"]) for t in study.best_trials} == {0.9, 0.6}
+
+
+def test_explain_names_every_objective_and_says_wandb_cannot_run_it(tmp_path):
+    write(tmp_path / "sweep.yaml", CUSTOM)
+    out = run_hpo("explain", "sweep.yaml", cwd=tmp_path, check=True)
+    assert "metrics score (maximize), cost (minimize)" in out.stdout.splitlines()[0]
+    found = json.loads(run_hpo("explain", "sweep.yaml", "--json", cwd=tmp_path, check=True).stdout)
+    assert found["optuna"]["runs"] and found["ray"]["runs"] and not found["wandb"]["runs"]
+    assert found["wandb"]["problem"].startswith("metrics: W&B's sweep engines optimise one metric")
