@@ -20,6 +20,7 @@ import threading
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -186,12 +187,12 @@ class Session:
         tracking.repair_interrupted_schema(plan.tracking_uri)  # a controller killed while MLflow made its tables
         self.tracker = Tracker(plan.tracking_uri)
         try:
-            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
+            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
         except Exception as exc:  # a half-made SQLite store that holds nothing yet: made again
             if diskspace.is_disk_full(exc) or not tracking.drop_if_empty(plan.tracking_uri):
                 raise
             self.tracker = Tracker(plan.tracking_uri)
-            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=plan.dir / "artifacts")
+            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
         tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
                 "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
@@ -214,6 +215,10 @@ class Session:
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
+
+    def _artifact_dir(self) -> Path | None:
+        """runs/NAME/artifacts for a store on this machine; a tracking server keeps (or serves) its own."""
+        return self.plan.dir / "artifacts" if tracking.is_local(self.plan.tracking_uri) else None
 
     def _snapshot(self) -> None:
         """The environment the sweep ran in, on its parent run (rewritten by a resume)."""

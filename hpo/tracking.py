@@ -303,6 +303,11 @@ def _metrics(step: int, metrics: Mapping[str, float]) -> list[Any]:
     return [Metric(k, float(v), now, step) for k, v in metrics.items()]
 
 
+def is_local(uri: str) -> bool:
+    """A store on this machine's disk (SQLite, a file store): its artifacts go beside the sweep."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
