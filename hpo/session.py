@@ -193,7 +193,11 @@ class Session:
                 raise
             self.tracker = Tracker(plan.tracking_uri)
             self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
-        tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, "hpo.storage": storage.mask(plan.storage),
+        uid = study.user_attrs.get(tracking.STUDY_UID_TAG)
+        if not uid:  # first in the journal, then the parent run: a kill between the two makes no second parent
+            uid = uuid.uuid4().hex
+            study.set_user_attr(tracking.STUDY_UID_TAG, uid)
+        tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, tracking.STUDY_UID_TAG: uid, "hpo.storage": storage.mask(plan.storage),
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
                 "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
                 keep.K_TAG: str(self._keep_k(study))}

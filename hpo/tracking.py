@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 T = TypeVar("T")
 
 PARENT_TAG = "mlflow.parentRunId"
+STUDY_UID_TAG = "hpo.study_uid"  # the study a parent run belongs to, written to the study before the run exists
 
 
 def _retry(fn: Callable[[], T]) -> T:
@@ -176,7 +177,20 @@ class Tracker:
 
     def start_parent(self, experiment_id: str, name: str, params: Mapping[str, Any],
                      tags: Mapping[str, str], resume_id: str | None = None) -> str:
-        """Create the sweep's parent run, or reopen it when the sweep is resumed."""
+        """Create the sweep's parent run, or reopen it when the sweep is resumed.
+
+        A controller killed after creating the run but before the study recorded its id leaves a parent
+        the study does not name: it is found by its `hpo.study_uid` tag and reopened, not made twice."""
+        if not resume_id and tags.get(STUDY_UID_TAG):
+            where = f"tags.`{STUDY_UID_TAG}` = '{tags[STUDY_UID_TAG]}'"
+            found = _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50))
+            found = sorted((r for r in found if PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
+            if found:
+                resume_id = found[0].info.run_id
+                try:
+                    self.log_params(resume_id, params)  # killed between create_run and log_params
+                except Exception:  # noqa: BLE001 - already logged (a param never changes its value)
+                    pass
         if resume_id:
             try:
                 run = _retry(lambda: self.client.get_run(resume_id))

@@ -316,3 +316,30 @@ def test_a_tracking_store_killed_while_mlflow_made_its_tables_is_made_again(tmp_
     assert out.returncode == 0, out.stderr
     _, _, parents, children = runs_of(db.parent, "tiny")
     assert [p.info.status for p in parents] == ["FINISHED"] and [c.info.status for c in children] == ["FINISHED"]
+
+
+def test_a_controller_killed_right_after_making_its_parent_run_makes_no_second_one(tmp_path, tiny_sweep):
+    """The window the thirty power cuts found: the parent run exists in MLflow, the study does not name it
+    yet. The resumed sweep must reopen that parent (found by the study's `hpo.study_uid`), not add one."""
+    kill_after_parent = (
+        "import os, signal, sys\n"
+        "import hpo.tracking as t\n"
+        "made = t.Tracker.start_parent\n"
+        "def start_parent(*a, **k):\n"
+        "    made(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "t.Tracker.start_parent = start_parent\n"
+        "from hpo.cli import entry\n"
+        "sys.argv = ['hpo', *sys.argv[1:]]\n"
+        "entry()\n")
+    args = ["run", str(tiny_sweep), "--workers", "1", "--trials", "2", "--no-progress"]
+    killed = subprocess.run([sys.executable, "-c", kill_after_parent, *args], cwd=tmp_path, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    _, _, parents, _ = runs_of(tmp_path / "runs" / "tiny", "tiny")
+    assert [p.info.status for p in parents] == ["RUNNING"], "killed with its parent made"
+    out = run_hpo(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    _, _, after, children = runs_of(tmp_path / "runs" / "tiny", "tiny")
+    assert [p.info.run_id for p in after] == [parents[0].info.run_id]
+    assert after[0].info.status == "FINISHED" and after[0].data.params["method"]
+    assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
