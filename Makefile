@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/bench_ray.py --trials 32 --epochs 27 --reps 3
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_multi.py
+	$(PY) bench/bench_ops.py
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml

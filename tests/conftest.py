@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+import servers
 
 # A tiny sweep: digits, few epochs, Hyperband that can prune from epoch 1.
 TINY = """
@@ -60,11 +59,7 @@ def tiny_sweep(tmp_path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for servers a test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = servers.free_port
 
 
 def write(path: Path, text: str) -> Path:
@@ -96,44 +91,25 @@ def runs_of(sweep_dir: Path, name: str):
     return client, exp, parents, children
 
 
-# -- a real PostgreSQL server, private to this test session -------------------------------------
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
+# -- real servers on 127.0.0.1, private to a test module (tests/servers.py) -------------------------
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away PostgreSQL: its URL, and stop/start for outage tests."""
+    if servers.pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    pg = servers.start_postgres()
+    try:
+        yield pg
+    finally:
+        pg.shutdown()
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """Start a throw-away PostgreSQL on 127.0.0.1 (installed by .ci/run); yield its URL and stop/start."""
-    pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
-    # Not under pytest's tmp folder: the postgres user must be able to reach it.
-    root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
-    root.chmod(0o755)
-    data, pwfile = root / "data", root / "pw"
-    pwfile.write_text("s3cret-pw\n")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-        shutil.chown(pwfile, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", "hpo", "--auth=scram-sha-256",
-                    f"--pwfile={pwfile}"], check=True, capture_output=True)
-    port = free_port()
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
-                    "start"], check=True, capture_output=True)
-    def ctl(*what: str) -> None:
-        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w",
-                        *what], check=True, capture_output=True)
-
+def mlflow_server(postgres):
+    """`mlflow server` on 127.0.0.1, PostgreSQL behind it, artifacts served over HTTP; `.restart()`."""
+    server = servers.start_mlflow_server(postgres.url)
     try:
-        yield SimpleNamespace(url=f"postgresql://hpo:s3cret-pw@127.0.0.1:{port}/postgres",
-                              stop=lambda: ctl("-m", "immediate", "stop"), start=lambda: ctl("start"))
+        yield server
     finally:
-        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -88,9 +88,11 @@ def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
 
 
 @pytest.mark.postgres
-def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_path, postgres_url):
-    """A worker on 'another machine' (its own hostname, in a UTS namespace) is SIGKILLed mid-trial:
-    the controller cannot see its process, so the trial's missing heartbeat is what fails it."""
+def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_path, postgres_url, mlflow_server):
+    """A worker on 'another machine' (its own hostname in a UTS namespace, its own folder without the sweep
+    file, only the study's name and the database in its environment) joins a sweep that logs to an MLflow
+    server, and is SIGKILLed mid-trial: the controller cannot see its process, so the trial's missing
+    heartbeat is what fails it; a replacement is queued and the budget met."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare to give the worker another hostname")
     sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="hb") + "      epochs: {value: 6}\n      sleep: {value: 1.0}\n")
@@ -98,39 +100,56 @@ def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_
     env.pop("MLFLOW_TRACKING_URI", None)
     ctl = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--storage", postgres_url, "--study",
                             "hb", "--workers", "1", "--trials", "6", "--trainer", "fault_trainers:slow",
-                            "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "runs" / "hb" / "mlflow.db").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)
-    uri = f"sqlite:///{tmp_path / 'runs' / 'hb' / 'mlflow.db'}"
-    remote = subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname remote-box && exec {sys.executable} -m hpo "
-                               f"worker --study hb --tracking-uri {uri} --name remote"],
-                              cwd=tmp_path, env={**env, "HPO_STORAGE": postgres_url}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                            "--tracking-uri", mlflow_server.url, "--no-progress"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     import optuna
+    from mlflow.tracking import MlflowClient
 
     from hpo.storage import open_storage
 
+    client = MlflowClient(mlflow_server.url)
+    deadline = time.monotonic() + 90
+    while not (client.get_experiment_by_name("hb") and client.search_runs(  # made after the study's tables:
+            [client.get_experiment_by_name("hb").experiment_id])):         # no race to create them
+        assert time.monotonic() < deadline and ctl.poll() is None, "the sweep started"
+        time.sleep(0.5)
     study = optuna.load_study(study_name="hb", storage=open_storage(postgres_url))
+    while "hpo.parent_run_id" not in study.user_attrs:
+        assert time.monotonic() < deadline and ctl.poll() is None, "the sweep started"
+        time.sleep(0.5)
+    elsewhere = tmp_path / "other-machine"
+    elsewhere.mkdir()
+    remote = [subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname remote-{i} && exec {sys.executable} -m hpo "
+                                f"worker --study hb --name remote{i}"],
+                               cwd=elsewhere, env={**env, "HPO_STORAGE": postgres_url}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     victim = None
     while victim is None and time.monotonic() < deadline + 60:
         time.sleep(0.5)
         victim = next((t for t in study.get_trials() if t.state == TrialState.RUNNING
-                       and t.user_attrs.get("hpo.host") == "remote-box"), None)
+                       and t.user_attrs.get("hpo.host") == "remote-0"), None)
     assert victim is not None, "the remote worker took a trial"
-    remote.kill()
-    remote.wait()
+    remote[0].kill()
+    remote[0].wait()
     out, err = ctl.communicate(timeout=240)
     assert ctl.returncode == 0, err
+    _, survivor_err = remote[1].communicate(timeout=120)
+    assert remote[1].returncode == 0, survivor_err
     trials = {t.number: t for t in study.get_trials()}
     dead = trials[victim.number]
     assert dead.state == TrialState.FAIL and dead.user_attrs["hpo.reason"] == "worker died"
-    assert "no heartbeat" in dead.user_attrs["hpo.error"] and "remote-box" in dead.user_attrs["hpo.error"]
+    assert "no heartbeat" in dead.user_attrs["hpo.error"] and "remote-0" in dead.user_attrs["hpo.error"]
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == 6, "the killed trial was replaced"
-    _, _, parents, children = runs_of(tmp_path / "runs" / "hb", "hb")
-    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+    assert "remote1" in {t.user_attrs.get("hpo.worker") for t in trials.values()}, "the other remote worker took trials"
+    assert not list(elsewhere.iterdir()), "a joining worker writes nothing in its folder: all goes to the servers"
+    runs = client.search_runs([client.get_experiment_by_name("hb").experiment_id], max_results=100)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_id = {r.info.run_id: r for r in runs}
+    assert by_id[dead.user_attrs["hpo.mlflow_run_id"]].info.status == "FAILED"
+    for t in trials.values():  # every finished trial's curve reached the server, from wherever it ran
+        if t.state == TrialState.COMPLETE:
+            history = client.get_metric_history(t.user_attrs["hpo.mlflow_run_id"], "score")
+            assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.postgres

@@ -8,19 +8,16 @@ with no shared disk. Checked with MLflow's own client, over HTTP.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import free_port, run_hpo, write
+from conftest import run_hpo, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 TESTS = Path(__file__).resolve().parent
@@ -34,41 +31,6 @@ parameters:
 """
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(postgres):
-    """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store and served artifacts."""
-    root = Path(tempfile.mkdtemp(prefix="hpo-mlflow-server-"))
-    port = free_port()
-    store = postgres.url.replace("postgresql://", "postgresql+psycopg://", 1)
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", store, "--serve-artifacts", "--artifacts-destination",
-                             str(root / "artifacts"), "--workers", "1"],
-                            cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    try:
-        yield url, root / "artifacts"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize("engine", ["optuna", "ray"])
 def test_a_sweep_logs_and_registers_over_http_with_artifacts_on_the_server(tmp_path, mlflow_server, engine):
     """Every child and the parent on the server, nothing RUNNING; the parent's artifacts and the kept models
@@ -76,7 +38,7 @@ def test_a_sweep_logs_and_registers_over_http_with_artifacts_on_the_server(tmp_p
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    url, served = mlflow_server
+    url, served = mlflow_server.url, mlflow_server.artifacts
     name = f"http-{engine}"
     write(tmp_path / f"{name}.yaml", XS.format(name=name))
     env = {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(TESTS), "HPO_RAY_NUM_CPUS": "2", "RAY_ADDRESS": ""}
@@ -100,3 +62,61 @@ def test_a_sweep_logs_and_registers_over_http_with_artifacts_on_the_server(tmp_p
     model = mlflow.pyfunc.load_model(f"models:/{name}@best")
     assert float(np.asarray(model.predict(np.zeros((1, 1), dtype=np.float32))).ravel()[0]) == pytest.approx(0.9)
     assert client.get_model_version_by_alias(name, "best").run_id == parent[0].data.tags["hpo.best_run_id"]
+
+
+RESTART = """
+name: {name}
+method: grid
+metric: {{name: score, goal: maximize}}
+parameters:
+  x: {{values: [1, 2, 3, 4, 5, 6]}}
+  epochs: {{value: 4}}
+  sleep: {{value: 1.0}}
+"""
+
+
+@pytest.mark.parametrize("engine", ["optuna", "ray"])
+def test_the_mlflow_server_killed_and_restarted_mid_sweep_loses_nothing(tmp_path, mlflow_server, engine):
+    """SIGKILL of the tracking server while trials log to it, then the same server again (its supervisor):
+    MLflow's client retries while it is gone, so trials carry on; every epoch a trial logged is on the
+    server, nothing stays RUNNING, the budget is met."""
+    from mlflow.tracking import MlflowClient
+
+    from hpo.storage import open_storage
+
+    name = f"restart-{engine}"
+    write(tmp_path / "sweep.yaml", RESTART.format(name=name))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(TESTS), "HPO_RAY_NUM_CPUS": "2",
+           "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--backend", engine, "--workers", "2",
+                             "--tracking-uri", mlflow_server.url, "--trainer", "fault_trainers:slow", "--no-progress"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(mlflow_server.url)
+    try:
+        deadline = time.monotonic() + 240
+        while True:  # trials running, with epochs logged
+            exp = client.get_experiment_by_name(name)
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            if any(r.data.metrics.get("score") for r in runs) or proc.poll() is not None:
+                break
+            assert time.monotonic() < deadline, "no trial logged an epoch"
+            time.sleep(0.3)
+        mlflow_server.restart(signal.SIGKILL)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    done = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(float(c.data.params["x"]) for c in done) == [1, 2, 3, 4, 5, 6]
+    for c in done:  # every epoch reached the server, across the restart
+        assert sorted(m.step for m in client.get_metric_history(c.info.run_id, "score")) == [1, 2, 3, 4]
+    trials = __import__("optuna").load_study(study_name=name, storage=open_storage(
+        str(tmp_path / "runs" / name / "optuna.log"))).get_trials()
+    assert sorted(t.value for t in trials if t.value is not None) == [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
