@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_multi.py
 	$(PY) bench/bench_ops.py
+	$(PY) bench/bench_gpu.py
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with NVIDIA GPUs: workers land on distinct GPUs (one
 # CUDA_VISIBLE_DEVICES each), train on CUDA, and keep their CUDA context between
-# trials; plus the default sweep's wall time on the GPU(s).
-#   bash bench/gpu_check.sh            (writes $OUT or /tmp/gpu_check)
+# trials; plus the default sweep's wall time on the GPU(s), then issue 12's table (bench/bench_gpu.py:
+# GPU vs CPU on the default sweep, warm-trial latency, resnet18 images/s per GPU with K = 1, 2, 4, NVML busy).
+#   bash bench/gpu_check.sh            (writes $OUT or /tmp/gpu_check; about 6 minutes on one H100/H200)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/gpu_check}"; mkdir -p "$OUT"
@@ -26,6 +27,8 @@ for K in 1 4; do
   ms=$(( ($(date +%s%N) - s) / 1000000 ))
   echo "{\"workers_per_gpu\": $K, \"wall_seconds\": $((ms / 1000)).$(printf %03d $((ms % 1000)))}" >> "$OUT/timings.jsonl"
 done
+
+"$PY" "$REPO/bench/bench_gpu.py" --out "$OUT/gpu_cuda.json" > "$OUT/bench_gpu.log" 2>&1 || echo "bench_gpu failed" >&2
 
 "$PY" - "$OUT" "$NGPU" <<'PYEOF'
 import collections, json, sys

@@ -1,4 +1,5 @@
-"""Datasets as in-memory tensors: digits (bundled, no download) and torchvision sets.
+"""Datasets as in-memory tensors: digits (bundled, no download), torchvision sets, and
+`synthetic_cifar10` (CIFAR-10's shapes from a seed: a throughput workload any machine has).
 
 A worker loads a dataset once and keeps it between trials (`load` is cached).
 """
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 
 TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-NAMES = ("digits", *TORCHVISION)
+SYNTHETIC = {"synthetic_cifar10": ((3, 32, 32), 50_000, 10_000)}  # shape, train, validation
+NAMES = ("digits", *TORCHVISION, *SYNTHETIC)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Dataset:
     @property
     def channels_last(self) -> bool:
         """Whether the raw images are H x W x C (CIFAR-10), as their loader gives them."""
-        return self.name == "cifar10"
+        return self.name in ("cifar10", "synthetic_cifar10")
 
     def raw(self, x: torch.Tensor) -> np.ndarray:
         """Stored rows back in the raw form their loader gives (what a served model is fed): digits as
@@ -94,6 +96,20 @@ def _torchvision(name: str, data_dir: str) -> Dataset:
     )
 
 
+def _synthetic(name: str) -> Dataset:
+    """Fixed images from seed 0: each class a random prototype, each image half prototype plus a quarter of noise
+    (uint8, so it is as heavy as the real set on the device and learnable: accuracy rises above 10 %)."""
+    shape, n_train, n_val = SYNTHETIC[name]
+    rng = np.random.default_rng(0)
+    prototypes = rng.integers(0, 256, size=(10, *shape), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n_train + n_val, dtype=np.int64)
+    x = (prototypes[y] >> 1) + (rng.integers(0, 256, size=(len(y), *shape), dtype=np.uint8) >> 2)
+    return Dataset(
+        name, torch.from_numpy(x[:n_train]), torch.from_numpy(y[:n_train]), torch.from_numpy(x[n_train:]),
+        torch.from_numpy(y[n_train:]), 10, 255.0, _fingerprint(prototypes, y),
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def load(name: str = "digits", data_dir: str = "data") -> Dataset:
     """Load a dataset by name; cached, so a long-lived worker loads it once."""
@@ -101,4 +117,6 @@ def load(name: str = "digits", data_dir: str = "data") -> Dataset:
         return _digits()
     if name in TORCHVISION:
         return _torchvision(name, data_dir)
+    if name in SYNTHETIC:
+        return _synthetic(name)
     raise ValueError(f"dataset: unknown {name!r}; one of {', '.join(NAMES)}")

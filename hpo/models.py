@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -67,12 +69,29 @@ class RawInput(nn.Module):
         return self.net(x.reshape(x.shape[0], *self.shape) / self.scale)
 
 
-def optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """sgd / adam / adamw."""
+@dataclass(frozen=True)
+class StepPlan:
+    """How a training step runs on a device: what pays for itself there, and nothing else."""
+
+    amp: bool  # autocast (bf16 where supported): convolutions gain; a tiny MLP only gets extra casts
+    fused: bool  # one fused optimizer kernel instead of one launch per parameter tensor
+    channels_last: bool  # NHWC for convolutions under AMP (tensor cores), with cudnn.benchmark
+
+
+def step_plan(model: str, device: str, amp: bool = True) -> StepPlan:
+    """The built-in trainer's step on `device` ("cuda" / "cpu"). On a CPU nothing changes: the plain step."""
+    cuda, conv = device == "cuda", model in ("cnn", "resnet18")
+    return StepPlan(amp=cuda and conv and amp, fused=cuda, channels_last=cuda and conv)
+
+
+def optimizer(name: str, params, lr: float, momentum: float, weight_decay: float,
+              fused: bool = False) -> torch.optim.Optimizer:
+    """sgd / adam / adamw; `fused` (CUDA) steps every parameter in one kernel."""
+    extra = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
     raise ValueError(f"optimizer: unknown {name!r}; one of sgd, adam, adamw")

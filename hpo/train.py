@@ -3,7 +3,8 @@
     train(config, report) -> final metrics
 
 `report(step, metrics)` is called once per epoch with train_loss, val_loss,
-val_acc, epoch_seconds and n_params (the model's parameter count). Whoever calls `train` supplies `report`; it may raise
+val_acc, epoch_seconds and n_params (the model's parameter count), plus on a GPU
+gpu_peak_mem_mb (the trial's peak allocated memory). Whoever calls `train` supplies `report`; it may raise
 to stop the trial early (that is how pruning reaches the trainer). When `report`
 has a `model` hook (hpo's does), the trained network goes to it at the end,
 wrapped to take raw inputs, with the validation split for its evaluation.
@@ -30,7 +31,7 @@ Report = Callable[[int, Mapping[str, float]], None]
 
 # Defaults that make `python -m hpo.train` a sensible run on a laptop CPU.
 DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",  # digits | mnist | fashion_mnist | cifar10
+    "dataset": "digits",  # digits | mnist | fashion_mnist | cifar10 | synthetic_cifar10
     "data_dir": "data",  # where torchvision sets are downloaded
     "model": "mlp",  # mlp | cnn | resnet18
     "hidden": 128,
@@ -42,7 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "epochs": 10,
     "seed": 0,
-    "amp": True,  # mixed precision, CUDA only
+    "amp": True,  # mixed precision: CUDA only, and only for the convolutional models (models.step_plan)
+    "max_train_samples": 0,  # 0: the whole training split; N: its first N rows (quick runs, CPU benchmarks)
+    "max_eval_samples": 0,  # the same for the validation split
 }
 
 
@@ -54,6 +57,11 @@ def _batches(n: int, size: int, device: torch.device, shuffle: bool):
     order = torch.randperm(n, device=device) if shuffle else torch.arange(n, device=device)
     for start in range(0, n, size):
         yield order[start : start + size]
+
+
+def _limit(x: torch.Tensor, y: torch.Tensor, n: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    n = int(n or 0)
+    return (x[:n], y[:n]) if n > 0 else (x, y)
 
 
 def _amp(device: torch.device, enabled: bool):
@@ -83,13 +91,21 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
     torch.manual_seed(int(cfg["seed"]))
     device = _device()
     ds = data.load(cfg["dataset"], str(cfg["data_dir"]))
+    plan = models.step_plan(cfg["model"], device.type, bool(cfg["amp"]))
+    layout = torch.channels_last if plan.channels_last else torch.contiguous_format
     # Tiny sets live on the device whole; batches are index slices, no DataLoader.
-    x_tr, y_tr = ds.x_train.to(device), ds.y_train.to(device)
-    x_va, y_va = ds.x_val.to(device), ds.y_val.to(device)
-    model = models.build(cfg["model"], ds.shape, ds.num_classes, cfg["hidden"], cfg["dropout"]).to(device)
+    x_tr, y_tr = _limit(ds.x_train, ds.y_train, cfg["max_train_samples"])
+    x_val, y_val = _limit(ds.x_val, ds.y_val, cfg["max_eval_samples"])
+    x_tr, y_tr = x_tr.to(device).contiguous(memory_format=layout), y_tr.to(device)
+    x_va, y_va = x_val.to(device).contiguous(memory_format=layout), y_val.to(device)
+    model = models.build(cfg["model"], ds.shape, ds.num_classes, cfg["hidden"], cfg["dropout"])
+    model = model.to(device, memory_format=layout)
     opt = models.optimizer(cfg["optimizer"], model.parameters(), float(cfg["lr"]),
-                           float(cfg["momentum"]), float(cfg["weight_decay"]))
-    autocast, scaler = _amp(device, bool(cfg["amp"]))
+                           float(cfg["momentum"]), float(cfg["weight_decay"]), fused=plan.fused)
+    autocast, scaler = _amp(device, plan.amp)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = plan.channels_last  # fixed shapes: cuDNN picks its fastest kernels once
+        torch.cuda.reset_peak_memory_stats(device)
     batch = int(cfg["batch_size"])
     n_params = float(sum(p.numel() for p in model.parameters()))  # a second objective: the model's size
     metrics: dict[str, float] = {}
@@ -117,13 +133,15 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
             "epoch_seconds": time.perf_counter() - start,
             "n_params": n_params,
         }
+        if device.type == "cuda":  # a host-side counter: no sync
+            metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         if report is not None:
             report(epoch, metrics)
     keep = getattr(report, "model", None)  # hpo's report keeps the best trials' models; a plain callable does not
     if callable(keep):
         model.eval()
-        keep(models.RawInput(model, ds.shape, ds.scale, ds.channels_last), input_example=ds.raw(ds.x_val[:5]),
-             validation=(ds.raw(ds.x_val), ds.y_val.numpy(), [str(c) for c in range(ds.num_classes)]))
+        keep(models.RawInput(model, ds.shape, ds.scale, ds.channels_last), input_example=ds.raw(x_val[:5]),
+             validation=(ds.raw(x_val), y_val.numpy(), [str(c) for c in range(ds.num_classes)]))
     return metrics
 
 

@@ -1,7 +1,7 @@
 """A real Ray cluster of two nodes on this machine, started with `ray start` as on two machines.
 
 The head and the second node are separate raylets (`ray start --head`, then `ray start --address`) with
-Ray's token authentication on (its default for `ray start` since 2.5x: every process needs the token).
+Ray's token authentication on (its default for `ray start` in Ray 2.60: every process needs the token).
 They advertise this machine's own address, not 127.0.0.1: Ray's CLI turns a loopback `--node-ip-address`
 into the interface address, and its only loopback mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) refuses a
 second node; the address is read from what `ray start --head` prints, and every later process uses it.

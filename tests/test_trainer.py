@@ -64,3 +64,70 @@ def test_the_seed_decides_the_result():
     a = train({"epochs": 2, "hidden": 16, "seed": 3})
     b = train({"epochs": 2, "hidden": 16, "seed": 4})
     assert a["val_loss"] != b["val_loss"]
+
+
+# -- the GPU path (issue 12): what runs on a CPU here, and the plan a GPU would get ---------------
+def test_the_step_plan_gives_a_gpu_only_what_pays_and_leaves_the_cpu_step_plain():
+    from hpo.models import StepPlan, step_plan
+
+    assert step_plan("mlp", "cuda") == StepPlan(amp=False, fused=True, channels_last=False)  # casts only cost
+    assert step_plan("cnn", "cuda") == StepPlan(amp=True, fused=True, channels_last=True)
+    assert step_plan("resnet18", "cuda", amp=False) == StepPlan(amp=False, fused=True, channels_last=True)
+    for model in ("mlp", "cnn", "resnet18"):
+        assert step_plan(model, "cpu") == StepPlan(amp=False, fused=False, channels_last=False)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_a_fused_optimizer_takes_the_same_step(name):
+    """`fused=True` (CUDA's one-kernel step; torch runs it on a CPU too) must not change the update."""
+    import torch
+
+    from hpo.models import optimizer
+
+    def stepped(fused: bool) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.arange(6, dtype=torch.float32))
+        opt = optimizer(name, [w], 0.1, 0.9, 1e-4, fused=fused)
+        for _ in range(3):
+            opt.zero_grad()
+            (w ** 2).sum().backward()
+            opt.step()
+        assert opt.defaults.get("fused") is (True if fused else opt.defaults.get("fused"))
+        return w.detach()
+
+    assert torch.allclose(stepped(True), stepped(False), atol=1e-6)
+
+
+def test_synthetic_cifar10_is_fixed_learnable_and_needs_no_download(tmp_path):
+    from hpo import data
+
+    a, b = data._synthetic("synthetic_cifar10"), data._synthetic("synthetic_cifar10")
+    assert a.fingerprint == b.fingerprint and bool((a.x_val[:100] == b.x_val[:100]).all())
+    assert tuple(a.x_train.shape) == (50_000, 3, 32, 32) and a.x_train.dtype.is_floating_point is False
+    assert a.raw(a.x_val[:2]).shape == (2, 32, 32, 3), "raw rows are CIFAR's own N x H x W x C"
+    assert not list(tmp_path.iterdir())
+    seen = {}
+
+    def report(step, metrics):
+        seen[step] = metrics
+
+    def keep(model, input_example, validation):
+        seen["validation"] = validation
+
+    report.model = keep
+    metrics = train({"dataset": "synthetic_cifar10", "data_dir": str(tmp_path), "model": "cnn", "epochs": 2,
+                     "max_train_samples": 1000, "max_eval_samples": 300, "lr": 0.003}, report)
+    assert metrics["val_acc"] > 0.3, "learnable: well above chance (0.1)"
+    assert len(seen["validation"][1]) == 300, "max_eval_samples limits the validation split"
+
+
+def test_max_train_samples_limits_what_an_epoch_trains_on(monkeypatch):
+    from hpo import train as train_module
+
+    sizes = []
+    batches = train_module._batches
+    monkeypatch.setattr(train_module, "_batches", lambda n, *a, **k: (sizes.append(n), batches(n, *a, **k))[1])
+    train({"epochs": 1, "hidden": 16, "max_train_samples": 200, "max_eval_samples": 100})
+    assert sizes[0] == 200 and sizes[-1] == 100
+    sizes.clear()
+    train({"epochs": 1, "hidden": 16})
+    assert sizes[0] == 1442, "0: the whole split (digits: 1797 less a stratified fifth)"
