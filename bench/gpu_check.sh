@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with NVIDIA GPUs: workers land on distinct GPUs (one
-# CUDA_VISIBLE_DEVICES each), train on CUDA, and keep their CUDA context between
-# trials; plus the default sweep's wall time on the GPU(s), then issue 12's table (bench/bench_gpu.py:
-# GPU vs CPU on the default sweep, warm-trial latency, resnet18 images/s per GPU with K = 1, 2, 4, NVML busy).
-#   bash bench/gpu_check.sh            (writes $OUT or /tmp/gpu_check; about 6 minutes on one H100/H200)
+# CUDA_VISIBLE_DEVICES each), train on CUDA, keep their CUDA context between trials, and
+# each child run carries its GPU's utilisation (NVML); then issue 12's table (bench/bench_gpu.py:
+# GPU vs CPU on the default sweep, 1 worker and `--workers-per-gpu auto`, warm-trial latency,
+# resnet18 images/s per GPU with K = 1, 2, 4 and auto, NVML busy).
+#   bash bench/gpu_check.sh            (writes $OUT or /tmp/gpu_check; about 5 minutes on one H100/H200)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/gpu_check}"; mkdir -p "$OUT"
@@ -20,17 +21,10 @@ export HPO_PROBE_DIR="$WORK/probe"; mkdir -p "$HPO_PROBE_DIR"
     --trainer gpu_probe:train --no-progress > "$OUT/probe_run.json"
 cat "$HPO_PROBE_DIR"/*.jsonl > "$OUT/probe_trials.jsonl"
 
-# 2) The main job, as a user runs it: one worker per GPU, then 4 per GPU.
-for K in 1 4; do
-  s=$(date +%s%N)
-  "$PY" -m hpo run sweep.yaml --study "default-k$K" --workers-per-gpu $K --no-progress > "$OUT/default_k$K.json"
-  ms=$(( ($(date +%s%N) - s) / 1000000 ))
-  echo "{\"workers_per_gpu\": $K, \"wall_seconds\": $((ms / 1000)).$(printf %03d $((ms % 1000)))}" >> "$OUT/timings.jsonl"
-done
 
-"$PY" "$REPO/bench/bench_gpu.py" --out "$OUT/gpu_cuda.json" > "$OUT/bench_gpu.log" 2>&1 || echo "bench_gpu failed" >&2
-
-"$PY" - "$OUT" "$NGPU" <<'PYEOF'
+# 2) What the probe shows (before the long part, so a run cut short still says it).
+PROBE_OK=1
+"$PY" - "$OUT" "$NGPU" "$WORK" <<'PYEOF' || PROBE_OK=0
 import collections, json, sys
 out, ngpu = sys.argv[1], int(sys.argv[2])
 rows = [json.loads(l) for l in open(f"{out}/probe_trials.jsonl")]
@@ -46,13 +40,23 @@ checks = {
     "workers_per_gpu": dict(collections.Counter(w["cuda_visible_devices"] for w in workers)),
     "distinct_gpus_used": sorted({w["cuda_visible_devices"] for w in workers}),
 }
-timings = [json.loads(l) for l in open(f"{out}/timings.jsonl")]
-for t in timings:
-    res = json.loads(open(f"{out}/default_k{t['workers_per_gpu']}.json").read().splitlines()[-1])
-    t.update(best_val_acc=res["best_value"], complete=res["complete"], pruned=res["pruned"], failed=res["failed"])
-summary = {"gpus": ngpu, "workers": workers, "checks": checks, "default_sweep": timings}
+from mlflow.tracking import MlflowClient  # the probe sweep's runs: NVML on each child and on the parent
+client = MlflowClient(f"sqlite:///{sys.argv[3]}/runs/probe/mlflow.db")
+runs = client.search_runs([client.get_experiment_by_name("probe").experiment_id], max_results=1000)
+children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+checks["children_with_gpu_util_mean"] = sum("gpu_util_mean" in r.data.metrics for r in children)
+checks["children"] = len(children)
+checks["child_gpu_util_mean_pct"] = [round(r.data.metrics.get("gpu_util_mean", -1), 1) for r in children]
+checks["parent_gpu_metrics"] = {k: v for k, v in parent.data.metrics.items() if k.startswith("gpu")}
+summary = {"gpus": ngpu, "workers": workers, "checks": checks}
 json.dump(summary, open(f"{out}/gpu_check.json", "w"), indent=1)
 print(json.dumps(summary, indent=1))
-ok = checks["every_trial_on_cuda"] and checks["each_worker_sees_one_gpu"] and len(checks["distinct_gpus_used"]) == ngpu
+ok = (checks["every_trial_on_cuda"] and checks["each_worker_sees_one_gpu"] and len(checks["distinct_gpus_used"]) == ngpu
+      and checks["children_with_gpu_util_mean"] == checks["children"] and checks["parent_gpu_metrics"])
 sys.exit(0 if ok else 1)
 PYEOF
+
+# 3) Issue 12's table.
+"$PY" "$REPO/bench/bench_gpu.py" --out "$OUT/gpu_cuda.json" > "$OUT/bench_gpu.log" 2>&1 || echo "bench_gpu failed" >&2
+[ "$PROBE_OK" = 1 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo import packing
 from hpo import slots as slotsmod
 from hpo import spec as specmod
 from hpo import storage as storagemod
@@ -38,7 +39,7 @@ class Settings:
     root: str | Path = "runs"
     trials: int | None = None
     gpus: str = "auto"
-    workers_per_gpu: int = 1
+    workers_per_gpu: int | str = 1  # N, or `auto` / `auto:CAP` (hpo.packing; the optuna engine)
     workers: int | None = None
     trainer: str | None = None
     retries: int = 0
@@ -184,10 +185,15 @@ def prepare(s: Settings) -> Plan:
     if s.retries < 0:
         raise UsageError(f"--retries: must be 0 or more (got {s.retries})")
     _check_models(s, spec, trainer)
-    slots = slotsmod.plan(gpus, s.workers_per_gpu, s.workers)
+    per_gpu, cap = packing.parse(s.workers_per_gpu)
+    if cap is not None and s.backend != "optuna":
+        raise UsageError(f"--workers-per-gpu: auto packs the optuna engine's workers; with --backend {s.backend} "
+                         "give a number")
+    slots = slotsmod.plan(gpus, per_gpu, s.workers)
+    options = {**s.options, **({"pack_cap": cap} if cap is not None and gpus else {})}
     text = Path(s.sweep_file).read_text(encoding="utf-8")
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,
-                trainer, text, s.retries, s.progress, dict(s.options))
+                trainer, text, s.retries, s.progress, options)
     if not s.inspect_only:
         problems = backend.check(plan)
         if problems:

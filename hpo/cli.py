@@ -30,7 +30,8 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--backend", default="optuna", choices=list(ENGINES), help="the engine (default: optuna)")
         p.add_argument("--trials", type=int, help="trial budget across all workers (default: run_cap, else 20)")
         p.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
-        p.add_argument("--workers-per-gpu", type=int, default=1)
+        p.add_argument("--workers-per-gpu", default="1", metavar="N|auto|auto:CAP",
+                       help="workers sharing each GPU (default 1); auto: start one, measure its first trials (NVML), then pack up to CAP (default 4) per GPU")
         p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
         p.add_argument("--trainer", help="package.module:function with train(config, report) (default: hpo.train)")
         p.add_argument("--retries", type=int, default=0,
@@ -95,7 +96,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                       "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
                       "parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
                       "registered": result.extra.get("registered"),
-                      **({"pareto": result.extra["pareto"]} if "pareto" in result.extra else {})}, default=str))
+                      **{k: result.extra[k] for k in ("pareto", "gpus", "packing") if k in result.extra}}, default=str))
     if result.exit_code == 1:
         print(f"hpo: {result.failure_summary()}", file=sys.stderr)
     return result.exit_code

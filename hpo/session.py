@@ -19,7 +19,7 @@ import sys
 import threading
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, keep, mirror, orphans, storage, summary, tracking
+from hpo import diskspace, gpumon, keep, mirror, orphans, storage, summary, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.progress import Progress
@@ -72,16 +72,24 @@ class Session:
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
         self._deaths, self._counted_at_death = 0, -1
+        gpus = [s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices]
+        # NVML, read from this process (no CUDA context): each GPU's busy fraction, and what `auto` packs by.
+        # `gpu_reader` stands in for NVML in tests on machines without a GPU.
+        reader = plan.options.get("gpu_reader") or (gpumon.open_nvml() if gpus else None)
+        self.gpus = gpumon.Monitor(gpus, reader)
+        self.packing: list = []  # hpo.packing decisions of `--workers-per-gpu auto`, as they are made
 
     # -- the whole life -------------------------------------------------------------------
     def run(self) -> Result:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.plan = self.backend.begin(self.plan)  # e.g. the sweep on W&B's server: before anything is written
         diskspace.warn_if_low(self.plan.dir, self.plan.budget)
+        self.gpus.start()  # first sample: the memory in use before any worker of this sweep
         try:
             self.open()
         except BaseException as exc:  # Ctrl-C during MLflow's set-up too: no worker outlives the sweep
             self.stop_early()
+            self.gpus.stop()
             if isinstance(exc, Exception) and diskspace.is_disk_full(exc):
                 raise diskspace.DiskFull(self.plan.dir) from None
             raise
@@ -201,6 +209,8 @@ class Session:
                 "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
                 "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
                 keep.K_TAG: str(self._keep_k(study))}
+        if plan.options.get("pack_cap"):
+            tags["hpo.workers_per_gpu"] = f"auto (cap {plan.options['pack_cap']}): measuring"
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
@@ -370,6 +380,7 @@ class Session:
         if self.progress is not None:
             how = "interrupted (Ctrl-C)" if interrupted else f"stopped: {aborted}" if aborted else "done"
             _best_effort(self.progress.close, self.trials(), how)
+        self.gpus.stop()
         result = self.summarize(interrupted, aborted)
         if self.tracker is not None:  # two workers that kept a model at the same moment may leave k + 1
             keep_too = {result.best_run_id} | {f["run_id"] for f in result.extra.get("pareto", ())}
@@ -390,7 +401,18 @@ class Session:
         result.extra["experiment_id"] = self.experiment_id
         if self.spec.multi:
             result.extra["pareto"] = storage.pareto(self.study, self.spec.metric_names)
+        if self.gpus.active:
+            result.extra["gpus"] = self.gpus.summary()
+        if self.packing:
+            result.extra["packing"] = [asdict(d) for d in self.packing]
         return result
+
+    def packed(self, decisions: list) -> None:
+        """`--workers-per-gpu auto` decided (hpo.packing): on the parent run now, and in the JSON line at the end."""
+        from hpo.packing import tags
+
+        self.packing = list(decisions)
+        _best_effort(self.tracker.set_tags, self.parent_run_id, tags(self.packing))
 
     def _keep_k(self, study: optuna.Study) -> int:
         """--keep-models, else what the sweep kept when it last ran (a resume keeps its K), else 3."""

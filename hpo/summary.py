@@ -92,6 +92,9 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
     c, metric = result.counts, plan.spec.metric or "value"
     metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
                "trials_retried": c.retried}
+    for gpu, g in result.extra.get("gpus", {}).items():  # NVML, sampled by the controller (hpo.gpumon)
+        key = "".join(ch if ch.isalnum() else "_" for ch in gpu)
+        metrics.update({f"gpu{key}_busy": g["busy"], f"gpu{key}_mem_used_peak_mb": g["mem_used_peak_mb"]})
     failed = not result.interrupted and result.sweep_failed
     tags = {"hpo.state": "failed" if failed else "interrupted" if result.interrupted else "finished"}
     if failed:

@@ -373,7 +373,7 @@ def repair_interrupted_schema(uri: str) -> bool:
     try:
         with sqlite3.connect(path, timeout=30) as con:
             leftovers = [r[0] for r in con.execute(
-                "select name from sqlite_master where type='table' and name like '\_alembic\_tmp\_%' escape '\'")]
+                r"select name from sqlite_master where type='table' and name like '\_alembic\_tmp\_%' escape '\'")]
     except sqlite3.Error:
         leftovers = ["?"]
     if not leftovers:

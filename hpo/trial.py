@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
 
+from hpo.gpumon import TrialGpu, own_gpu
 from hpo.program import TRIAL
 
 # Failures that are not the trial's fault: the trial is run again and not counted.
@@ -256,15 +257,20 @@ class TrialRun:
             on_report(step, metrics)
 
         reporter = Reporter(metric, sink=sink, should_stop=should_stop, objectives=tuple(objectives))
+        gpu = TrialGpu(own_gpu())  # NVML on this worker's GPU while the trainer runs (nothing on a CPU)
         started = time.monotonic()
         try:
             outcome = run_trainer(trainer, config, reporter)
             reporter.seconds = time.monotonic() - started
+            used = gpu.finish()
+            if used:  # the GPU's mean utilisation and peak memory in use over this trial
+                self.tracker.queue_metrics(run_id, reporter.history[-1][0] if reporter.history else 0, used)
             tags = {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}
             if outcome.state == State.COMPLETE and reporter.candidate is not None:
                 tags.update(self._keep(run_id, outcome, reporter))
             return self._finish(run_id, config, outcome, tags), reporter
         except Interrupted:  # in the trainer, or while its last write is flushed
+            gpu.finish()
             self.end(run_id, config, lost("interrupted"))
             raise
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from hpo import diskspace, keep, storage, trainer_ref
+from hpo import diskspace, keep, packing, storage, trainer_ref
 from hpo.backends.optuna import space
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -30,7 +30,8 @@ def worker_argv(study: str, slot: Slot, parent_pid: int, extra: list[str] = ()) 
 
 
 def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
-    threads = threads_per_worker(list(plan.slots))
+    # `auto` may grow each GPU to its cap: threads are shared as if it had.
+    threads = threads_per_worker(list(plan.slots) * plan.options.get("pack_cap", 1))
     base = {**os.environ, "HPO_STORAGE": plan.storage, "HPO_TRACKING_URI": plan.tracking_uri,
             "HPO_THREADS": str(threads), **(extra_env or {})}
     # Always named, so a worker loads it (and torch) before the study is ready rather than after.
@@ -87,8 +88,15 @@ def _record_pruner(plan: Plan, session: Session) -> None:
               file=sys.stderr)
 
 
+def _packer(plan: Plan, session: Session) -> packing.Packer | None:
+    """`--workers-per-gpu auto`: grows the pool once per GPU, from what NVML saw of its first worker."""
+    cap = plan.options.get("pack_cap")
+    return packing.Packer(list(plan.slots), cap, session.gpus, session.packed) if cap else None
+
+
 def _watch(plan: Plan, session: Session, pool: Pool) -> None:
     study, grid = session.study, _grid(plan)
+    packer = _packer(plan, session)
     while True:
         for e in pool.reap():
             if e.code == diskspace.EXIT_CODE:
@@ -101,6 +109,8 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
         c = session.tally.count(trials)
         added = storage.fill_queue(study, plan.budget, grid, trials=trials, counts=c)
         c = replace(c, waiting=c.waiting + added)
+        if packer is not None and packer.pending():
+            pool.slots.extend(packer.added(trials, len(pool.slots)))
         if c.waiting:
             pool.fill()
         session.refresh(pool.alive(), trials, c)
