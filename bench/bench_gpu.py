@@ -161,7 +161,7 @@ def main() -> None:
     n_gpus = gpus()
     smoke = args.smoke
     out = args.out or ROOT / "bench" / "results" / f"gpu_{'cuda' if n_gpus else 'cpu'}{'_smoke' if smoke else ''}.json"
-    result: dict = {"machine": machine(), "gpus": n_gpus, "smoke": smoke}
+    result: dict = {"machine": machine(), "gpus": n_gpus, "smoke": smoke, "gpu_vs_cpu": None, "gpu_auto_vs_cpu": None}
 
     def save(**rows) -> None:  # after every row: a run cut short still leaves what it measured
         result.update(rows)

@@ -15,6 +15,9 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee
 NGPU=$(nvidia-smi -L | wc -l)
 WORK="$(mktemp -d)"; cd "$WORK"; cp "$REPO/sweep.yaml" .
 
+# 0) The GPU-only tests: the CUDA-graph step trains like the eager one.
+{ "$PY" -m pytest "$REPO/tests/test_trainer.py" -m gpu -q -p no:cacheprovider 2>&1 || true; } | tail -15 > "$OUT/gpu_tests.log"
+
 # 1) 2 workers per GPU, a probe trainer that records where each trial ran.
 export HPO_PROBE_DIR="$WORK/probe"; mkdir -p "$HPO_PROBE_DIR"
 "$PY" -m hpo run sweep.yaml --study probe --workers-per-gpu 2 --trials $((8 * NGPU)) \
@@ -57,6 +60,9 @@ ok = (checks["every_trial_on_cuda"] and checks["each_worker_sees_one_gpu"] and l
 sys.exit(0 if ok else 1)
 PYEOF
 
-# 3) Issue 12's table.
+# 3) A tiny model's step: eager, fused, CUDA graph (a few seconds).
+"$PY" "$REPO/bench/bench_step.py" "$OUT/step.json" > "$OUT/step.log" 2>&1 || { echo "bench_step failed" >&2; tail -20 "$OUT/step.log"; }
+
+# 4) Issue 12's table.
 "$PY" "$REPO/bench/bench_gpu.py" --out "$OUT/gpu_cuda.json" > "$OUT/bench_gpu.log" 2>&1 || echo "bench_gpu failed" >&2
 [ "$PROBE_OK" = 1 ]

@@ -76,22 +76,25 @@ class StepPlan:
     amp: bool  # autocast (bf16 where supported): convolutions gain; a tiny MLP only gets extra casts
     fused: bool  # one fused optimizer kernel instead of one launch per parameter tensor
     channels_last: bool  # NHWC for convolutions under AMP (tensor cores), with cudnn.benchmark
+    graphs: bool = False  # full batches replayed from one CUDA graph per trial (hpo.step): launches, not math
 
 
-def step_plan(model: str, device: str, amp: bool = True) -> StepPlan:
+def step_plan(model: str, device: str, amp: bool = True, graphs: bool = True) -> StepPlan:
     """The built-in trainer's step on `device` ("cuda" / "cpu"). On a CPU nothing changes: the plain step."""
     cuda, conv = device == "cuda", model in ("cnn", "resnet18")
-    return StepPlan(amp=cuda and conv and amp, fused=cuda, channels_last=cuda and conv)
+    return StepPlan(amp=cuda and conv and amp, fused=cuda, channels_last=cuda and conv, graphs=cuda and graphs)
 
 
 def optimizer(name: str, params, lr: float, momentum: float, weight_decay: float,
-              fused: bool = False) -> torch.optim.Optimizer:
-    """sgd / adam / adamw; `fused` (CUDA) steps every parameter in one kernel."""
+              fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
+    """sgd / adam / adamw; `fused` (CUDA) steps every parameter in one kernel; `capturable`: Adam's step count
+    lives on the device, so a CUDA graph's replays advance it (SGD keeps none)."""
     extra = {"fused": True} if fused else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
+    adam = {**extra, **({"capturable": True} if capturable else {})}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **adam)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adam)
     raise ValueError(f"optimizer: unknown {name!r}; one of sgd, adam, adamw")

@@ -1,8 +1,10 @@
 """`--workers-per-gpu auto`: how many workers share each GPU, decided from measurement.
 
-Every GPU starts with one worker. Once that worker has finished PROBE_TRIALS
-trials (the first pays for CUDA's start-up, so the decision reads the last one),
-the controller looks at what NVML saw while that trial ran:
+Every GPU starts with one worker. The controller watches what NVML sees of that
+GPU from the end of the worker's first trial (which pays for CUDA's start-up) to
+the end of its latest one, gaps between trials included (they are the idle time
+more workers would fill). Once that window holds PROBE_TRIALS finished trials and
+at least MIN_WINDOW_S seconds of samples, it decides:
 
     by_util = ceil(TARGET_BUSY / utilisation)         workers to keep the GPU busy
     by_mem  = floor((HEADROOM * total - baseline) / per_worker)
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from hpo.gpumon import Monitor
 
 PROBE_TRIALS = 2
+MIN_WINDOW_S = 1.0  # NVML samples every 0.25 s: a default-sweep trial on a GPU (0.1 s) is shorter than one
 TARGET_BUSY = 0.9
 HEADROOM = 0.9  # of the GPU's memory that workers may fill
 DEFAULT_CAP = 4
@@ -64,26 +67,27 @@ class Decision:
     by_util: int
     by_mem: int
     cap: int
-    util: float  # %, mean over the probe trial
+    util: float  # %, mean over the window
     per_worker_mb: float
     total_mb: float
-    trial: int  # the probe trial it was read from
+    trial: int  # the last trial of the window
+    seconds: float = 0.0  # the window's length
 
     def line(self) -> str:
-        return (f"GPU {self.gpu}: one worker kept it {self.util:.0f}% busy and used {self.per_worker_mb:,.0f} MiB "
-                f"of {self.total_mb:,.0f} MiB (trial {self.trial}); {self.workers} worker(s) "
+        return (f"GPU {self.gpu}: one worker kept it {self.util:.0f}% busy over {self.seconds:.1f} s and used "
+                f"{self.per_worker_mb:,.0f} MiB of {self.total_mb:,.0f} MiB (to trial {self.trial}); {self.workers} worker(s) "
                 f"(busy: {self.by_util}, memory: {self.by_mem}, cap: {self.cap})")
 
 
 def decide(gpu: str, util: float, per_worker_mb: float, total_mb: float, baseline_mb: float, cap: int,
-           trial: int = -1) -> Decision:
+           trial: int = -1, seconds: float = 0.0) -> Decision:
     """The number of workers for one GPU from one worker's utilisation (%) and memory."""
     by_util = 1 if util >= TARGET_BUSY * 100 else math.ceil(TARGET_BUSY * 100 / max(util, 1.0))
     room = HEADROOM * total_mb - baseline_mb
     by_mem = max(1, math.floor(room / max(per_worker_mb, 1.0)))
     workers = max(1, min(by_util, by_mem, cap))
     return Decision(gpu, workers, by_util, by_mem, cap, round(util, 1), round(per_worker_mb, 1),
-                    round(total_mb, 1), trial)
+                    round(total_mb, 1), trial, round(seconds, 2))
 
 
 class Packer:
@@ -110,22 +114,27 @@ class Packer:
                     and t.datetime_start and t.datetime_complete]
             if len(done) < PROBE_TRIALS:
                 continue
-            d = self._measure(gpu, max(done, key=lambda t: t.datetime_complete))
+            d = self._measure(gpu, sorted(done, key=lambda t: t.datetime_complete))
+            if d is None:
+                continue
             self.decisions[gpu] = d
             print(f"hpo: --workers-per-gpu auto: {d.line()}", file=sys.stderr)
             new += [Slot(next_index + len(new) + k - 1, f"gpu{gpu}-w{k}", gpu) for k in range(1, d.workers)]
             self.record(list(self.decisions.values()))
         return new
 
-    def _measure(self, gpu: str, t: FrozenTrial) -> Decision:
-        window = self.monitor.window(gpu, t.datetime_start.timestamp(), t.datetime_complete.timestamp())
-        every = self.monitor.window(gpu)
+    def _measure(self, gpu: str, done: list[FrozenTrial]) -> Decision | None:
+        """From the end of the first trial to the end of the last; None until that is long enough."""
+        t0, t1 = done[0].datetime_complete.timestamp(), done[-1].datetime_complete.timestamp()
         baseline = self.monitor.baseline_mb(gpu)
-        if not window or baseline is None:  # no NVML (or the trial fell between samples): nothing to go on
-            return Decision(gpu, 1, 1, 1, self.cap, 0.0, 0.0, 0.0, t.number)
+        if baseline is None:  # no NVML here: one worker per GPU, as without auto
+            return Decision(gpu, 1, 1, 1, self.cap, 0.0, 0.0, 0.0, done[-1].number)
+        window = self.monitor.window(gpu, t0, t1)
+        if t1 - t0 < MIN_WINDOW_S or len(window) < 2:
+            return None  # more trials first
         util = sum(s.util for s in window) / len(window)
-        per_worker = max(s.used_mb for s in every) - baseline
-        return decide(gpu, util, per_worker, window[0].total_mb, baseline, self.cap, t.number)
+        per_worker = max(s.used_mb for s in self.monitor.window(gpu)) - baseline
+        return decide(gpu, util, per_worker, window[0].total_mb, baseline, self.cap, done[-1].number, t1 - t0)
 
 
 def tags(decisions: list[Decision]) -> dict[str, str]:

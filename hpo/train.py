@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hpo import data, models
+from hpo.step import Step
 
 Report = Callable[[int, Mapping[str, float]], None]
 
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "seed": 0,
     "amp": True,  # mixed precision: CUDA only, and only for the convolutional models (models.step_plan)
+    "cuda_graphs": True,  # CUDA: replay each full batch's step from one captured graph (hpo.step)
     "max_train_samples": 0,  # 0: the whole training split; N: its first N rows (quick runs, CPU benchmarks)
     "max_eval_samples": 0,  # the same for the validation split
 }
@@ -51,6 +53,14 @@ DEFAULTS: dict[str, Any] = {
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def warm_cuda() -> None:
+    """CUDA's context and cuBLAS's handle, made before the first trial needs them (a worker calls this while it
+    waits for the sweep to be set up); nothing without a GPU."""
+    if torch.cuda.is_available():
+        a = torch.ones(8, 8, device="cuda")
+        (a @ a).sum().item()
 
 
 def _batches(n: int, size: int, device: torch.device, shuffle: bool):
@@ -64,12 +74,13 @@ def _limit(x: torch.Tensor, y: torch.Tensor, n: Any) -> tuple[torch.Tensor, torc
     return (x[:n], y[:n]) if n > 0 else (x, y)
 
 
-def _amp(device: torch.device, enabled: bool):
+def _amp(device: torch.device, enabled: bool, graphs: bool = False):
     if not (enabled and device.type == "cuda"):
         return torch.autocast("cpu", enabled=False), None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    # A graph must not keep autocast's cached weight casts (torch's CUDA graph docs)
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=not graphs), scaler
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float, batch: int, autocast) -> tuple[float, float]:
@@ -91,7 +102,7 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
     torch.manual_seed(int(cfg["seed"]))
     device = _device()
     ds = data.load(cfg["dataset"], str(cfg["data_dir"]))
-    plan = models.step_plan(cfg["model"], device.type, bool(cfg["amp"]))
+    plan = models.step_plan(cfg["model"], device.type, bool(cfg["amp"]), bool(cfg["cuda_graphs"]))
     layout = torch.channels_last if plan.channels_last else torch.contiguous_format
     # Tiny sets live on the device whole; batches are index slices, no DataLoader.
     x_tr, y_tr = _limit(ds.x_train, ds.y_train, cfg["max_train_samples"])
@@ -101,33 +112,25 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
     model = models.build(cfg["model"], ds.shape, ds.num_classes, cfg["hidden"], cfg["dropout"])
     model = model.to(device, memory_format=layout)
     opt = models.optimizer(cfg["optimizer"], model.parameters(), float(cfg["lr"]),
-                           float(cfg["momentum"]), float(cfg["weight_decay"]), fused=plan.fused)
-    autocast, scaler = _amp(device, plan.amp)
+                           float(cfg["momentum"]), float(cfg["weight_decay"]), fused=plan.fused,
+                           capturable=plan.graphs)
+    autocast, scaler = _amp(device, plan.amp, plan.graphs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = plan.channels_last  # fixed shapes: cuDNN picks its fastest kernels once
         torch.cuda.reset_peak_memory_stats(device)
     batch = int(cfg["batch_size"])
     n_params = float(sum(p.numel() for p in model.parameters()))  # a second objective: the model's size
     metrics: dict[str, float] = {}
+    step = Step(model, opt, x_tr, y_tr, ds.scale, autocast, scaler, batch, plan.graphs)
     for epoch in range(1, int(cfg["epochs"]) + 1):
         start = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device)
+        step.new_epoch()
         for idx in _batches(len(y_tr), batch, device, shuffle=True):
-            with autocast:
-                loss = nn.functional.cross_entropy(model(x_tr[idx].float() / ds.scale).float(), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            loss_sum += loss.detach() * len(idx)
+            step(idx)
         val_loss, val_acc = _evaluate(model, x_va, y_va, ds.scale, batch, autocast)
         metrics = {
-            "train_loss": loss_sum.item() / len(y_tr),
+            "train_loss": step.loss_sum.item() / len(y_tr),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "epoch_seconds": time.perf_counter() - start,

@@ -9,7 +9,9 @@ The real NVML path runs in bench/gpu_check.sh on a GPU machine.
 from __future__ import annotations
 
 import json
+import socket
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from conftest import load_study, run_hpo, runs_of, write
 from hpo import api, gpumon, packing
 from hpo.errors import UsageError
+from hpo.slots import Slot
 
 TESTS = Path(__file__).parent
 
@@ -93,11 +96,12 @@ def test_auto_measures_each_gpu_then_packs_it_and_records_why(tmp_path, monkeypa
     assert decisions["0"]["workers"] == 3 and decisions["0"]["util"] == 30.0  # ceil(90 / 30)
     assert decisions["1"]["workers"] == 1
     assert decisions["0"]["per_worker_mb"] == 2_000.0  # 2,500 in use - 500 before the sweep
-    # decided from the first worker's second trial, not its first (CUDA's start-up)
+    # decided once the first worker's trials gave a long enough window (after its first trial)
     study = load_study(tmp_path / "runs" / "packed", "packed")
     first_on_0 = sorted((t for t in study.trials if t.user_attrs.get("hpo.worker") == "gpu0-w0"),
                         key=lambda t: t.datetime_complete)
-    assert decisions["0"]["trial"] == first_on_0[packing.PROBE_TRIALS - 1].number
+    assert decisions["0"]["trial"] in [t.number for t in first_on_0[packing.PROBE_TRIALS - 1:]]
+    assert decisions["0"]["seconds"] >= packing.MIN_WINDOW_S
 
     workers = {t.user_attrs.get("hpo.worker") for t in study.trials}
     assert {"gpu0-w1", "gpu0-w2"} <= workers  # the extra workers on GPU 0 took trials
@@ -139,3 +143,32 @@ def test_a_worker_knows_its_one_gpu():
     assert gpumon.own_gpu({"CUDA_VISIBLE_DEVICES": ""}) is None
     assert gpumon.own_gpu({"CUDA_VISIBLE_DEVICES": "0,1"}) is None
     assert gpumon.own_gpu({}) is None
+
+
+def _trial(number: int, start: datetime, seconds: float, worker: str = "gpu0-w0"):
+    import optuna
+
+    t = optuna.trial.create_trial(value=0.5, user_attrs={"hpo.worker": worker, "hpo.host": socket.gethostname()})
+    t.number, t.datetime_start, t.datetime_complete = number, start, start + timedelta(seconds=seconds)
+    return t
+
+
+def test_the_window_leaves_out_the_first_trial_and_waits_until_it_is_long_enough():
+    """The first trial (CUDA start-up) kept the GPU 2 % busy, the later ones 30 %: the decision reads 30 %."""
+    t0 = datetime.now()
+    mon = gpumon.Monitor(["0"], None)
+    at = lambda s: (t0 + timedelta(seconds=s)).timestamp()  # noqa: E731
+    mon.samples["0"] = [gpumon.Sample(at(s / 4), 2.0 if s < 20 else 30.0, 500.0 if s == 0 else 3_000.0, 80_000.0)
+                        for s in range(0, 40)]  # 10 s of samples; the first trial ends at 5 s
+    packer = packing.Packer([Slot(0, "gpu0-w0", "0")], cap=8, monitor=mon)
+    first = _trial(0, t0, 5.0)
+    short = [first, _trial(1, t0 + timedelta(seconds=5.0), 0.5)]
+    assert packer.added(short, 1) == [] and packer.pending(), "0.5 s after the first trial: not yet"
+    longer = [*short, _trial(2, t0 + timedelta(seconds=5.5), 2.0), _trial(3, t0, 9.0, worker="gpu0-w9")]
+    slots = packer.added(longer, 1)
+    d = packer.decisions["0"]
+    assert (d.util, d.workers, d.trial) == (30.0, 3, 2), "ceil(90 / 30), the first trial's 2 % left out"
+    assert d.per_worker_mb == 2_500.0
+    assert [(s.index, s.name, s.cuda_visible_devices) for s in slots] == [(1, "gpu0-w1", "0"), (2, "gpu0-w2", "0")]
+    assert packer.added(longer, 3) == [] and not packer.pending(), "once per GPU"
+    assert packing.tags([d])["hpo.workers_per_gpu"] == "3"

@@ -26,6 +26,7 @@ from hpo import storage, trainer_ref
 from hpo.backends.optuna import space
 from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
+from hpo.gpumon import own_gpu
 from hpo.spec import hyperband
 from hpo.tracking import Tracker
 from hpo.trial import Interrupted, Outcome, State, TrialRun, lost
@@ -102,6 +103,10 @@ def serve(cfg: WorkerConfig) -> int:
             from hpo import keep  # the trainer hands its model over and the sweep keeps some: ready that too
 
             threading.Thread(target=keep.warm, daemon=True, name="hpo-export-warm-up").start()
+        if cfg.trainer == trainer_ref.BUILTIN and own_gpu():  # CUDA's start-up (seconds) while the sweep is set up
+            from hpo.train import warm_cuda
+
+            threading.Thread(target=warm_cuda, daemon=True, name="hpo-cuda-warm-up").start()
     # Started by a controller: it watches this worker, and waits as long as its MLflow set-up takes.
     study, spec = load_study(cfg, wait=600.0 if cfg.parent_pid else 60.0)
     attrs = study.user_attrs
