@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
 SAMPLE_SECONDS = 0.25
+KEEP_SAMPLES = 14_400  # the last hour of samples per GPU (what `auto` reads); the sweep's totals are kept apart
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,10 @@ class Monitor:
 
     def __init__(self, gpus: list[str], reader: Reader | None, every: float = SAMPLE_SECONDS):
         self.gpus, self.reader, self.every = list(dict.fromkeys(gpus)), reader, every
-        self.samples: dict[str, list[Sample]] = {g: [] for g in self.gpus}
+        self.samples: dict[str, deque[Sample]] = {g: deque(maxlen=KEEP_SAMPLES) for g in self.gpus}
+        self.first: dict[str, Sample] = {}  # each GPU's first sample: the memory in use before the sweep's workers
+        self.totals: dict[str, list[float]] = {}  # per GPU: samples, sum of utilisation, peak memory in use, total
+        self.started = 0.0  # time.time() of the first sample
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -86,6 +91,7 @@ class Monitor:
         return bool(self.reader and self.gpus)
 
     def start(self) -> Monitor:
+        self.started = time.time()
         if self.active:
             self.sample()
             self._thread = threading.Thread(target=self._loop, name="hpo-gpumon", daemon=True)
@@ -96,8 +102,14 @@ class Monitor:
         for g in self.gpus:
             s = self.reader.read(g)
             if s is not None:
-                with self._lock:
-                    self.samples[g].append(s)
+                self.add(g, s)
+
+    def add(self, gpu: str, s: Sample) -> None:
+        with self._lock:
+            self.samples[gpu].append(s)
+            self.first.setdefault(gpu, s)
+            n, util, peak, _ = self.totals.get(gpu, (0, 0.0, 0.0, 0.0))
+            self.totals[gpu] = [n + 1, util + s.util, max(peak, s.used_mb), s.total_mb]
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -115,19 +127,22 @@ class Monitor:
     def baseline_mb(self, gpu: str) -> float | None:
         """Memory in use before this sweep's workers touched the GPU (the first sample)."""
         with self._lock:
-            first = self.samples.get(gpu)
-            return first[0].used_mb if first else None
+            first = self.first.get(gpu)
+            return first.used_mb if first else None
+
+    def peak_mb(self, gpu: str) -> float:
+        with self._lock:
+            return self.totals[gpu][2] if gpu in self.totals else 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per GPU: busy fraction over the sweep, mean utilisation, peak memory in use, total memory."""
+        """Per GPU, over the whole sweep: busy fraction, mean utilisation, peak memory in use, total memory."""
         out = {}
-        for g in self.gpus:
-            ss = self.window(g)
-            if ss:
-                mean = sum(s.util for s in ss) / len(ss)
-                out[g] = {"busy": round(mean / 100, 4), "util_mean": round(mean, 2),
-                          "mem_used_peak_mb": round(max(s.used_mb for s in ss), 1),
-                          "mem_total_mb": round(ss[0].total_mb, 1), "samples": len(ss)}
+        with self._lock:
+            totals = {g: list(t) for g, t in self.totals.items()}
+        for g, (n, util, peak, total) in totals.items():
+            mean = util / n
+            out[g] = {"busy": round(mean / 100, 4), "util_mean": round(mean, 2), "mem_used_peak_mb": round(peak, 1),
+                      "mem_total_mb": round(total, 1), "samples": int(n)}
         return out
 
 

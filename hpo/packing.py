@@ -109,19 +109,27 @@ class Packer:
         for gpu, worker in self.first.items():
             if gpu in self.decisions:
                 continue
-            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                    and t.user_attrs.get("hpo.worker") == worker and t.user_attrs.get("hpo.host") == self.host
-                    and t.datetime_start and t.datetime_complete]
+            done = self._probe_trials(trials, worker)
             if len(done) < PROBE_TRIALS:
                 continue
-            d = self._measure(gpu, sorted(done, key=lambda t: t.datetime_complete))
+            d = self._measure(gpu, done)
             if d is None:
                 continue
             self.decisions[gpu] = d
             print(f"hpo: --workers-per-gpu auto: {d.line()}", file=sys.stderr)
             new += [Slot(next_index + len(new) + k - 1, f"gpu{gpu}-w{k}", gpu) for k in range(1, d.workers)]
-            self.record(list(self.decisions.values()))
+            self.record([self.decisions[g] for g in self.first if g in self.decisions])  # in the GPUs' order
         return new
+
+    def _probe_trials(self, trials: list[FrozenTrial], worker: str) -> list[FrozenTrial]:
+        """The finished trials of this run's first process in the slot: not a resumed sweep's older trials (their
+        slot names repeat), nor those of a worker started again in its place (it pays CUDA's start-up again)."""
+        mine = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                       and t.user_attrs.get("hpo.worker") == worker and t.user_attrs.get("hpo.host") == self.host
+                       and t.datetime_start and t.datetime_complete
+                       and t.datetime_start.timestamp() >= self.monitor.started - 1.0),
+                      key=lambda t: t.datetime_complete)
+        return [t for t in mine if t.user_attrs.get("hpo.pid") == mine[0].user_attrs.get("hpo.pid")] if mine else []
 
     def _measure(self, gpu: str, done: list[FrozenTrial]) -> Decision | None:
         """From the end of the first trial to the end of the last; None until that is long enough."""
@@ -133,7 +141,7 @@ class Packer:
         if t1 - t0 < MIN_WINDOW_S or len(window) < 2:
             return None  # more trials first
         util = sum(s.util for s in window) / len(window)
-        per_worker = max(s.used_mb for s in self.monitor.window(gpu)) - baseline
+        per_worker = self.monitor.peak_mb(gpu) - baseline
         return decide(gpu, util, per_worker, window[0].total_mb, baseline, self.cap, done[-1].number, t1 - t0)
 
 

@@ -387,6 +387,9 @@ class Session:
             _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
                          frozenset(r for r in keep_too if r))
         self._register(result)
+        if self.plan.options.get("pack_cap") and not self.packing and self.tracker is not None:
+            _best_effort(self.tracker.set_tags, self.parent_run_id, {
+                "hpo.workers_per_gpu": "1 (auto: the sweep ended before a worker's trials gave 1 s to measure)"})
         report = self._report()
         _best_effort(self._close_parent, result, {"report.html": report} if report else {})
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)

@@ -82,7 +82,7 @@ def slot_env(slot: Slot, base: Mapping[str, str], threads: int) -> dict[str, str
     """The environment of a slot's worker: its one GPU, its share of CPU threads."""
     env = dict(base)
     env["CUDA_VISIBLE_DEVICES"] = slot.cuda_visible_devices
-    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # CUDA numbers GPUs as nvidia-smi and NVML do
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers GPUs as nvidia-smi and NVML (hpo.gpumon) do
     env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"
     return env

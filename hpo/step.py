@@ -15,6 +15,7 @@ On a CPU (and with fp16's GradScaler) the step is the plain eager one.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 WARMUP = 3  # eager steps before the capture (torch's CUDA graph docs: warm up on a side stream)
+_capture_failed = False  # once a capture fails, this process (a worker: many trials) steps eagerly
 
 
 class Step:
@@ -32,7 +34,7 @@ class Step:
         self.model, self.opt, self.x, self.y, self.scale = model, opt, x, y, scale
         self.autocast, self.scaler, self.batch = autocast, scaler, batch
         self.loss_sum = torch.zeros((), device=x.device)  # one tensor for the whole trial: the graph adds to it
-        self.graphs = graphs and x.device.type == "cuda" and scaler is None
+        self.graphs = graphs and x.device.type == "cuda" and scaler is None and not _capture_failed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.idx: torch.Tensor | None = None  # the graph's batch: copied into before each replay
         self.eager_steps = 0
@@ -80,20 +82,26 @@ class Step:
         self.loss_sum += loss.detach() * len(idx)
 
     def _capture(self) -> None:
+        global _capture_failed
         torch.cuda.synchronize()
         idx = torch.zeros(self.batch, dtype=torch.long, device=self.x.device)
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
         self.opt.zero_grad(set_to_none=True)  # the backward in the graph allocates the gradients it writes
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: CUDA work of the worker's other threads cannot spoil this capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 loss = self._loss(idx)
                 loss.backward()
                 self.opt.step()
                 self.loss_sum.add_(loss.detach() * self.batch)
         except Exception as exc:  # noqa: BLE001 - an op that cannot be captured: the eager step, as before
-            self.graphs, self.side = False, None
+            torch.cuda.set_stream(stream)  # a capture that failed at its end leaves torch on its capture stream
+            _capture_failed, self.graphs, self.side = True, False, None
             self.opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            print(f"hpo.train: CUDA graph capture failed ({type(exc).__name__}: {exc}); eager steps", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+            print(f"hpo.train: CUDA graph capture failed ({type(exc).__name__}: {exc}); eager steps from here on",
+                  file=sys.stderr)
             return
         self.graph, self.idx = graph, idx

@@ -260,19 +260,27 @@ class TrialRun:
         gpu = TrialGpu(own_gpu())  # NVML on this worker's GPU while the trainer runs (nothing on a CPU)
         started = time.monotonic()
         try:
-            outcome = run_trainer(trainer, config, reporter)
+            try:
+                outcome = run_trainer(trainer, config, reporter)
+            finally:
+                used = gpu.finish()
             reporter.seconds = time.monotonic() - started
-            used = gpu.finish()
             if used:  # the GPU's mean utilisation and peak memory in use over this trial
-                self.tracker.queue_metrics(run_id, reporter.history[-1][0] if reporter.history else 0, used)
+                self._queue_gpu(run_id, reporter, used)
             tags = {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}
             if outcome.state == State.COMPLETE and reporter.candidate is not None:
                 tags.update(self._keep(run_id, outcome, reporter))
             return self._finish(run_id, config, outcome, tags), reporter
         except Interrupted:  # in the trainer, or while its last write is flushed
-            gpu.finish()
             self.end(run_id, config, lost("interrupted"))
             raise
+
+    def _queue_gpu(self, run_id: str, reporter: Reporter, used: Mapping[str, float]) -> None:
+        """Never the trial's undoing: a writer that already failed says so when the run is closed (`_finish`)."""
+        try:
+            self.tracker.queue_metrics(run_id, reporter.history[-1][0] if reporter.history else 0, used)
+        except Exception:  # noqa: BLE001
+            pass
 
     def _keep(self, run_id: str, outcome: Outcome, reporter: Reporter) -> dict[str, str]:
         """Log the trial's model when it is among the sweep's best few; a model that cannot be logged is noted

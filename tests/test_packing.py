@@ -135,6 +135,7 @@ def test_the_monitor_reports_each_gpus_busy_fraction_and_peak_memory():
     s = mon.summary()
     assert s["0"]["busy"] == 0.3 and s["1"]["busy"] == 0.95
     assert mon.baseline_mb("0") == 500.0 and s["0"]["mem_used_peak_mb"] == 2_500.0
+    assert s["0"]["samples"] == len(mon.window("0")) > 2
     assert gpumon.Monitor(["0"], None).start().summary() == {}  # no NVML: nothing read, nothing said
 
 
@@ -145,10 +146,11 @@ def test_a_worker_knows_its_one_gpu():
     assert gpumon.own_gpu({}) is None
 
 
-def _trial(number: int, start: datetime, seconds: float, worker: str = "gpu0-w0"):
+def _trial(number: int, start: datetime, seconds: float, worker: str = "gpu0-w0", pid: int = 100):
     import optuna
 
-    t = optuna.trial.create_trial(value=0.5, user_attrs={"hpo.worker": worker, "hpo.host": socket.gethostname()})
+    t = optuna.trial.create_trial(value=0.5, user_attrs={"hpo.worker": worker, "hpo.host": socket.gethostname(),
+                                                         "hpo.pid": pid})
     t.number, t.datetime_start, t.datetime_complete = number, start, start + timedelta(seconds=seconds)
     return t
 
@@ -157,14 +159,18 @@ def test_the_window_leaves_out_the_first_trial_and_waits_until_it_is_long_enough
     """The first trial (CUDA start-up) kept the GPU 2 % busy, the later ones 30 %: the decision reads 30 %."""
     t0 = datetime.now()
     mon = gpumon.Monitor(["0"], None)
+    mon.started = t0.timestamp()
     at = lambda s: (t0 + timedelta(seconds=s)).timestamp()  # noqa: E731
-    mon.samples["0"] = [gpumon.Sample(at(s / 4), 2.0 if s < 20 else 30.0, 500.0 if s == 0 else 3_000.0, 80_000.0)
-                        for s in range(0, 40)]  # 10 s of samples; the first trial ends at 5 s
+    for s in range(0, 40):  # 10 s of samples; the first trial ends at 5 s
+        mon.add("0", gpumon.Sample(at(s / 4), 2.0 if s < 20 else 30.0, 500.0 if s == 0 else 3_000.0, 80_000.0))
     packer = packing.Packer([Slot(0, "gpu0-w0", "0")], cap=8, monitor=mon)
+    earlier_run = [_trial(90, t0 - timedelta(seconds=100), 1.0, pid=7), _trial(91, t0 - timedelta(seconds=98), 1.0,
+                                                                                 pid=7)]
     first = _trial(0, t0, 5.0)
-    short = [first, _trial(1, t0 + timedelta(seconds=5.0), 0.5)]
+    short = [*earlier_run, first, _trial(1, t0 + timedelta(seconds=5.0), 0.5)]
     assert packer.added(short, 1) == [] and packer.pending(), "0.5 s after the first trial: not yet"
-    longer = [*short, _trial(2, t0 + timedelta(seconds=5.5), 2.0), _trial(3, t0, 9.0, worker="gpu0-w9")]
+    restarted = _trial(4, t0 + timedelta(seconds=6.0), 3.0, pid=101)  # a worker started again in the slot
+    longer = [*short, _trial(2, t0 + timedelta(seconds=5.5), 2.0), _trial(3, t0, 9.0, worker="gpu0-w9"), restarted]
     slots = packer.added(longer, 1)
     d = packer.decisions["0"]
     assert (d.util, d.workers, d.trial) == (30.0, 3, 2), "ceil(90 / 30), the first trial's 2 % left out"

@@ -111,6 +111,7 @@ def _watch(plan: Plan, session: Session, pool: Pool) -> None:
         c = replace(c, waiting=c.waiting + added)
         if packer is not None and packer.pending():
             pool.slots.extend(packer.added(trials, len(pool.slots)))
+            session.max_deaths = max(session.max_deaths, 2 * len(pool.slots))  # the crash-loop rule, for the new pool
         if c.waiting:
             pool.fill()
         session.refresh(pool.alive(), trials, c)
