@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, gpumon, keep, mirror, orphans, storage, summary, tracking
+from hpo import diskspace, gpumon, keep, mirror, mlflow_store, orphans, storage, summary, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
+from hpo.folder_lock import folder_lock
 from hpo.progress import Progress
 from hpo.provenance import git_sha
 from hpo.spec import changes, from_dict
@@ -39,6 +41,9 @@ from hpo.trial import Outcome, close_child, lost
 
 if TYPE_CHECKING:
     from hpo.backends.base import Backend
+
+
+ORPHAN_TAG = "hpo.orphan"  # a child run no trial names: left by a stop between making it and recording it
 
 
 @dataclass
@@ -159,7 +164,8 @@ class Session:
         if not self.nothing_left():
             self.early = self.backend.prestart(plan, self)
         try:
-            self._open_parent()
+            with folder_lock(plan.dir):  # two controllers starting one new sweep make one experiment, one parent
+                self._open_parent()
         except HpoError:
             self.stop_early()
             raise
@@ -173,6 +179,7 @@ class Session:
             self.fail_orphans("worker died", "found RUNNING when the sweep resumed")
             if self.backend.mirrored:
                 self._end_running_children("worker died")
+            _best_effort(self._mark_orphan_children)
 
     def _check_resume(self, old: optuna.Study) -> None:
         attrs, where = old.user_attrs, f"{self.plan.name!r} in {storage.mask(self.plan.storage)}"
@@ -192,15 +199,9 @@ class Session:
 
     def _open_parent(self) -> None:
         plan, study = self.plan, self.study
-        tracking.repair_interrupted_schema(plan.tracking_uri)  # a controller killed while MLflow made its tables
+        mlflow_store.ensure(plan.tracking_uri)  # a new SQLite store appears whole or not at all
         self.tracker = Tracker(plan.tracking_uri)
-        try:
-            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
-        except Exception as exc:  # a half-made SQLite store that holds nothing yet: made again
-            if diskspace.is_disk_full(exc) or not tracking.drop_if_empty(plan.tracking_uri):
-                raise
-            self.tracker = Tracker(plan.tracking_uri)
-            self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
+        self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
         uid = study.user_attrs.get(tracking.STUDY_UID_TAG)
         if not uid:  # first in the journal, then the parent run: a kill between the two makes no second parent
             uid = uuid.uuid4().hex
@@ -357,6 +358,21 @@ class Session:
         for run_id in run_ids:
             close_child(self.tracker, run_id, lost(reason, detail))
 
+    def worker_gone(self, worker: str, pid: int, reason: str, detail: str = "") -> int:
+        """A worker of this machine's pool ended or was killed: fail every trial it was running (a mirrored
+        engine's by worker name, a trial it claimed from the study by its pid). Returns how many."""
+        n = 0
+        for key, lv in list(self.live.items()):
+            if lv.worker == worker:
+                self.trial_lost(key, reason, detail)
+                n += 1
+        host = socket.gethostname()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get("hpo.pid") == pid and t.user_attrs.get("hpo.host") == host:
+                self.fail_trial(t, reason, detail)
+                n += 1
+        return n
+
     def fail_orphans(self, reason: str, detail: str = "", live_pids: set[int] = frozenset()) -> int:
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -394,6 +410,25 @@ class Session:
         _best_effort(self._close_parent, result, {"report.html": report} if report else {})
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)
         return result
+
+    def _mark_orphan_children(self, settle_s: float = 60.0) -> int:
+        """Child runs that no trial names (a stop between creating the run and recording it in the trial):
+        closed if still RUNNING (and older than `settle_s`: a live worker on another machine is about to
+        name its own) and tagged `hpo.orphan`, so the MLflow UI and every count can tell them apart."""
+        named = {t.user_attrs.get("hpo.mlflow_run_id") for t in self.trials()}
+        now_ms, n = time.time() * 1000, 0
+        for run in self.tracker.children(self.experiment_id, self.parent_run_id):
+            if run.info.run_id in named or run.data.tags.get(ORPHAN_TAG) == "true":
+                continue
+            if run.info.status == "RUNNING":
+                if now_ms - run.info.start_time < settle_s * 1000:
+                    continue
+                close_child(self.tracker, run.info.run_id, lost("worker died", "no trial names this run"),
+                            {ORPHAN_TAG: "true"})
+            else:
+                self.tracker.set_tags(run.info.run_id, {ORPHAN_TAG: "true"})
+            n += 1
+        return n
 
     def _end_running_children(self, reason: str) -> None:
         for run in self.tracker.children(self.experiment_id, self.parent_run_id, running_only=True):

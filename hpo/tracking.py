@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
+
+from hpo import liveness
 
 
 T = TypeVar("T")
@@ -39,6 +42,20 @@ def _retry(fn: Callable[[], T]) -> T:
                                   "run the same command to resume") from None
         time.sleep(pause)
         pause = min(pause * 2, 2.0)
+
+
+def quiet_mlflow() -> None:
+    """MLflow's own output that hpo says better, or must not print at all."""
+    import logging
+
+    # "Creating initial MLflow database tables..." is noise next to hpo's own progress.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Its store logs a database error with two SQLAlchemy tracebacks, then raises it: hpo reports it in
+    # one line (a full disk: "run the same command to resume").
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # MLflow prints "View run ... at: URL" on every run's end, with the URL's password in clear.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _clip(value: Any, limit: int = 6000) -> str:
@@ -151,14 +168,9 @@ class Tracker:
     """Thin, retrying wrapper over MlflowClient for hpo's run layout."""
 
     def __init__(self, tracking_uri: str):
-        import logging
-
         from mlflow.tracking import MlflowClient
 
-        # "Creating initial MLflow database tables..." is noise next to hpo's own progress.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
+        quiet_mlflow()
         self.uri = tracking_uri
         if tracking_uri.startswith("sqlite:"):
             _sqlite_wal()
@@ -229,6 +241,7 @@ class Tracker:
         """The trial's child run, with its params written before the trainer starts: a worker killed at any
         moment leaves a run that still says what it tried (the params are not queued with the metrics)."""
         tags = {**tags, PARENT_TAG: parent_id}
+        liveness.guard()
         run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -238,6 +251,7 @@ class Tracker:
         """Tags, then the MLflow end status (FINISHED / KILLED / FAILED). Use hpo.trial.close_child.
         What this worker still holds for the run (metrics, params) goes in the same write as the tags;
         `strict`: a failed write raises before the run is ended (the caller ends it with its own verdict)."""
+        liveness.guard()  # a worker woken after its lease ran out: the controller closed this run already
         if self._writer is not None:
             from mlflow.entities import RunTag
 
@@ -291,6 +305,7 @@ class Tracker:
         _retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
     def _write_batch(self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
+        liveness.guard()
         _retry(lambda: self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags))
 
     # -- queries ----------------------------------------------------------
@@ -335,55 +350,6 @@ def checkpoint(uri: str) -> None:
     if path is not None and path.exists():
         with sqlite3.connect(path, timeout=30) as con:
             con.execute("pragma wal_checkpoint(TRUNCATE)")
-
-
-def has_runs(uri: str) -> bool:
-    """Whether a SQLite tracking store holds any run (False for a missing or half-made file)."""
-    import sqlite3
-
-    path = sqlite_path(uri)
-    if path is None or not path.exists():
-        return False
-    try:
-        with sqlite3.connect(path, timeout=30) as con:
-            return con.execute("select count(*) from runs").fetchone()[0] > 0
-    except sqlite3.Error:
-        return False
-
-
-def drop_if_empty(uri: str) -> bool:
-    """Remove a SQLite tracking store that holds no run (half-made by a killed controller)."""
-    path = sqlite_path(uri)
-    if path is None or not path.exists() or has_runs(uri):
-        return False
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    return True
-
-
-def repair_interrupted_schema(uri: str) -> bool:
-    """A SQLite store whose schema migration was killed half-way (MLflow's alembic leaves `_alembic_tmp_*`
-    tables, and every later open fails on them). Holding no run yet, it is made again from scratch;
-    holding runs, only the leftover tables go, and the migration runs again. Returns whether it repaired."""
-    import sqlite3
-
-    path = sqlite_path(uri)
-    if path is None or not path.exists():
-        return False
-    try:
-        with sqlite3.connect(path, timeout=30) as con:
-            leftovers = [r[0] for r in con.execute(
-                r"select name from sqlite_master where type='table' and name like '\_alembic\_tmp\_%' escape '\'")]
-    except sqlite3.Error:
-        leftovers = ["?"]
-    if not leftovers:
-        return False
-    if drop_if_empty(uri):
-        return True
-    with sqlite3.connect(path, timeout=30) as con:
-        for name in leftovers:
-            con.execute(f'drop table if exists "{name}"')
-    return True
 
 
 def default_uri(sweep_dir: Path) -> str:

@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import run_hpo, runs_of, write
+from hpo.trial import INFRA_REASONS
 
 TESTS = Path(__file__).parent
 ENV = {"PYTHONPATH": str(TESTS)}
@@ -116,7 +117,7 @@ def check_invariants(sweep_dir: Path, name: str, budget: int) -> None:
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert not [c.info.run_id for c in children if c.info.status == "RUNNING"]
-    by_run = {c.info.run_id: c for c in children}
+    by_run = {c.info.run_id: c for c in children if c.data.tags.get("hpo.orphan") != "true"}
     linked = {t.user_attrs["hpo.mlflow_run_id"]: t for t in trials if t.user_attrs.get("hpo.mlflow_run_id")}
     assert len(linked) == len([t for t in trials if t.user_attrs.get("hpo.mlflow_run_id")]), "one run per trial"
     assert set(by_run) == set(linked), "every child run belongs to exactly one trial, and back"
@@ -131,7 +132,7 @@ def check_invariants(sweep_dir: Path, name: str, budget: int) -> None:
         if t.state == TrialState.COMPLETE:
             last = max(client.get_metric_history(run_id, "score"), key=lambda m: m.step)
             assert last.value == pytest.approx(t.value)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or reason not in ("worker died", "interrupted"):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or reason not in INFRA_REASONS:
             counted.append(t)
     assert len(counted) == budget, f"{len(counted)} trials counted for a budget of {budget}"
     keys = [json.dumps(t.params, sort_keys=True) for t in counted]
@@ -195,6 +196,19 @@ def test_everything_killed_at_once_then_resumed_loses_nothing(tmp_path):
     """The fast run: three rounds. The slow test below runs thirty."""
     r = kill_everything_at_random(tmp_path, rounds=3, seed=1)
     assert r["killed_mid_sweep"] >= 1, r
+
+
+def test_two_controllers_starting_one_new_sweep_at_once_make_one_sweep(tmp_path):
+    """Both started in the same instant on a study that does not exist yet: one MLflow store, one experiment,
+    one parent run, the budget met once, and both exit 0 (each ran trials of the one study or found none left)."""
+    sweep = write(tmp_path / "sweep.yaml", CRASH.replace("name: crash", "name: twin"))
+    args = ["run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:slow", "--no-progress"]
+    procs = [subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env={**os.environ, **ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert all("Traceback" not in e for e in errors), errors
+    check_invariants(tmp_path / "runs" / "twin", "twin", 6)
 
 
 @pytest.mark.slow
@@ -316,6 +330,31 @@ def test_a_tracking_store_killed_while_mlflow_made_its_tables_is_made_again(tmp_
     assert out.returncode == 0, out.stderr
     _, _, parents, children = runs_of(db.parent, "tiny")
     assert [p.info.status for p in parents] == ["FINISHED"] and [c.info.status for c in children] == ["FINISHED"]
+
+
+def test_a_resume_tags_child_runs_that_no_trial_names(tmp_path):
+    """A stop between creating a trial's child run and recording it in the trial leaves a run no trial names,
+    FINISHED or RUNNING: the resume closes it and tags it `hpo.orphan`, and every other child keeps its trial."""
+    sweep = write(tmp_path / "sweep.yaml", CRASH.replace("name: crash", "name: orphans")
+                  .replace("sleep: {value: 0.1}", "sleep: {value: 0.0}"))
+    args = ["run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:slow", "--no-progress"]
+    run_hpo(*args, cwd=tmp_path, env=ENV, check=True)
+    sweep_dir = tmp_path / "runs" / "orphans"
+    client, experiment, parents, _ = runs_of(sweep_dir, "orphans")
+    experiment_id = experiment.experiment_id
+    parent = parents[0].info.run_id
+    done = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "hpo.trial": "99"})
+    client.set_terminated(done.info.run_id, "FINISHED")
+    stuck = client.create_run(experiment_id, start_time=int(time.time() * 1000) - 3_600_000,
+                              tags={"mlflow.parentRunId": parent, "hpo.trial": "98"})
+    again = run_hpo(*args, cwd=tmp_path, env=ENV)
+    assert again.returncode == 0, again.stderr
+    for run_id, status in ((done.info.run_id, "FINISHED"), (stuck.info.run_id, "FAILED")):
+        run = client.get_run(run_id)
+        assert run.data.tags.get("hpo.orphan") == "true" and run.info.status == status, (run_id, run.info)
+    check_invariants(sweep_dir, "orphans", 6)
+    _, _, _, children = runs_of(sweep_dir, "orphans")
+    assert sum(c.data.tags.get("hpo.orphan") == "true" for c in children) == 2, "no trial's own run was tagged"
 
 
 def test_a_controller_killed_right_after_making_its_parent_run_makes_no_second_one(tmp_path, tiny_sweep):

@@ -1,0 +1,121 @@
+"""The SQLite MLflow store: made whole or not at all, whatever instant a kill lands, and by one process at a time."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpo import mlflow_store
+
+ENSURE = "import sys; from hpo import mlflow_store; mlflow_store.ensure(sys.argv[1])"
+
+
+def _uri(db: Path) -> str:
+    return f"sqlite:///{db}"
+
+
+def _open_with_mlflow(db: Path) -> str:
+    """What every later open does: MLflow's own client on the file (it refuses a half-made schema)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=_uri(db))
+    return client.create_experiment(f"e{time.monotonic_ns()}")
+
+
+def test_the_private_mlflow_names_hpo_relies_on_still_exist():
+    from mlflow.store.db.utils import _get_latest_schema_revision
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    assert isinstance(_get_latest_schema_revision(), str)
+    assert isinstance(SqlAlchemyStore._engine_map, dict)
+
+
+def test_a_new_store_is_whole_and_opens(tmp_path):
+    db = tmp_path / "runs" / "s" / "mlflow.db"
+    assert mlflow_store.ensure(_uri(db))
+    assert mlflow_store.is_whole(db)
+    assert not list(db.parent.glob(".*building*")), "nothing left beside it"
+    assert _open_with_mlflow(db)
+    assert not mlflow_store.ensure(_uri(db)), "a whole store is left alone"
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
+def test_a_store_left_mid_migration_is_made_again(tmp_path, where):
+    """The power-cut failure: MLflow ran a migration step (a column added) and was killed before it recorded
+    the step's version, so every later open failed with `duplicate column name`."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "mlflow.db"
+    engine = create_engine(_uri(db))
+    InitialBase.metadata.create_all(engine)
+    config = _get_alembic_config(_uri(db))
+    revisions = list(reversed(list(ScriptDirectory.from_config(config).walk_revisions())))
+    target = revisions[int(len(revisions) * where)]
+    with engine.begin() as con:
+        config.attributes["connection"] = con
+        command.upgrade(config, target.revision)
+    with sqlite3.connect(db) as con:  # its DDL ran, its version was never written
+        con.execute("update alembic_version set version_num = ?", (target.down_revision,))
+    engine.dispose()
+    assert not mlflow_store.is_whole(db)
+    assert mlflow_store.ensure(_uri(db))
+    assert mlflow_store.is_whole(db) and _open_with_mlflow(db)
+
+
+def test_a_store_that_holds_runs_is_never_rebuilt(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    mlflow_store.ensure(_uri(db))
+    client = MlflowClient(tracking_uri=_uri(db))
+    run = client.create_run(client.create_experiment("keep"))
+    with sqlite3.connect(db) as con:  # an older schema, as after an MLflow upgrade
+        con.execute("update alembic_version set version_num = 'an-older-one'")
+        con.execute("create table _alembic_tmp_runs (x integer)")
+    assert not mlflow_store.ensure(_uri(db))
+    with sqlite3.connect(db) as con:
+        assert con.execute("select run_uuid from runs").fetchall() == [(run.info.run_id,)]
+        assert not con.execute("select name from sqlite_master where name like '_alembic_tmp%'").fetchall()
+
+
+def test_a_kill_at_any_instant_leaves_no_store_or_a_whole_one(tmp_path):
+    """SIGKILL the process making a new store at random instants of its life (imports, tables, the fifty
+    migrations, the rename): after each, the next start finds nothing or a whole store, never half of one."""
+    rng = random.Random(11)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", ENSURE, _uri(tmp_path / "timing" / "mlflow.db")], check=True)
+    whole = time.monotonic() - started
+    seen = set()
+    for i in range(8):
+        db = tmp_path / f"r{i}" / "mlflow.db"
+        db.parent.mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", ENSURE, _uri(db)])
+        time.sleep(rng.uniform(0.3, 1.0) * whole)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.add("made" if db.exists() else "none")
+        assert not db.exists() or mlflow_store.is_whole(db), f"round {i}: a half-made store"
+        subprocess.run([sys.executable, "-c", ENSURE, _uri(db)], check=True)
+        assert mlflow_store.is_whole(db) and _open_with_mlflow(db)
+        assert not list(db.parent.glob(".*building*")), "the killed build's file is cleared"
+    assert "none" in seen, seen  # some kills landed while the store was being made
+
+
+def test_concurrent_first_starts_make_one_store(tmp_path):
+    db = tmp_path / "mlflow.db"
+    procs = [subprocess.Popen([sys.executable, "-c", ENSURE, _uri(db)], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert mlflow_store.is_whole(db) and _open_with_mlflow(db)
