@@ -21,6 +21,7 @@ from hpo import spec as specmod
 from hpo import storage as storagemod
 from hpo import tracking, trainer_ref
 from hpo.errors import UsageError
+from hpo.spec.yamlsafe import read_file
 from hpo.storage import Counts
 
 DEFAULT_BUDGET = 20
@@ -168,7 +169,8 @@ def prepare(s: Settings) -> Plan:
     from hpo.backends import base
 
     backend = base.get(s.backend)
-    spec = specmod.load(s.sweep_file, s.space)
+    text = read_file(s.sweep_file)  # once: a pipe (`hpo run <(...)`) cannot be read again
+    spec = specmod.load(s.sweep_file, s.space, text=text)
     name = study_name(spec, s.study)
     if Path(s.root).exists() and not Path(s.root).is_dir():
         raise UsageError(f"--root: {s.root} is a file, not a folder")
@@ -191,7 +193,6 @@ def prepare(s: Settings) -> Plan:
                          "give a number")
     slots = slotsmod.plan(gpus, per_gpu, s.workers)
     options = {**s.options, **({"pack_cap": cap} if cap is not None and gpus else {})}
-    text = Path(s.sweep_file).read_text(encoding="utf-8")
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,
                 trainer, text, s.retries, s.progress, options)
     if not s.inspect_only:

@@ -220,7 +220,8 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
         raise UsageError(f"--port: must be 1-65535 (got {a.port})")
     store = a.storage or prepare(replace(_settings(a), inspect_only=True)).storage
     storage.require_existing(store)
-    return dashboard.serve(store, a.host, a.port)
+    return dashboard.serve(store, a.host, a.port, [h for h in (a.allowed_hosts or "").split(",") if h.strip()],
+                           a.writable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dashboard":
             p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             p.add_argument("--port", type=int, default=8080)
+            p.add_argument("--allowed-hosts", help="more Host names it answers, comma-separated (default: "
+                                                   "this machine's loopback names and --host; * for any)")
+            p.add_argument("--writable", action="store_true",
+                           help="allow edits (notes, new or deleted studies, telling trials); default read-only")
     w = sub.add_parser("worker", help="one more worker for a running study (e.g. on another machine)")
     w.add_argument("--study", required=True)
     w.add_argument("--storage", help="journal file path or RDB URL (or $HPO_STORAGE)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from hpo.liveness import ALIVE_ENV
 from hpo.slots import Slot
 
 
@@ -44,11 +45,18 @@ class Pool:
         self.workers: dict[int, Worker] = {}
         self.restarts_at: dict[int, float] = {}  # slot index -> when its worker last started
 
+    def alive_file(self, slot: Slot) -> Path:
+        """The slot's lease (hpo.liveness): its worker renews it, the Supervisor reads its age."""
+        return self.log_dir / f"{slot.name}.alive"
+
     def start(self, slot: Slot) -> Worker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        alive = self.alive_file(slot)
+        alive.unlink(missing_ok=True)  # the last worker's: not judged until the new one renews it
+        env = {**self._env(slot), ALIVE_ENV: str(alive.resolve())}
         with open(self.log_dir / f"{slot.name}.log", "ab") as log:
             # Own session: Ctrl-C reaches the controller only, which stops workers in order.
-            proc = subprocess.Popen(self._argv(slot), env=self._env(slot), stdout=log,
+            proc = subprocess.Popen(self._argv(slot), env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.workers[slot.index] = Worker(slot, proc)

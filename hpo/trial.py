@@ -21,7 +21,7 @@ from hpo.gpumon import TrialGpu, own_gpu
 from hpo.program import TRIAL
 
 # Failures that are not the trial's fault: the trial is run again and not counted.
-INFRA_REASONS = ("worker died", "interrupted")
+INFRA_REASONS = ("worker died", "worker hung", "interrupted")
 
 
 class State(str, Enum):

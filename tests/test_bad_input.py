@@ -234,3 +234,43 @@ def test_run_summary_says_how_many_more_problems(tmp_path: Path):
     assert out.returncode == 2
     assert out.stderr.strip() == ("parameters.lr.min: must be less than max (1.0 >= 0.1) "
                                   "(and 1 more problem; `hpo validate` lists them)")
+
+
+def test_a_device_that_never_ends_is_one_line(tmp_path: Path):
+    """/dev/zero reports a size of 0 and never ends: the cap counts the bytes read, not st_size."""
+    out = run_hpo("validate", "/dev/zero", cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "a sweep file must be under" in out.stderr
+
+
+def test_a_sweep_read_from_a_pipe_is_run_and_stored_whole(tmp_path: Path):
+    """`hpo run <(cat sweep.yaml)`: a pipe can be read once, so the sweep is read once, and the parent run's
+    sweep.yaml artifact holds the whole text."""
+    import os
+    import threading
+
+    from conftest import mlflow_client
+
+    text = textwrap.dedent(GOOD).replace("method: random", "name: piped\nmethod: random") \
+        .replace("metric: {name: val_loss}", "metric: {name: score, goal: maximize}") \
+        .replace("  lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-1}\n", "")
+    fifo = tmp_path / "sweep.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w") as f:
+            f.write(text)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    tests = str(Path(__file__).parent)
+    out = run_hpo("run", str(fifo), *RUN_FLAGS, "--trainer", "fault_trainers:trivial", cwd=tmp_path,
+                  env={"PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")}, timeout=300)
+    writer.join(timeout=5)
+    assert out.returncode == 0, out.stderr
+    client = mlflow_client(tmp_path / "runs" / "piped")
+    parent = [r for r in client.search_runs(["1"]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1
+    stored = Path(client.download_artifacts(parent[0].info.run_id, "sweep.yaml", str(tmp_path)))
+    assert stored.read_text() == text

@@ -94,6 +94,47 @@ def test_dashboard_binds_loopback_and_serves_the_study(finished):
     assert "no authentication" not in err
 
 
+def _request(port: int, method: str, path: str, host: str | None = None, body: dict | None = None):
+    """(status, body) of one request, with the Host header as given (a DNS-rebinding page sends its own)."""
+    import http.client
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json", **({"Host": host} if host else {})}
+    con.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    resp = con.getresponse()
+    return resp.status, resp.read().decode()
+
+
+def test_dashboard_refuses_a_forged_host_and_writes_unless_writable(finished):
+    tmp, sweep, _ = finished
+    new_study = {"study_name": "planted", "directions": ["maximize"]}
+    proc, port = _dashboard(tmp, sweep)
+    try:
+        assert _request(port, "GET", "/api/studies", host="rebind.attacker.example")[0] == 403
+        assert _request(port, "POST", "/api/studies", host="rebind.attacker.example", body=new_study)[0] == 403
+        status, body = _request(port, "POST", "/api/studies", host=f"localhost:{port}", body=new_study)
+        assert status == 403 and "--writable" in body, "read-only by default"
+        assert _request(port, "GET", "/api/studies", host=f"localhost:{port}")[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    proc, port = _dashboard(tmp, sweep, "--writable", "--allowed-hosts", "hpo.internal")
+    try:
+        assert _request(port, "GET", "/api/studies", host="hpo.internal:8080")[0] == 200
+        assert _request(port, "POST", "/api/studies", host=f"127.0.0.1:{port}", body=new_study)[0] == 201
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    import optuna
+
+    from hpo.storage import open_storage
+
+    store = open_storage(str(tmp / "runs" / "tools" / "optuna.log"))
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    assert sorted(names) == ["planted", "tools"], "only the --writable dashboard wrote"
+    optuna.delete_study(study_name="planted", storage=store)  # the module's sweep as it was
+
+
 def test_dashboard_on_all_interfaces_warns(finished):
     tmp, sweep, _ = finished
     proc, port = _dashboard(tmp, sweep, "--host", "0.0.0.0")

@@ -104,6 +104,68 @@ def test_sigkilled_worker_fails_its_trial_and_is_replaced(tmp_path):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_hung_worker_is_killed_its_trial_failed_and_the_sweep_ends(tmp_path, workers):
+    """SIGSTOP (a stuck DataLoader, an NFS stall) on the default journal storage: the worker stops renewing
+    its lease, so after the grace its trial is FAILED `worker hung` (re-run, not counted), the stopped
+    process is killed and replaced, and the sweep meets its budget and exits 0. With one worker too."""
+    from test_crash import check_invariants
+
+    sweep = _sweep(tmp_path, "hung", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 3}\n          sleep: {value: 0.4}")
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "HPO_HEARTBEAT_GRACE_S": "3"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--workers", str(workers), "--trainer",
+                             "fault_trainers:slow", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "runs" / "hung"
+    victim = _wait_for(lambda: _running(sweep_dir, "hung"))[0]
+    pid = victim.user_attrs["hpo.pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, err
+    trials = load_study(sweep_dir, "hung").get_trials()
+    hung = next(t for t in trials if t.number == victim.number)
+    assert hung.state == TrialState.FAIL and hung.user_attrs["hpo.reason"] == "worker hung", hung.user_attrs
+    assert "no lease renewal" in hung.user_attrs["hpo.error"]
+    assert not Path(f"/proc/{pid}").exists(), "the stopped worker was killed"
+    check_invariants(sweep_dir, "hung", 4)
+
+
+def test_a_worker_woken_after_its_lease_ran_out_writes_nothing(tmp_path):
+    """The fence: a process that survived being judged dead (stopped past the grace, e.g. on a machine the
+    controller cannot kill on) must not write when it wakes: its first write ends it instead."""
+    marks = tmp_path / "writes.txt"
+    script = (
+        "import os, sys, time\n"
+        "from hpo import liveness\n"
+        "liveness.start_from_env()\n"
+        "with open(sys.argv[1], 'a') as f:\n"
+        "    while True:\n"
+        "        liveness.guard()\n"
+        "        f.write(f'{time.time()}\\n'); f.flush()\n"
+        "        time.sleep(0.05)\n")
+    env = {**os.environ, "HPO_ALIVE_FILE": str(tmp_path / "w.alive"), "HPO_HEARTBEAT_GRACE_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(marks)], env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: marks.exists() and marks.read_text().count("\n") > 5)
+    os.kill(proc.pid, signal.SIGSTOP)
+    stopped = time.time()
+    time.sleep(2.0)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=30)
+    from hpo.liveness import EXIT_FENCED
+
+    assert proc.returncode == EXIT_FENCED, err
+    assert "writes nothing more" in err
+    last = float(marks.read_text().split()[-1])
+    assert last < stopped + 0.5, "nothing was written after the wake-up"
+
+
 def test_ctrl_c_stops_cleanly_and_resume_completes(tmp_path):
     sweep = _sweep(tmp_path, "intr", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 4}\n          sleep: {value: 1.0}")
     args = (str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")

@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hpo.errors import SpecError
-from hpo.spec.yamlsafe import load_file, one_line
+from hpo.spec.yamlsafe import load_file, load_text, one_line, read_file
 from hpo.spec.model import DISCRETE, Hyperband, Param, Spec
 from hpo.spec.schema import DEFINITIONS, check_parameter, check_top_level, wandb_schema
 
 MAX_GRID_POINTS = 1_000_000
 
 
-def load(path: str | Path, space: str | Path | None = None) -> Spec:
-    """Read a sweep file (and optionally a `parameters` block from `space`) and validate it."""
+def load(path: str | Path, space: str | Path | None = None, text: str | None = None) -> Spec:
+    """Read a sweep file (and optionally a `parameters` block from `space`) and validate it; `text`: the
+    file's text, already read (`read_file`) by a caller that keeps it."""
     label = one_line(Path(path).name)
-    raw = load_file(path, label=label)
+    raw = load_text(read_file(path, label) if text is None else text, label)
     if not isinstance(raw, dict):
         raise SpecError([f"{label}: must be a mapping of keys (method, parameters, ...), not {_kind(raw)}"])
     if space is not None:

@@ -117,13 +117,19 @@ def load_text(text: str, label: str = "sweep") -> Any:
 
 def load_file(path: str | Path, label: str | None = None) -> Any:
     """Read and parse a YAML file; every failure is a SpecError with one line."""
+    return load_text(read_file(path, label), one_line(label or Path(path).name))
+
+
+def read_file(path: str | Path, label: str | None = None) -> str:
+    """A sweep file's text, read once (a pipe or FIFO cannot be read twice) and at most MAX_BYTES of it
+    (the size a device or a pipe reports is 0: the cap counts the bytes read)."""
     path = Path(path)
     label = one_line(label or path.name)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise SpecError([f"{label}: the file is {size:,} bytes; a sweep file must be under {MAX_BYTES:,}"])
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise SpecError([f"{label}: more than {MAX_BYTES:,} bytes; a sweep file must be under {MAX_BYTES:,}"])
     except FileNotFoundError:
         raise SpecError([f"{label}: no such file ({path})"]) from None
     except IsADirectoryError:
@@ -136,4 +142,4 @@ def load_file(path: str | Path, label: str | None = None) -> Any:
         raise SpecError([f"{label}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
     if "\x00" in text:
         raise SpecError([f"{label}: contains NUL bytes; not a text file"])
-    return load_text(text, label)
+    return text

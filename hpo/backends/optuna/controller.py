@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from dataclasses import replace
@@ -11,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from hpo import diskspace, keep, packing, storage, trainer_ref
+from hpo import keep, packing, storage, trainer_ref
 from hpo.backends.optuna import space
-from hpo.procs import Exit, Pool
+from hpo.procs import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
+from hpo.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from hpo.api import Plan
@@ -62,16 +62,15 @@ def run(plan: Plan, session: Session) -> None:
     storage.fill_queue(study, plan.budget, _grid(plan))
     pool = session.early if isinstance(session.early, Pool) else prestart(plan, session)
     session.early = None  # taken over: stopped below
-    reason = "worker died"
+    supervisor = Supervisor(pool, session)  # the loop refills empty slots while trials wait
+    interrupted = False
     try:
-        _watch(plan, session, pool)
+        _watch(plan, session, supervisor)
     except KeyboardInterrupt:
-        reason = "interrupted"
+        interrupted = True
         raise
     finally:
-        for e in pool.stop():  # each worker ends its own trial; one killed after the grace cannot
-            if e.died:
-                _on_death(session, e, reason)
+        supervisor.stop(interrupted)  # each worker ends its own trial; one killed after the grace cannot
 
 
 def _record_pruner(plan: Plan, session: Session) -> None:
@@ -94,16 +93,11 @@ def _packer(plan: Plan, session: Session) -> packing.Packer | None:
     return packing.Packer(list(plan.slots), cap, session.gpus, session.packed) if cap else None
 
 
-def _watch(plan: Plan, session: Session, pool: Pool) -> None:
-    study, grid = session.study, _grid(plan)
+def _watch(plan: Plan, session: Session, supervisor: Supervisor) -> None:
+    study, grid, pool = session.study, _grid(plan), supervisor.pool
     packer = _packer(plan, session)
     while True:
-        for e in pool.reap():
-            if e.code == diskspace.EXIT_CODE:
-                raise diskspace.DiskFull(plan.dir)
-            if e.died:
-                _on_death(session, e)
-                session.worker_exited(f"{e.describe()} on {e.slot.name}", str(plan.dir / "logs" / f"{e.slot.name}.log"))
+        supervisor.poll()
         storage.queue_retries(study, plan.retries)
         trials = session.trials()  # one read of the study per poll, shared below
         c = session.tally.count(trials)
@@ -138,9 +132,3 @@ def _fail_stale(session: Session) -> None:
             where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
             session.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
 
-
-def _on_death(session: Session, e: Exit, reason: str = "worker died") -> None:
-    """Fail the dead worker's trial in Optuna and MLflow; the loop refills the queue."""
-    for t in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("hpo.pid") == e.pid and t.user_attrs.get("hpo.host") == socket.gethostname():
-            session.fail_trial(t, reason, f"{e.describe()} on {e.slot.name}")

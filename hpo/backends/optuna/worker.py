@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import spec as specmod
-from hpo import storage, trainer_ref
+from hpo import liveness, storage, trainer_ref
 from hpo.backends.optuna import space
 from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
@@ -93,6 +93,7 @@ def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, spe
 def serve(cfg: WorkerConfig) -> int:
     """Run trials until the queue is empty; return how many this worker ran."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    liveness.start_from_env()  # the controller's Supervisor kills a worker that stops renewing it
     if cfg.parent_pid:
         threading.Thread(target=_watch_parent, args=(cfg.parent_pid,), daemon=True).start()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -189,6 +190,7 @@ class _Context:
         return outcome
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        liveness.guard()  # stalled past its lease: the trial was failed meanwhile and belongs to nobody
         for key, value in outcome.tags().items():
             if key != "hpo.state":
                 trial.set_user_attr(key, value)
@@ -210,6 +212,7 @@ def _record(trial: optuna.Trial, step: int, value: float) -> bool:
 
 
 def _prune(trial: optuna.Trial, step: int, value: float, last_step: int | None) -> bool:
+    liveness.guard()
     trial.report(value, step)
     # Stopping a trial at its last epoch saves nothing and throws its result away.
     if last_step is not None and step >= last_step:

@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Client, Connection
 from typing import Any, Mapping
 
+from hpo import liveness
 from hpo import trainer_ref as trainers
 from hpo.program import TRIAL, ProgramTrainer
 from hpo.spec import unflatten
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int)
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    liveness.start_from_env()  # the controller's Supervisor kills an agent that stops renewing it
     if a.parent_pid:
         threading.Thread(target=_watch_parent, args=(a.parent_pid,), daemon=True).start()
     conn = None

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import diskspace, storage
+from hpo import storage
 from hpo.backends.wandb.engine import Engine
 from hpo.procs import Pool
+from hpo.supervisor import Supervisor
 from hpo.provenance import git_sha
 from hpo.trial import INFRA_REASONS, Outcome
 
@@ -110,6 +111,7 @@ class Controller:
             extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
                          lambda s: dict(launches[s.index].env), plan.dir / "logs")
+        self.supervisor = Supervisor(self.pool, session, on_gone=self._gone, restart=lambda slot: self._more())
         self.cuda = {s.name: s.cuda_visible_devices for s in plan.slots}
         self.setup = {
             "study": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": session.experiment_id,
@@ -122,18 +124,11 @@ class Controller:
 
     # -- the loop ---------------------------------------------------------
     def serve(self) -> None:
-        self.pool.start_all()
+        self.supervisor.start_all()
         while True:
             for conn in self.server.ready(POLL_SECONDS):
                 self._receive(conn)
-            for e in self.pool.reap():
-                if e.code == diskspace.EXIT_CODE:
-                    raise diskspace.DiskFull(self.plan.dir)
-                if e.died:
-                    self._lost(e.slot.name, "worker died", e.describe())
-                    self.session.worker_exited(f"{e.describe()} on {e.slot.name}", str(self.plan.dir / "logs" / f"{e.slot.name}.log"))
-                    if self._more():
-                        self.pool.start(e.slot)
+            self.supervisor.poll()
             self.session.refresh(self.pool.alive())
             if not self.pool.workers:
                 return
@@ -205,17 +200,23 @@ class Controller:
             self.engine.end(name, outcome.state, outcome.infra)
         self.session.trial_finished(name, outcome)
 
-    def _lost(self, worker: str, reason: str, detail: str) -> None:
-        """The run of an agent that is gone: ended in the engine, and by the Session in MLflow and Optuna."""
+    def _gone(self, e, reason: str, detail: str) -> int:
+        return self._lost(e.slot.name, reason, detail)
+
+    def _lost(self, worker: str, reason: str, detail: str) -> int:
+        """The runs of an agent that is gone: ended in the engine, and by the Session in MLflow and Optuna."""
+        n = 0
         for name, w in list(self.active.items()):
             if w == worker:
                 self.active.pop(name)
                 if self.engine is not None:
                     self.engine.end(name, "interrupted" if reason == "interrupted" else "failed", True)
                 self.session.trial_lost(name, reason, detail)
+                n += 1
+        return n
 
     def stop(self, interrupted: bool) -> None:
-        self.pool.stop()
+        self.pool.stop()  # not the Supervisor's stop: the ends the agents sent come first, then what is left
         for conn in self.server.ready(0):  # ends the agents sent while stopping
             while conn in self.server.conns and conn.poll():
                 self._receive(conn)
