@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -37,7 +37,8 @@ from hpo.provenance import git_sha
 from hpo.spec import changes, from_dict
 from hpo.tracking import Tracker
 from hpo.trainer_ref import label as trainer_label
-from hpo.trial import Outcome, close_child, lost
+from hpo.backends.port import Parent
+from hpo.trial import Outcome, State, close_child, lost
 
 if TYPE_CHECKING:
     from hpo.backends.base import Backend
@@ -115,7 +116,8 @@ class Session:
                     threading.Thread(target=_import_quietly, args=("optuna.visualization",), daemon=True).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
                                          self.plan.progress)
-                self.backend.run(self.plan, self)
+                early, self.early = self.early, None  # the engine takes it over, and stops it
+                self.backend.run(self.plan, self, early)
         except KeyboardInterrupt:
             interrupted = True
         except Exception as exc:  # a full disk, or an engine's own failure: closed FAILED, then reported
@@ -253,6 +255,27 @@ class Session:
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
+    def snapshot(self) -> tuple[list[FrozenTrial], storage.Counts]:
+        """One read of the study and its counts, for an engine's poll."""
+        trials = self.trials()
+        return trials, self.tally.count(trials)
+
+    def top_up(self, grid: list[dict[str, Any]] | None) -> tuple[list[FrozenTrial], storage.Counts]:
+        """Queue trials (retries first) until finished + running + queued meets the budget: the one place the
+        budget is counted for a queue. Returns the study as read, with what was just queued as waiting."""
+        storage.queue_retries(self.study, self.plan.retries)
+        trials = self.trials()
+        counts = self.tally.count(trials)
+        added = storage.fill_queue(self.study, self.plan.budget, grid, trials=trials, counts=counts)
+        return trials, replace(counts, waiting=counts.waiting + added)
+
+    @property
+    def parent(self) -> Parent:
+        return Parent(self.experiment_id, self.parent_run_id, self.launch)
+
+    def tag_parent(self, tags: Mapping[str, str]) -> None:
+        self.tracker.set_tags(self.parent_run_id, tags)
+
     def counts(self) -> storage.Counts:
         return self.tally.count(self.trials())
 
@@ -271,14 +294,16 @@ class Session:
             return False
         return not (self.plan.retries and storage.retry_candidates(self.trials(), self.plan.retries))
 
-    def worker_exited(self, what: str, log: str = "") -> None:
+    def worker_exited(self, what: str, log: str = "", pool: int = 0) -> None:
         """A worker or agent process ended with an error: counted towards the crash-loop rule.
 
         Rule (every engine): `max_deaths` deaths in a row with no trial counted in between
-        means every new worker dies too; the sweep stops, FAILED, exit 1.
+        means every new worker dies too; the sweep stops, FAILED, exit 1. `pool`: how many workers
+        the pool has now (`--workers-per-gpu auto` grows it), which the rule grows with.
         """
         if diskspace.free_mb(self.plan.dir) < 1:  # it died writing its log or a record
             raise diskspace.DiskFull(self.plan.dir)
+        self.max_deaths = max(self.max_deaths, 2 * pool)
         counted = self.counted()
         if counted != self._counted_at_death:
             self._deaths, self._counted_at_death = 0, counted
@@ -314,11 +339,31 @@ class Session:
         trial_id = mirror.start_trial(self.study, self.spec, params, user_attrs)
         self.live[key] = Live(trial_id, number, worker, cuda)
 
-    def child_started(self, key: Any, run_id: str) -> None:
+    def trial_updated(self, key: Any, run_id: str = "", worker: str = "", cuda: str = "") -> None:
+        """What an engine learns of a running trial after its start: its child run (a new one replaces the
+        last, which ends KILLED `paused`: Ray's HyperBand restarts a paused trial from its first step),
+        and where it runs."""
         lv = self.live.get(key)
-        if lv is not None:
-            lv.run_id = run_id
+        if lv is None:
+            return
+        if run_id and run_id != lv.run_id:
+            if lv.run_id:
+                close_child(self.tracker, lv.run_id, Outcome(State.INTERRUPTED, reason="paused"))
+            lv.run_id, lv.values = run_id, {}
             self.study._storage.set_trial_user_attr(lv.trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
+        lv.worker, lv.cuda = worker or lv.worker, cuda or lv.cuda
+
+    def trial_tags(self, key: Any, find: tuple[str, str] | None = None) -> dict[str, str]:
+        """The tags of a running trial's child run (the trainer's own verdict); `find`: (tag, value) that
+        names the run when the engine never learnt its id."""
+        lv = self.live.get(key)
+        if lv is not None and lv.run_id:
+            return dict(self.tracker.get_run(lv.run_id).data.tags)
+        if find is None:
+            return {}
+        runs = self.tracker.client.search_runs([self.experiment_id], f"tags.`{find[0]}` = '{find[1]}'",
+                                               order_by=["attributes.start_time DESC"], max_results=1)
+        return dict(runs[0].data.tags) if runs else {}
 
     def trial_reported(self, key: Any, step: int, value: float | None) -> None:
         lv = self.live.get(key)
@@ -332,6 +377,9 @@ class Session:
         lv = self.live.pop(key, None)
         if lv is None:
             return
+        if outcome.state in (State.COMPLETE, State.PRUNED) and outcome.value is None and lv.values \
+                and not self.spec.multi:
+            outcome = replace(outcome, value=lv.values[max(lv.values)])  # the report at its highest step
         if close and lv.run_id:
             close_child(self.tracker, lv.run_id, outcome)
         where = {"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda}  # an engine may learn them late
@@ -370,6 +418,19 @@ class Session:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("hpo.pid") == pid and t.user_attrs.get("hpo.host") == host:
                 self.fail_trial(t, reason, detail)
+                n += 1
+        return n
+
+    def fail_stale(self) -> int:
+        """Trials whose worker (on any machine) stopped sending heartbeats (RDB storages): failed, re-run."""
+        stale = set(storage.stale_trial_ids(self.study))
+        if not stale:
+            return 0
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id in stale:  # noqa: SLF001
+                where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
+                self.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
                 n += 1
         return n
 

@@ -13,13 +13,26 @@ from hpo.api import Plan, Result
 from hpo.tracking import Tracker
 
 
+def tail(text: str, limit: int) -> str:
+    """An error's last non-empty lines, up to `limit` characters: where a message says why (an exception's
+    own line, argparse's `error:` line after its usage) is at its end."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    out = ""
+    for line in reversed(lines):
+        joined = f"{line} | {out}" if out else line
+        if len(joined) > limit:
+            return out or line[-limit:]
+        out = joined
+    return out
+
+
 def failures(trials: list[FrozenTrial]) -> dict[str, int]:
     """"reason error_type: error" -> how many failed trials ended that way."""
     out: Counter[str] = Counter()
     for t in trials:
         if t.state == TrialState.FAIL:
             what = " ".join(str(t.user_attrs.get(k, "")) for k in ("hpo.reason", "hpo.error_type")).strip()
-            error = str(t.user_attrs.get("hpo.error", ""))[:120]
+            error = tail(str(t.user_attrs.get("hpo.error", "")), 160)
             out[f"{what or 'failed'}{': ' + error if error else ''}"] += 1
     return dict(out)
 

@@ -21,7 +21,7 @@ class Port(Protocol):
     """What the Supervisor tells the sweep (hpo.session.Session implements it)."""
 
     def worker_gone(self, worker: str, pid: int, reason: str, detail: str) -> int: ...
-    def worker_exited(self, what: str, log: str = "") -> None: ...
+    def worker_exited(self, what: str, log: str = "", pool: int = 0) -> None: ...
 
 
 OnGone = Callable[[Exit, str, str], int]  # (exit, reason, detail) -> trials it failed
@@ -48,7 +48,7 @@ class Supervisor:
             reason, detail = self.classify(e)
             failed = self.on_gone(e, reason, detail)
             if e.died or failed:  # exit 0 with a trial still running (a trainer's sys.exit(0)) is a death too
-                self.port.worker_exited(detail, str(self.pool.log_dir / f"{e.slot.name}.log"))
+                self.port.worker_exited(detail, str(self.pool.log_dir / f"{e.slot.name}.log"), len(self.pool.slots))
                 if self.restart(e.slot):
                     self.pool.start(e.slot)
 

@@ -92,8 +92,9 @@ class Outcome:
     def tags(self) -> dict[str, str]:
         out = {"hpo.state": self.state.value}
         for key in ("reason", "error_type", "error"):
-            if getattr(self, key):
-                out[f"hpo.{key}"] = str(getattr(self, key))[:1000]
+            if getattr(self, key):  # an error's end says why (the exception's line, argparse's `error:`)
+                text = str(getattr(self, key))
+                out[f"hpo.{key}"] = text if len(text) <= 1000 else "..." + text[-997:]
         if self.values is not None:  # a multi-objective trial's values, for whoever reads its run (Ray's side)
             out["hpo.values"] = json.dumps(list(self.values))
         return out
@@ -159,6 +160,11 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
         return Outcome(State.PRUNED, reporter.last(reporter.metric), reason=str(exc))
     except TrialFailed as exc:
         return Outcome(State.FAILED, reason=exc.reason, error_type="TrialFailed", error=str(exc))
+    except SystemExit as exc:  # a script turned into a function ends with sys.exit(...): the trial ends there
+        if exc.code not in (None, 0):
+            return Outcome(State.FAILED, reason="exit", error_type="SystemExit",
+                           error=f"the trainer called sys.exit({exc.code!r})")
+        final = None  # sys.exit(0): ended as a script ends; its value is its last report
     except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
         from hpo.diskspace import is_disk_full
         from hpo.outage import StorageDown
@@ -198,13 +204,15 @@ def _objectives(reporter: Reporter, final: Any) -> Outcome:
 
 def _failure(exc: Exception) -> Outcome:
     name = type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return Outcome(State.FAILED, reason="oom", error_type=name, error=str(exc) or "out of host memory")
     oom = name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
     if oom and "torch" in sys.modules:
         import torch
 
         if torch.cuda.is_initialized():
             torch.cuda.empty_cache()  # the worker keeps serving: give the memory back
-    return Outcome(State.FAILED, reason="oom" if oom else "error", error_type=name, error=str(exc))
+    return Outcome(State.FAILED, reason="oom" if oom else "error", error_type=name, error=str(exc) or name)
 
 
 def close_child(tracker: Any, run_id: str, outcome: Outcome, tags: Mapping[str, str] | None = None,

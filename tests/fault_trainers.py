@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 
@@ -34,4 +35,15 @@ def faulty(config, report):
         import torch
 
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    elif mode == "exit0":  # a script turned into a function: reports, then ends the way its script did
+        report(1, {"score": 0.25})
+        sys.exit(0)
+    elif mode == "exit1":
+        report(1, {"score": 0.5})
+        sys.exit(1)
+    elif mode == "hostmem":
+        raise MemoryError()
+    elif mode == "usage":  # argparse's way to fail: the usage first, the reason last
+        raise ValueError("usage: train.py [-h] [--lr LR] [--sleep SLEEP] [--epochs EPOCHS] [--batch-size BATCH]"
+                         " [--hidden HIDDEN]\ntrain.py: error: argument --sleep: invalid int value: 'x'")
     report(2, {"score": 2.0, "pid": float(os.getpid())})

@@ -31,10 +31,10 @@ def _sweep(tmp_path: Path, name: str, params: str, metric: str = "score") -> Pat
 
 
 def test_trainer_faults_end_the_trial_not_the_sweep(tmp_path):
-    sweep = _sweep(tmp_path, "faults", "  mode: {values: [ok, error, nan, oom, ok2]}")
+    sweep = _sweep(tmp_path, "faults", "  mode: {values: [ok, error, nan, oom, ok2, exit0, exit1, hostmem, usage]}")
     out = run_hpo("run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:faulty", "--no-progress",
                   cwd=tmp_path, env=ENV, check=True)
-    assert json.loads(out.stdout.splitlines()[-1])["failed"] == 3
+    assert json.loads(out.stdout.splitlines()[-1])["failed"] == 6
     sweep_dir = tmp_path / "runs" / "faults"
     trials = {t.params["mode"]: t for t in load_study(sweep_dir, "faults").get_trials()}
     assert trials["ok"].state == TrialState.COMPLETE and trials["ok2"].state == TrialState.COMPLETE
@@ -44,7 +44,16 @@ def test_trainer_faults_end_the_trial_not_the_sweep(tmp_path):
     assert trials["nan"].state == TrialState.FAIL and trials["nan"].user_attrs["hpo.reason"] == "nan"
     assert 2 not in trials["nan"].intermediate_values, "training stops at the NaN"
     assert trials["oom"].state == TrialState.FAIL and trials["oom"].user_attrs["hpo.reason"] == "oom"
-    # One worker served every trial: the OOM did not take it down.
+    assert trials["exit0"].state == TrialState.COMPLETE and trials["exit0"].value == 0.25, "sys.exit(0) ends a script"
+    assert trials["exit1"].state == TrialState.FAIL and trials["exit1"].user_attrs["hpo.reason"] == "exit"
+    assert "sys.exit(1)" in trials["exit1"].user_attrs["hpo.error"]
+    assert trials["hostmem"].user_attrs["hpo.reason"] == "oom" and trials["hostmem"].user_attrs["hpo.error"]
+    from hpo.summary import failures
+
+    assert trials["usage"].user_attrs["hpo.error"].endswith("invalid int value: 'x'")
+    said = failures(list(trials.values()))
+    assert any("error: argument --sleep: invalid int value" in what for what in said), ("the end is kept", said)
+    # One worker served every trial: the OOM and the sys.exit calls did not take it down.
     assert len({t.user_attrs["hpo.pid"] for t in trials.values()}) == 1
     _, _, _, children = runs_of(sweep_dir, "faults")
     by_mode = {c.data.params["mode"]: c for c in children}

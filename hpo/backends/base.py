@@ -18,7 +18,7 @@ from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
 
@@ -53,13 +53,14 @@ class Backend(Protocol):
         """Create what must exist outside hpo's stores before the Session writes anything (the sweep on
         W&B's server); return the plan to run, e.g. with that sweep's id in its options."""
 
-    def prestart(self, plan: Plan, session: Session) -> Any:
+    def prestart(self, plan: Plan, port: SessionPort) -> Any:
         """Once the study exists, and while the Session opens the MLflow parent run: start what is slow and
-        writes no trial (worker processes loading their libraries). The Session keeps what this returns as
-        `session.early` for `run`, and calls its `stop()` if the sweep ends before `run`. None: nothing."""
+        writes no trial (worker processes loading their libraries). The Session hands what this returns to
+        `run` as `early`, and calls its `stop()` if the sweep ends before `run`. None: nothing."""
 
-    def run(self, plan: Plan, session: Session) -> None:
-        """Run trials until the budget is met or the session aborts; raise KeyboardInterrupt if interrupted."""
+    def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
+        """Run trials until the budget is met or `port.aborting`; raise KeyboardInterrupt if interrupted.
+        Everything it tells or asks the Session goes through `port` (hpo.backends.port)."""
 
 
 # name -> module that holds `BACKEND`; imported only when asked for (Ray and wandb are heavy).

@@ -16,7 +16,7 @@ from hpo.backends.base import Schedule
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
 
@@ -43,16 +43,16 @@ class OptunaBackend:
     def begin(self, plan: Plan) -> Plan:
         return plan
 
-    def prestart(self, plan: Plan, session: Session) -> Any:
+    def prestart(self, plan: Plan, port: SessionPort) -> Any:
         """The workers start importing (torch, MLflow: seconds) while the Session opens the parent run."""
         from hpo.backends.optuna import controller
 
-        return controller.prestart(plan, session)
+        return controller.prestart(plan, port)
 
-    def run(self, plan: Plan, session: Session) -> None:
+    def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         from hpo.backends.optuna import controller
 
-        controller.run(plan, session)
+        controller.run(plan, port, early)
 
 
 BACKEND = OptunaBackend()

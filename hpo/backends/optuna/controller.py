@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from optuna.trial import TrialState
+import optuna
 
-from hpo import keep, packing, storage, trainer_ref
+from hpo import keep, packing, trainer_ref
 from hpo.backends.optuna import space
 from hpo.procs import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -18,7 +17,7 @@ from hpo.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
 
 POLL_SECONDS = 0.25
 
@@ -44,28 +43,23 @@ def _grid(plan: Plan) -> list[dict] | None:
     return space.encoded_grid(plan.spec) if plan.grid is not None else None
 
 
-def prestart(plan: Plan, session: Session) -> Pool:
+def prestart(plan: Plan, port: SessionPort) -> Pool:
     """The study exists; its parent run does not yet: the workers import meanwhile, then wait for it.
     The queue is filled first, so a worker that is ready finds trials, not an empty queue."""
-    _record_pruner(plan, session)
-    storage.queue_retries(session.study, plan.retries)
-    storage.fill_queue(session.study, plan.budget, _grid(plan), session.tally)
-    pool = make_pool(plan, {"HPO_LAUNCH": session.launch,
+    _record_pruner(plan, port.study)
+    port.top_up(_grid(plan))
+    pool = make_pool(plan, {"HPO_LAUNCH": port.parent.launch,
                             "HPO_KEEP_MODELS": str(plan.options.get("keep_models", keep.DEFAULT_K))})
     pool.start_all()
     return pool
 
 
-def run(plan: Plan, session: Session) -> None:
-    study = session.study
-    storage.queue_retries(study, plan.retries)
-    storage.fill_queue(study, plan.budget, _grid(plan))
-    pool = session.early if isinstance(session.early, Pool) else prestart(plan, session)
-    session.early = None  # taken over: stopped below
-    supervisor = Supervisor(pool, session)  # the loop refills empty slots while trials wait
+def run(plan: Plan, port: SessionPort, early: Pool | None = None) -> None:
+    pool = early if isinstance(early, Pool) else prestart(plan, port)
+    supervisor = Supervisor(pool, port)  # the loop refills empty slots while trials wait
     interrupted = False
     try:
-        _watch(plan, session, supervisor)
+        _watch(plan, port, supervisor)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -73,62 +67,43 @@ def run(plan: Plan, session: Session) -> None:
         supervisor.stop(interrupted)  # each worker ends its own trial; one killed after the grace cannot
 
 
-def _record_pruner(plan: Plan, session: Session) -> None:
+def _record_pruner(plan: Plan, study: optuna.Study) -> None:
     """The workers build the pruner the study records; a study keeps the one it started with."""
     asked = plan.options.get("optuna_pruner") or space.PRUNERS[0]
-    kept = session.study.user_attrs.get("hpo.optuna_pruner")
-    if kept is None and "hpo.spec" in session.study.user_attrs:  # a study from before the choice existed
+    kept = study.user_attrs.get("hpo.optuna_pruner")
+    if kept is None and "hpo.spec" in study.user_attrs:  # a study from before the choice existed
         kept = "hyperband"  # ran Optuna's HyperbandPruner: it keeps it
-        session.study.set_user_attr("hpo.optuna_pruner", kept)
+        study.set_user_attr("hpo.optuna_pruner", kept)
     if kept is None:
-        session.study.set_user_attr("hpo.optuna_pruner", asked)
+        study.set_user_attr("hpo.optuna_pruner", asked)
     elif kept != asked and plan.spec.hyperband is not None and "optuna_pruner" in plan.options:
         print(f"hpo: --optuna-pruner: study {plan.name!r} was started with {kept!r} and keeps it",
               file=sys.stderr)
 
 
-def _packer(plan: Plan, session: Session) -> packing.Packer | None:
+def _packer(plan: Plan, port: SessionPort) -> packing.Packer | None:
     """`--workers-per-gpu auto`: grows the pool once per GPU, from what NVML saw of its first worker."""
     cap = plan.options.get("pack_cap")
-    return packing.Packer(list(plan.slots), cap, session.gpus, session.packed) if cap else None
+    return packing.Packer(list(plan.slots), cap, port.gpus, port.packed) if cap else None
 
 
-def _watch(plan: Plan, session: Session, supervisor: Supervisor) -> None:
-    study, grid, pool = session.study, _grid(plan), supervisor.pool
-    packer = _packer(plan, session)
+def _watch(plan: Plan, port: SessionPort, supervisor: Supervisor) -> None:
+    grid, pool = _grid(plan), supervisor.pool
+    packer = _packer(plan, port)
     while True:
         supervisor.poll()
-        storage.queue_retries(study, plan.retries)
-        trials = session.trials()  # one read of the study per poll, shared below
-        c = session.tally.count(trials)
-        added = storage.fill_queue(study, plan.budget, grid, trials=trials, counts=c)
-        c = replace(c, waiting=c.waiting + added)
+        trials, c = port.top_up(grid)  # one read of the study per poll, shared below
         if packer is not None and packer.pending():
             pool.slots.extend(packer.added(trials, len(pool.slots)))
-            session.max_deaths = max(session.max_deaths, 2 * len(pool.slots))  # the crash-loop rule, for the new pool
         if c.waiting:
             pool.fill()
-        session.refresh(pool.alive(), trials, c)
-        _fail_stale(session)
+        port.refresh(pool.alive(), trials, c)
+        port.fail_stale()
         if not pool.workers and not c.waiting:
-            session.fail_orphans("worker died", "worker gone before the trial ended")
+            port.fail_orphans("worker died", "worker gone before the trial ended")
             # Wait for every RUNNING trial: on other machines, or taken by a worker killed before it
             # said who it is (failed as an orphan after a grace period, then run again).
-            if not session.counts().running:
-                storage.queue_retries(study, plan.retries)
-                storage.fill_queue(study, plan.budget, grid, session.tally)
-                if not session.counts().waiting:
-                    return
+            _, now = port.top_up(grid)
+            if not now.running and not now.waiting:
+                return
         time.sleep(POLL_SECONDS)
-
-
-def _fail_stale(session: Session) -> None:
-    """Trials whose worker (on any machine) stopped sending heartbeats: failed and re-queued."""
-    stale = set(storage.stale_trial_ids(session.study))
-    if not stale:
-        return
-    for t in session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t._trial_id in stale:  # noqa: SLF001
-            where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
-            session.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
-

@@ -15,14 +15,14 @@ can reach (`--tracking-uri http://...`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
 from hpo.errors import MissingDependency
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
 
@@ -66,14 +66,14 @@ class RayBackend:
     def begin(self, plan: Plan) -> Plan:
         return plan
 
-    def prestart(self, plan: Plan, session: Session) -> None:
+    def prestart(self, plan: Plan, port: SessionPort) -> None:
         return None
 
-    def run(self, plan: Plan, session: Session) -> None:
+    def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         _space()
         from hpo.backends.ray import controller
 
-        controller.run(plan, session)
+        controller.run(plan, port)
 
 
 BACKEND = RayBackend()

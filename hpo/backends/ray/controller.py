@@ -16,11 +16,11 @@ from hpo.backends.ray import space as ray_space
 from hpo.backends.ray.trainable import RUN_ID, STEP, CUDA, TrialContext, plain, train_trial, trial_number
 from hpo.errors import HpoError, UsageError
 from hpo.provenance import git_sha
-from hpo.trial import Outcome, State, close_child
+from hpo.trial import Outcome, State
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
 
 MAX_FAILURES = 2  # Ray re-runs a trial whose worker died this many times
 
@@ -33,48 +33,41 @@ class _Seen:
 
 
 class Side:
-    """The controller's view of one Tuner: turns Tune's callbacks into Session events."""
+    """The controller's view of one Tuner: turns Tune's callbacks into Session events (through its port)."""
 
-    def __init__(self, plan: Plan, session: Session):
-        self.plan, self.session = plan, session
+    def __init__(self, plan: Plan, port: SessionPort):
+        self.plan, self.port = plan, port
         self.max_t = ray_space.max_t(plan.spec)
         self.scheduler = plan.options.get("ray_scheduler", "asha")
         self.seen: dict[str, _Seen] = {}
 
     def start(self, trial) -> None:
         params = {k: plain(v) for k, v in trial.config.items()}
-        self.session.trial_started(trial.trial_id, trial_number(trial.trial_id), params,
-                                   attrs={"hpo.ray_trial_id": trial.trial_id})
+        self.port.trial_started(trial.trial_id, trial_number(trial.trial_id), params,
+                                attrs={"hpo.ray_trial_id": trial.trial_id})
         self.seen[trial.trial_id] = _Seen()
 
     def result(self, trial, result: dict) -> None:
         s = self.seen.setdefault(trial.trial_id, _Seen())
         run_id = result.get(RUN_ID, "")
-        if run_id and run_id != s.run_id:
-            if s.run_id:  # HyperBand paused it and Ray started it again from its first epoch
-                close_child(self.session.tracker, s.run_id, Outcome(State.INTERRUPTED, reason="paused"))
+        if run_id and run_id != s.run_id:  # a new run: HyperBand paused it and Ray started it again from step 1
             s.run_id, s.reports = run_id, 0
-            self.session.child_started(trial.trial_id, run_id)
         s.reports += 1
         s.stopped = bool(result.get("done"))  # Tune marks the result on which its scheduler stops a trial
-        live = self.session.live.get(trial.trial_id)
-        if live is not None:
-            live.cuda, live.worker = str(result.get(CUDA, "")), f"{result.get('hostname', '')}-{result.get('pid', '')}"
+        self.port.trial_updated(trial.trial_id, run_id=run_id, cuda=str(result.get(CUDA, "")),
+                                worker=f"{result.get('hostname', '')}-{result.get('pid', '')}")
         if STEP in result:
-            self.session.trial_reported(trial.trial_id, int(result[STEP]), result.get(self.plan.spec.metric))
-        self.session.refresh(len(self.session.live))
+            self.port.trial_reported(trial.trial_id, int(result[STEP]), result.get(self.plan.spec.metric))
+        self.port.refresh(len(self.seen))
 
     def complete(self, trial) -> None:
         s = self.seen.pop(trial.trial_id, _Seen())
-        live = self.session.live.get(trial.trial_id)
-        values = live.values if live else {}
-        value = values[max(values)] if values else None
-        tags = self._child_tags(trial.trial_id, s.run_id or (live.run_id if live else ""))
+        tags = self.port.trial_tags(trial.trial_id, find=("hpo.ray_trial_id", trial.trial_id))
         if tags.get("hpo.state") == "failed":  # the trainer failed: its run says why
             outcome = Outcome(State.FAILED, reason=tags.get("hpo.reason", "error"),
                               error_type=tags.get("hpo.error_type"), error=tags.get("hpo.error"))
         elif s.stopped and s.reports < self.max_t:
-            outcome = Outcome(State.PRUNED, value, reason=f"stopped by {self.scheduler} after {s.reports} reports")
+            outcome = Outcome(State.PRUNED, reason=f"stopped by {self.scheduler} after {s.reports} reports")
         elif self.plan.spec.multi:  # several objectives: the values the trial's own run recorded
             values = json.loads(tags["hpo.values"]) if tags.get("hpo.values") else None
             if values is None or len(values) != len(self.plan.spec.metric_names):
@@ -83,30 +76,22 @@ class Side:
             else:
                 outcome = Outcome(State.COMPLETE, values[0], values=values)
         else:
-            outcome = Outcome(State.COMPLETE, value)
+            outcome = Outcome(State.COMPLETE)  # its value: the Session's, from the report at its highest step
         # A stopped trial may be gone before it closed its run: close it here too (idempotent).
-        self.session.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED)
-        self.session.refresh(len(self.session.live))
+        self.port.trial_finished(trial.trial_id, outcome, close=outcome.state == State.PRUNED)
+        self.port.refresh(len(self.seen))
 
     def died(self, trial) -> None:
         """Its worker (a Ray actor) died: the attempt is failed; Ray may run the trial's config again."""
         detail = str(getattr(trial, "error_message", "") or "").strip().splitlines()
         detail_text = detail[-1][:500] if detail else "the Ray actor died"
         self.seen.pop(trial.trial_id, None)
-        self.session.trial_lost(trial.trial_id, "worker died", detail_text)
+        self.port.trial_lost(trial.trial_id, "worker died", detail_text)
         try:
-            self.session.worker_exited(f"worker died ({detail_text})", "")
+            self.port.worker_exited(f"worker died ({detail_text})", "")
         except HpoError:
-            pass  # session.aborting is set: the stopper ends the Tuner
+            pass  # port.aborting is set: the stopper ends the Tuner
         # again: Ray starts the trial once more (on_trial_start): a new Optuna trial, a new child run
-
-    def _child_tags(self, trial_id: str, run_id: str) -> dict[str, str]:
-        client = self.session.tracker.client
-        if run_id:
-            return dict(client.get_run(run_id).data.tags)
-        runs = client.search_runs([self.session.experiment_id], f"tags.`hpo.ray_trial_id` = '{trial_id}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        return dict(runs[0].data.tags) if runs else {}
 
 
 _sides: dict[str, Side] = {}
@@ -144,7 +129,7 @@ class Abort(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return _sides[self.key].session.aborting is not None
+        return _sides[self.key].port.aborting is not None
 
 
 # -- Ray itself ------------------------------------------------------------------------------
@@ -207,13 +192,13 @@ def placement(plan: Plan) -> tuple[dict[str, float], int]:
     return {"cpu": min(1.0, cpus / slots)}, slots
 
 
-def _todo_grid(plan: Plan, session: Session) -> list[dict[str, Any]] | None:
+def _todo_grid(plan: Plan, port: SessionPort) -> list[dict[str, Any]] | None:
     """A grid's points no counted trial has covered yet, in W&B's order."""
     if plan.grid is None:
         return None
     from hpo import storage
 
-    trials = session.trials()
+    trials, _ = port.snapshot()
     retried = storage.retried_numbers(trials)
     done = {json.dumps(t.params, sort_keys=True, default=str) for t in trials
             if storage.counts_toward_budget(t) and t.number not in retried}
@@ -242,7 +227,7 @@ def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: lis
     )
 
 
-def run(plan: Plan, session: Session) -> None:
+def run(plan: Plan, port: SessionPort) -> None:
     """Tuners until the budget is met (a round's trials lost to dead workers are run in the next)."""
     # Tune's console output is off; the trial's cwd stays the controller's (relative data dirs);
     # Ctrl-C reaches the Session (Tune's own handler would swallow it).
@@ -253,28 +238,28 @@ def run(plan: Plan, session: Session) -> None:
     tune_log = logging.getLogger("ray.tune")
     level = tune_log.level
     tune_log.setLevel(logging.CRITICAL)  # hpo's progress shows the trials
-    _sides[plan.name] = Side(plan, session)
+    _sides[plan.name] = Side(plan, port)
     try:
         resources, concurrency = placement(plan)
-        session.tracker.set_tags(session.parent_run_id, {
+        port.tag_parent({
             "hpo.ray.address": _address(plan) or "local", "hpo.ray.cluster_resources": json.dumps(_cluster()),
             "hpo.ray.trial_resources": json.dumps(resources), "hpo.ray.concurrency": str(concurrency)})
-        ctx = TrialContext(plan.tracking_uri, session.experiment_id, session.parent_run_id, plan.name,
+        ctx = TrialContext(plan.tracking_uri, port.parent.experiment_id, port.parent.run_id, plan.name,
                            plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
                            plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)),
                            tuple(ray_space.encoded_names(plan.spec)),
                            tuple(plan.spec.metric_names) if plan.spec.multi else ())
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
-        while (n := session.remaining()) > 0:
-            before = session.counted()
+        while (n := port.remaining()) > 0:
+            before = port.snapshot()[1].finished
             path = str((plan.dir / "ray" / f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve())
-            grid = _todo_grid(plan, session)
+            grid = _todo_grid(plan, port)
             if grid == []:
                 return
             _tuner(plan, trainable, n, concurrency, path, grid).fit()
-            if session.aborting:
-                raise HpoError(session.aborting)
-            if session.counted() == before:
+            if port.aborting:
+                raise HpoError(port.aborting)
+            if port.snapshot()[1].finished == before:
                 raise HpoError(f"ray: a Tuner of {n} trials finished none of them; see {plan.dir / 'ray'}")
     except Exception as exc:
         if isinstance(exc, HpoError) or "ray" not in type(exc).__module__:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
 
@@ -77,13 +77,13 @@ class WandbBackend:
             return plan
         return replace(plan, options={**plan.options, "online_sweep": online.create_sweep(plan)})
 
-    def prestart(self, plan: Plan, session: Session) -> None:
+    def prestart(self, plan: Plan, port: SessionPort) -> None:
         return None
 
-    def run(self, plan: Plan, session: Session) -> None:
+    def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         from hpo.backends.wandb import controller
 
-        controller.run(plan, session, online_sweep=plan.options.get("online_sweep"))
+        controller.run(plan, port, online_sweep=plan.options.get("online_sweep"))
 
     @staticmethod
     def _offline(plan: Plan) -> bool:

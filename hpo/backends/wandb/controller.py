@@ -38,7 +38,7 @@ from hpo.trial import INFRA_REASONS, Outcome
 
 if TYPE_CHECKING:
     from hpo.api import Plan
-    from hpo.session import Session
+    from hpo.backends.port import SessionPort
 
 POLL_SECONDS = 0.2
 AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
@@ -94,10 +94,10 @@ class Server:
 class Controller:
     """Hands out the engine's runs, applies its stops, reports every run's events to the Session."""
 
-    def __init__(self, plan: Plan, session: Session, online_sweep: str | None = None):
+    def __init__(self, plan: Plan, port: SessionPort, online_sweep: str | None = None):
         from hpo.backends.wandb.online import launch_plan
 
-        self.plan, self.session, self.study = plan, session, session.study
+        self.plan, self.port, self.study = plan, port, port.study
         self.engine = None if online_sweep else Engine(plan.spec, plan.budget)
         if self.engine is not None:
             self.engine.resume(previous_runs(self.study, plan.spec.metric))
@@ -111,11 +111,11 @@ class Controller:
             extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
                          lambda s: dict(launches[s.index].env), plan.dir / "logs")
-        self.supervisor = Supervisor(self.pool, session, on_gone=self._gone, restart=lambda slot: self._more())
+        self.supervisor = Supervisor(self.pool, port, on_gone=self._gone, restart=lambda slot: self._more())
         self.cuda = {s.name: s.cuda_visible_devices for s in plan.slots}
         self.setup = {
-            "study": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": session.experiment_id,
-            "parent_id": session.parent_run_id, "metric": plan.spec.metric, "trainer": plan.trainer,
+            "study": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": port.parent.experiment_id,
+            "parent_id": port.parent.run_id, "metric": plan.spec.metric, "trainer": plan.trainer,
             "dir": str(plan.dir.resolve()), "project": plan.options.get("project") or plan.name,
             "entity": plan.options.get("entity"), "group": plan.name, "git_sha": git_sha() or "none",
             "mode": "online" if online_sweep else "offline", "names": [p.name for p in plan.spec.params],
@@ -129,7 +129,7 @@ class Controller:
             for conn in self.server.ready(POLL_SECONDS):
                 self._receive(conn)
             self.supervisor.poll()
-            self.session.refresh(self.pool.alive())
+            self.port.refresh(self.pool.alive())
             if not self.pool.workers:
                 return
 
@@ -152,7 +152,7 @@ class Controller:
         elif kind == "begin":  # online: a run the W&B server handed to this agent
             conn.send(("number", self._begin(self.workers.get(conn, "?"), *args)))
         elif kind == "started":
-            self.session.child_started(args[0], args[1])
+            self.port.trial_updated(args[0], run_id=args[1])
         elif kind == "report":
             conn.send(("stop",) if self._report(*args) else ("continue",))
         elif kind == "end":
@@ -177,12 +177,12 @@ class Controller:
         """A failed run to hand out again (`--retries`); its RUNNING retry marks it taken."""
         if not self.plan.retries or self.engine is None:
             return None
-        found = storage.retry_candidates(self.session.trials(), self.plan.retries)
+        found = storage.retry_candidates(self.port.snapshot()[0], self.plan.retries)
         return found[0] if found else None
 
     def _start(self, name: str, number: int, worker: str, params: dict[str, Any], attrs: dict) -> None:
         self.active[name] = worker
-        self.session.trial_started(name, number, params, worker, self.cuda.get(worker, ""),
+        self.port.trial_started(name, number, params, worker, self.cuda.get(worker, ""),
                                    {"wandb.run_id": name, "wandb.mode": self.setup["mode"], **attrs})
 
     def _begin(self, worker: str, name: str, params: dict[str, Any]) -> int:
@@ -191,14 +191,14 @@ class Controller:
         return number
 
     def _report(self, name: str, step: int, metrics: dict[str, float]) -> bool:
-        self.session.trial_reported(name, step, metrics.get(self.plan.spec.metric))
+        self.port.trial_reported(name, step, metrics.get(self.plan.spec.metric))
         return self.engine is not None and self.engine.report(name, metrics)
 
     def _end(self, name: str, outcome: Outcome) -> None:
         self.active.pop(name, None)
         if self.engine is not None:
             self.engine.end(name, outcome.state, outcome.infra)
-        self.session.trial_finished(name, outcome)
+        self.port.trial_finished(name, outcome)
 
     def _gone(self, e, reason: str, detail: str) -> int:
         return self._lost(e.slot.name, reason, detail)
@@ -211,7 +211,7 @@ class Controller:
                 self.active.pop(name)
                 if self.engine is not None:
                     self.engine.end(name, "interrupted" if reason == "interrupted" else "failed", True)
-                self.session.trial_lost(name, reason, detail)
+                self.port.trial_lost(name, reason, detail)
                 n += 1
         return n
 
@@ -238,9 +238,9 @@ def previous_runs(study: optuna.Study, metric: str | None):
                reason in INFRA_REASONS)
 
 
-def run(plan: Plan, session: Session, online_sweep: str | None = None) -> None:
+def run(plan: Plan, port: SessionPort, online_sweep: str | None = None) -> None:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
-    ctl = Controller(plan, session, online_sweep)
+    ctl = Controller(plan, port, online_sweep)
     interrupted = False
     try:
         ctl.serve()

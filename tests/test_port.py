@@ -1,0 +1,223 @@
+"""The port (hpo.backends.port): engines reach the Session only through it, and its lifecycle rules hold.
+
+The rules run in-process against `Scripted`, a fourth engine of a few lines that plays a script of trial
+events through the port, with a real Optuna journal and a real MLflow store in a temp folder: each rule in
+well under a second, where the contract suite needs real workers. The static check reads every engine's
+source: a member of the Session that is not on the port, or a run closed or a budget counted by an
+engine's controller, turns it red.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import load_study, runs_of, write
+from hpo import api
+from hpo.backends.port import MEMBERS
+from hpo.session import Session
+from hpo.trial import Outcome, State
+
+BACKENDS = Path(__file__).parent.parent / "hpo" / "backends"
+# What only the Session may do: close runs, count the budget, write a trial's end into the study.
+SESSION_ONLY = {"close_child", "end_child", "set_terminated", "fill_queue", "queue_retries", "fail_trial",
+                "finish_trial", "start_parent", "finish_parent"}
+
+
+def _engine_sources() -> list[Path]:
+    """The engines' controller side (their workers and agents run trials in processes of their own)."""
+    return [p for p in BACKENDS.rglob("*.py")
+            if p.name in ("__init__.py", "controller.py") and p.parent != BACKENDS]
+
+
+def test_engines_use_only_the_port():
+    used: dict[str, set[str]] = {}
+    for path in _engine_sources():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                owner = node.value
+                name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+                if name in ("port", "session"):
+                    used.setdefault(node.attr, set()).add(path.name)
+            if isinstance(node, ast.ImportFrom) and node.module == "hpo.session":
+                pytest.fail(f"{path}: imports hpo.session; engines hold a SessionPort")
+    assert used, "the check found the engines' use of the port"
+    beyond = {m: where for m, where in used.items() if m not in MEMBERS}
+    assert not beyond, f"engines reach past the port: {beyond}"
+
+
+def test_no_engine_closes_a_run_or_counts_the_budget():
+    for path in _engine_sources():
+        calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                 for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
+        assert not calls & SESSION_ONLY, f"{path.relative_to(BACKENDS)} calls {sorted(calls & SESSION_ONLY)}"
+
+
+# -- a fourth engine, in-process ---------------------------------------------------------------
+class Scripted:
+    """An engine that plays `script(port)` as its run: the whole of a new engine, through the port only."""
+
+    name = "scripted"
+    mirrored = True
+
+    def __init__(self, script: Callable[[Any], None]):
+        self.script = script
+
+    def check(self, plan):
+        return []
+
+    def schedule(self, spec, options=None):
+        from hpo.backends.base import Schedule
+
+        return Schedule(self.name)
+
+    def begin(self, plan):
+        return plan
+
+    def prestart(self, plan, port):
+        return None
+
+    def run(self, plan, port, early=None):
+        self.script(port)
+
+
+def child(port, number: int) -> str:
+    """A trial's child run, made as a worker makes it (its own Tracker, the parent the port names)."""
+    from hpo.tracking import Tracker
+
+    tracker = Tracker(port.study.user_attrs["hpo.tracking_uri"])
+    return tracker.start_child(port.parent.experiment_id, port.parent.run_id, f"trial-{number}", {"x": number},
+                               {"hpo.trial": str(number)})
+
+
+def play(tmp_path: Path, script: Callable[[Any], None], trials: int = 3):
+    sweep = write(tmp_path / "sweep.yaml", """
+        name: port
+        method: random
+        metric: {name: score, goal: maximize}
+        parameters:
+          x: {values: [1, 2, 3, 4, 5, 6, 7, 8]}
+        command: [python, -m, hpo.train, "${args}"]
+    """)
+    plan = api.prepare(api.Settings(sweep, trials=trials, workers=1, root=tmp_path / "runs", progress=False,
+                                    options={"no_report": True}))
+    plan = replace(plan, backend="scripted")
+    session = Session(plan, Scripted(script))
+    try:
+        result = session.run()
+    except Exception as exc:  # noqa: BLE001 - an aborted sweep raises after closing: the test reads what is left
+        result = exc
+    sweep_dir = tmp_path / "runs" / "port"
+    return result, load_study(sweep_dir, "port").get_trials(), runs_of(sweep_dir, "port")
+
+
+def run_one(port, number: int, reports: list[tuple[int, float]], outcome: Outcome | None = None, key=None):
+    key = number if key is None else key
+    port.trial_started(key, number, {"x": number}, worker="w0")
+    port.trial_updated(key, run_id=child(port, number))
+    for step, value in reports:
+        port.trial_reported(key, step, value)
+    port.trial_finished(key, outcome or Outcome(State.COMPLETE), close=True)
+
+
+def test_the_value_is_the_report_at_the_highest_step(tmp_path):
+    def script(port):
+        n = 0
+        while port.remaining():
+            run_one(port, n, [(1, 0.1), (3, 0.3), (2, 0.2)])
+            n += 1
+
+    result, trials, (_, _, parents, children) = play(tmp_path, script)
+    assert [t.value for t in trials] == [0.3, 0.3, 0.3]
+    assert result.exit_code == 0 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
+
+
+def test_the_budget_is_counted_once_and_a_lost_trial_is_run_again(tmp_path):
+    def script(port):
+        n = 0
+        while port.remaining():
+            if n == 1:
+                port.trial_started("lost", n, {"x": n}, worker="w0")
+                port.trial_updated("lost", run_id=child(port, n))
+                port.trial_lost("lost", "worker died", "killed by the test")
+            else:
+                run_one(port, n, [(1, float(n))])
+            n += 1
+
+    result, trials, (_, _, _, children) = play(tmp_path, script)
+    states = [(t.state, t.user_attrs.get("hpo.reason")) for t in trials]
+    assert states.count((TrialState.COMPLETE, None)) == 3, "three counted: the lost one did not use the budget"
+    assert (TrialState.FAIL, "worker died") in states and len(trials) == 4
+    lost = next(c for c in children if c.data.tags.get("hpo.reason") == "worker died")
+    assert lost.info.status == "FAILED" and result.counts.retried == 1
+
+
+def test_a_new_run_for_a_running_trial_ends_the_last_one_paused(tmp_path):
+    def script(port):
+        n = 0
+        while port.remaining():
+            port.trial_started(n, n, {"x": n})
+            first = child(port, n)
+            port.trial_updated(n, run_id=first)
+            port.trial_reported(n, 1, 0.9)
+            port.trial_updated(n, run_id=child(port, n))  # Ray's HyperBand started it again from step 1
+            port.trial_reported(n, 1, 0.4)
+            port.trial_finished(n, Outcome(State.COMPLETE), close=True)
+            n += 1
+
+    _, trials, (_, _, _, children) = play(tmp_path, script, trials=1)
+    assert trials[0].value == 0.4, "the value is the current run's, not the paused one's"
+    statuses = sorted((c.info.status, c.data.tags.get("hpo.reason", "")) for c in children)
+    assert statuses == [("FINISHED", ""), ("KILLED", "paused")]
+
+
+def test_workers_that_keep_dying_stop_the_sweep(tmp_path):
+    deaths = []
+
+    def script(port):
+        while not port.aborting:
+            deaths.append(1)
+            port.worker_exited("worker died (exit code 1) on w0", "", pool=1)
+
+    result, trials, (_, _, parents, _) = play(tmp_path, script)
+    assert len(deaths) == 5, "max(5, 2 x pool) deaths in a row with nothing counted"
+    assert "workers keep dying" in str(result) and parents[0].info.status == "FAILED"
+    assert not trials
+
+
+def test_a_crash_loop_counts_from_the_last_counted_trial(tmp_path):
+    def script(port):
+        for _ in range(4):
+            port.worker_exited("worker died", "", pool=1)
+        run_one(port, 0, [(1, 1.0)])  # progress: the count of deaths in a row starts again
+        for _ in range(4):
+            port.worker_exited("worker died", "", pool=1)
+        n = 1
+        while port.remaining():
+            run_one(port, n, [(1, 1.0)])
+            n += 1
+
+    result, trials, _ = play(tmp_path, script)
+    assert result.exit_code == 0 and not result.aborted and len(trials) == 3
+
+
+def test_ctrl_c_ends_running_trials_interrupted_and_the_parent_killed(tmp_path):
+    def script(port):
+        run_one(port, 0, [(1, 1.0)])
+        port.trial_started(1, 1, {"x": 1})
+        port.trial_updated(1, run_id=child(port, 1))
+        raise KeyboardInterrupt
+
+    result, trials, (_, _, parents, children) = play(tmp_path, script)
+    assert result.exit_code == 130 and parents[0].info.status == "KILLED"
+    assert [(t.state, t.user_attrs.get("hpo.reason")) for t in trials] == [
+        (TrialState.COMPLETE, None), (TrialState.FAIL, "interrupted")]
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
+    assert not [c for c in children if c.info.status == "RUNNING"]
