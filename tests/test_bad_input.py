@@ -69,7 +69,7 @@ CASES = [
          "method: random\nparameters: &p\n  x: {values: [1]}\n  y: *p\n"),
     Case("not-utf8", "sweep.yaml: not UTF-8 text", b"method: random\nparameters:\n  x: {values: [\xff\xfe]}\n"),
     Case("nul-bytes", "sweep.yaml: contains NUL bytes", b"method: random\x00\nparameters:\n  x: {values: [1]}\n"),
-    Case("several-megabytes", "sweep.yaml: the file is ", textwrap.dedent(GOOD) + ("# padding " * 60 + "\n") * 6000),
+    Case("several-megabytes", "sweep.yaml: more than 1,048,576 bytes", textwrap.dedent(GOOD) + ("# padding " * 60 + "\n") * 6000),
     Case("directory", "sweep.yaml: is a folder", None, files={"sweep.yaml/": ""}),
     Case("missing-file", "nope.yaml: no such file", None, args=["nope.yaml"], validate=True),
     # --- the W&B schema
