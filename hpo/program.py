@@ -2,12 +2,12 @@
 
 The command gets W&B's macros (`${env}`, `${interpreter}`, `${program}`, `${args}`,
 `${args_no_hyphens}`, `${args_no_boolean_flags}`, `${args_json}`, `${args_json_file}`,
-`${envvar:NAME}`, and hpo's `${param.NAME}`), the sweep file's folder as working
-directory, and the environment a W&B agent gives a run: `wandb.config` inside the
+`${envvar:NAME}`, and hpo's `${param.NAME}`), the working directory `wandb agent` would
+give it (hpo's own, when the program is there; else the sweep file's folder), and the environment a W&B agent gives a run: `wandb.config` inside the
 program holds the trial's parameters (WANDB_SWEEP_PARAM_PATH). Metrics reach hpo
 while they are logged: `wandb.log` (through a `sitecustomize` hook on PYTHONPATH),
 `hpo.report`, or `name=value` lines on stdout. A stopped trial's process group gets
-SIGTERM, then SIGKILL after a grace. To hpo's engines this is just another trainer:
+SIGINT, then SIGTERM, then SIGKILL after a grace. To hpo's engines this is just another trainer:
 `train(config, report)`, so it runs the same on Optuna, Ray and W&B.
 """
 
@@ -146,14 +146,28 @@ def from_sweep(raw: Mapping[str, Any], sweep_file: Path, run_dir: Path, study: s
     if not command and not program or is_builtin(command, program):
         return None
     command = [str(c) for c in (command or DEFAULT_COMMAND)]
-    cwd = Path(sweep_file).resolve().parent
     uses_program = any("${program}" in c for c in command)
     if uses_program and not program:
         raise UsageError("program: the command uses ${program} but the sweep names no program")
+    cwd = working_dir(str(program) if program else None, sweep_file)
     if uses_program and not (cwd / str(program)).is_file():
-        raise UsageError(f"program: {program} not found in {cwd}")
+        raise UsageError(f"program: {program} not found in {Path.cwd()} (where `wandb agent` would look) "
+                         f"nor beside the sweep file in {Path(sweep_file).resolve().parent}")
     return Program(tuple(command), str(program) if program else None, str(cwd), str(Path(run_dir).resolve()),
                    study, project)
+
+
+def working_dir(program: str | None, sweep_file: Path) -> Path:
+    """Where the program runs. `wandb agent` starts it in its own working directory, so hpo does too when the
+    program is there (`hpo run scripts/exp/sweep.yaml` from the repository root, `program: train.py` at the
+    root); else beside the sweep file, saying so once; a sweep with no `program:` runs beside its file."""
+    here, beside = Path.cwd().resolve(), Path(sweep_file).resolve().parent
+    if program and (here / program).is_file():
+        return here
+    if program and here != beside and (beside / program).is_file():
+        print(f"hpo: program: {program} is not in {here}, where `wandb agent` would run it; running it from "
+              f"{beside}, beside the sweep file", file=sys.stderr)
+    return beside
 
 
 def load(ref: str) -> Callable:
@@ -363,15 +377,19 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop(proc: subprocess.Popen, grace: float = GRACE_S) -> None:
-    """The program's whole process group: SIGTERM, then SIGKILL after `grace` s; waits for the program.
+    """The program's whole process group: SIGINT, then SIGTERM, the grace split between them, then SIGKILL;
+    waits for the program. SIGINT first, as Ctrl-C at a terminal would: wandb (and other tools) finish their
+    own records then (a SIGTERMed wandb run leaves an offline file with no history that `wandb sync` uploads).
 
     SIGKILL and the wait happen whatever interrupts the grace (a second Ctrl-C, the worker's SIGTERM).
     Its stdout is left to the reader thread, which may be blocked on it.
     """
     try:
-        if proc.poll() is None or _group_alive(proc.pid):
-            _signal_group(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if not (proc.poll() is None or _group_alive(proc.pid)):
+                break
+            _signal_group(proc.pid, sig)
+            deadline = time.monotonic() + grace / 2
             while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
                 time.sleep(0.05)
     finally:

@@ -362,3 +362,56 @@ def test_a_grandchild_without_the_pipe_cannot_write_reports_into_another_file(tm
     assert (tmp_path / "data.txt").read_bytes() == b"", "a report went into an unrelated file"
     _, children = _children(tmp_path / "runs" / "sh")
     assert [c.data.metrics["score"] for c in children] == [0.25, 0.25]
+
+
+def test_a_stopped_program_gets_sigint_first_then_sigterm_then_sigkill(tmp_path):
+    """As Ctrl-C at a terminal: SIGINT lets wandb and other tools finish their own records (a SIGTERMed wandb
+    run leaves an offline file with no history); SIGTERM follows, then SIGKILL, the grace split between them."""
+    import signal
+    import subprocess
+
+    from hpo.program import stop
+
+    marks = tmp_path / "signals.txt"
+    script = (
+        "import signal, sys, time\n"
+        "def note(name):\n"
+        "    def handler(signum, frame):\n"
+        "        open(sys.argv[1], 'a').write(name + '\\n')\n"
+        "    return handler\n"
+        "signal.signal(signal.SIGINT, note('INT'))\n"
+        "signal.signal(signal.SIGTERM, note('TERM'))\n"
+        "open(sys.argv[1], 'a').write('ready\\n')\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(marks)], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (marks.exists() and "ready" in marks.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop(proc, grace=1.0)
+    assert marks.read_text().split() == ["ready", "INT", "TERM"]
+    assert proc.returncode == -signal.SIGKILL, "it ignored both, so it was killed"
+
+
+def test_a_sweep_file_in_a_subfolder_runs_the_program_where_wandb_agent_would(tmp_path):
+    """`hpo run scripts/exp/sweep.yaml` from the repository root, `program: sweep_prog.py` at the root: wandb agent
+    starts the program in its own working directory, and so does hpo (it was refused as not found)."""
+    (tmp_path / "sweep_prog.py").write_text(
+        "import argparse\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--x', type=float)\n"
+        "a = p.parse_args()\n"
+        "print(f'score={a.x}')\n")
+    sub = tmp_path / "scripts" / "exp"
+    sub.mkdir(parents=True)
+    write(sub / "sweep.yaml", """
+        name: subfolder
+        program: sweep_prog.py
+        method: grid
+        metric: {name: score, goal: maximize}
+        parameters:
+          x: {values: [1.0, 2.0]}
+    """)
+    out = run_hpo("run", "scripts/exp/sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    study = load_study(tmp_path / "runs" / "subfolder", "subfolder")
+    assert sorted(t.value for t in study.get_trials()) == [1.0, 2.0]
