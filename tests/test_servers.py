@@ -120,3 +120,33 @@ def test_the_mlflow_server_killed_and_restarted_mid_sweep_loses_nothing(tmp_path
     trials = __import__("optuna").load_study(study_name=name, storage=open_storage(
         str(tmp_path / "runs" / name / "optuna.log"))).get_trials()
     assert sorted(t.value for t in trials if t.value is not None) == [4.0, 8.0, 12.0, 16.0, 20.0, 24.0]
+
+
+def test_no_planted_secret_reaches_anything_hpo_writes(tmp_path, mlflow_server):
+    """A tracking URL with a password, and secrets in the environment: none of them in stdout, stderr, any
+    file under runs/, the server's artifacts, or any param or tag of the sweep's runs. MLflow itself prints
+    `View run ... at: URL` (the URL with its password) when a run ends: hpo turns that off."""
+    from mlflow.tracking import MlflowClient
+
+    planted = {"url": "PLANTED-url-password-31", "MLFLOW_TRACKING_PASSWORD": "PLANTED-mlflow-password-32",
+               "WANDB_API_KEY": "PLANTED-wandb-key-33", "AWS_SECRET_ACCESS_KEY": "PLANTED-aws-secret-34"}
+    url = mlflow_server.url.replace("http://", f"http://hpo:{planted['url']}@")
+    write(tmp_path / "secret.yaml", XS.format(name="secret"))
+    env = {"PYTHONPATH": str(TESTS), **{k: v for k, v in planted.items() if k != "url"}}
+    out = run_hpo("run", "secret.yaml", "--workers", "2", "--tracking-uri", url, "--trainer",
+                  "contract_trainers:curve_model", "--no-progress", cwd=tmp_path, env=env, timeout=400)
+    assert out.returncode == 0, out.stderr
+    found = [f"{where}" for where, text in (("stdout", out.stdout), ("stderr", out.stderr))
+             for secret in planted.values() if secret in text]
+    for root in (tmp_path / "runs", mlflow_server.artifacts):
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                found += [str(path) for secret in planted.values() if secret.encode() in data]
+    client = MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("secret")
+    for run in client.search_runs([exp.experiment_id], max_results=100):
+        text = repr(run.data.params) + repr(run.data.tags)
+        found += [f"run {run.info.run_id}" for secret in planted.values() if secret in text]
+    assert not found, found
+    assert "View run" not in out.stdout + (tmp_path / "runs" / "secret" / "logs" / "cpu0.log").read_text()
