@@ -12,6 +12,7 @@ already have been judged dead and its trial failed, so it writes nothing more an
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -68,13 +69,17 @@ class Lease:
 _lease: Lease | None = None
 
 
-def start_from_env() -> Lease | None:
-    """In a worker: start the lease its controller asked for (`$HPO_ALIVE_FILE`); None when there is none."""
+def start_from_env(fallback: Path | None = None) -> Lease | None:
+    """In a worker: start the lease its controller asked for (`$HPO_ALIVE_FILE`), else one at `fallback`
+    (`hpo worker` started by hand: no controller reads it, but it still fences the worker off after a stall
+    longer than the grace that Optuna's heartbeat fails its trial by). None when there is neither."""
     global _lease
-    path = os.environ.get(ALIVE_ENV)
+    path = os.environ.get(ALIVE_ENV) or fallback
     if not path or _lease is not None:
         return _lease
     _lease = Lease(Path(path), grace_s()).start()
+    if not os.environ.get(ALIVE_ENV):
+        atexit.register(Path(path).unlink, missing_ok=True)  # nobody else will read or remove it
     return _lease
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -93,7 +94,8 @@ def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, spe
 def serve(cfg: WorkerConfig) -> int:
     """Run trials until the queue is empty; return how many this worker ran."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    liveness.start_from_env()  # the controller's Supervisor kills a worker that stops renewing it
+    # The controller's Supervisor kills a worker that stops renewing its lease; any worker fences itself off.
+    liveness.start_from_env(Path(tempfile.gettempdir()) / f"hpo-worker-{os.getpid()}.alive")
     if cfg.parent_pid:
         threading.Thread(target=_watch_parent, args=(cfg.parent_pid,), daemon=True).start()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
