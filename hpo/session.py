@@ -97,7 +97,7 @@ class Session:
             self.stop_early()
             self.gpus.stop()
             if isinstance(exc, Exception) and diskspace.is_disk_full(exc):
-                raise diskspace.DiskFull(self.plan.dir) from None
+                raise diskspace.DiskFull(self.plan.dir, exc) from None
             raise
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, _first_ctrl_c)
@@ -138,7 +138,7 @@ class Session:
 
     def _as_error(self, exc: Exception) -> HpoError:
         if diskspace.is_disk_full(exc):
-            return exc if isinstance(exc, diskspace.DiskFull) else diskspace.DiskFull(self.plan.dir)
+            return exc if isinstance(exc, diskspace.DiskFull) else diskspace.DiskFull(self.plan.dir, exc)
         if isinstance(exc, HpoError):
             return exc
         error = HpoError(f"{self.plan.backend} failed: {type(exc).__name__}: {exc}")

@@ -166,11 +166,13 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
                            error=f"the trainer called sys.exit({exc.code!r})")
         final = None  # sys.exit(0): ended as a script ends; its value is its last report
     except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
-        from hpo.diskspace import is_disk_full
+        from hpo.diskspace import fault
         from hpo.outage import StorageDown
 
-        if is_disk_full(exc) or isinstance(exc, StorageDown):  # hpo's own records could not be written:
-            raise  # the machine's fault, not the trial's
+        # A full disk stops everyone's writes: the machine's fault. A read-only or forbidden file of the
+        # trainer's own (its data, its checkpoints) is the trial's.
+        if fault(exc) == "disk full" or isinstance(exc, StorageDown):
+            raise
         return _failure(exc)
     if len(reporter.objectives) > 1:
         return _objectives(reporter, final)

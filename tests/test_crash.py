@@ -6,6 +6,7 @@ budget, and Optuna's and MLflow's own clients must agree on every trial.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -244,6 +245,43 @@ def test_a_disk_that_fills_mid_sweep_stops_with_one_line_and_resumes(small_disk,
     again = run_hpo(*args, cwd=tmp_path, env=ENV, timeout=300)
     assert again.returncode == 0, again.stderr
     check_invariants(root / "full", "full", 12)
+
+
+@pytest.mark.parametrize("error, kind, advice", [
+    (OSError(errno.ENOSPC, "No space left on device"), "disk full", "free space"),
+    (OSError(errno.EROFS, "Read-only file system"), "read-only", "make it writable again"),
+    (__import__("sqlite3").OperationalError("attempt to write a readonly database"), "read-only", "writable"),
+    (OSError(errno.EACCES, "Permission denied"), "permission denied", "write access"),
+    (__import__("sqlite3").OperationalError("disk I/O error"), "I/O error", "check the disk"),
+])
+def test_every_refused_write_is_one_line_with_the_way_out(tmp_path, error, kind, advice):
+    """ENOSPC, EDQUOT, EROFS, EACCES, EIO (and SQLite's words for them), raised anywhere under a store's own
+    exception: one line naming what failed, where, and "run the same command to resume". (A read-only
+    remount mid-sweep cannot be staged here: Linux refuses it while the sweep's files are open.)"""
+    from hpo import diskspace
+
+    try:
+        try:
+            raise error
+        except Exception as inner:
+            raise RuntimeError("the store's own wrapper") from inner
+    except RuntimeError as outer:
+        wrapped = outer
+    assert diskspace.fault(wrapped) == kind
+    line = str(diskspace.DiskFull(tmp_path, wrapped))
+    assert line.startswith(f"{tmp_path}: ") and kind in line and advice in line
+    assert line.endswith("run the same command to resume") and "\n" not in line
+
+
+def test_a_trainer_reading_a_forbidden_file_fails_its_trial_not_the_sweep():
+    """The trainer's own read-only or forbidden files are its trial's failure; only a full disk stops the sweep."""
+    from hpo.trial import Reporter, State, run_trainer
+
+    def trainer(config, report):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/train.csv")
+
+    outcome = run_trainer(trainer, {}, Reporter("score", sink=lambda step, metrics: None))
+    assert outcome.state == State.FAILED and outcome.error_type == "PermissionError"
 
 
 # -- stores that misbehave --------------------------------------------------------------------

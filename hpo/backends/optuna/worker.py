@@ -139,7 +139,7 @@ def serve(cfg: WorkerConfig) -> int:
                     ctx.run(trial)
             except Exception as exc:  # MLflow or storage down: do not leave the trial RUNNING
                 if is_disk_full(exc):  # nothing more can be written: the next `hpo run` repairs the trial
-                    raise DiskFull(Path(cfg.storage).parent if "://" not in cfg.storage else "storage") from None
+                    raise DiskFull(Path(cfg.storage).parent if "://" not in cfg.storage else "storage", exc) from None
                 try:
                     storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
                 except Exception:  # noqa: BLE001 - the store is down: the controller fails it as an orphan
