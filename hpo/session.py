@@ -263,10 +263,11 @@ class Session:
     def top_up(self, grid: list[dict[str, Any]] | None) -> tuple[list[FrozenTrial], storage.Counts]:
         """Queue trials (retries first) until finished + running + queued meets the budget: the one place the
         budget is counted for a queue. Returns the study as read, with what was just queued as waiting."""
-        storage.queue_retries(self.study, self.plan.retries)
-        trials = self.trials()
-        counts = self.tally.count(trials)
-        added = storage.fill_queue(self.study, self.plan.budget, grid, trials=trials, counts=counts)
+        with folder_lock(self.plan.dir):  # two controllers of one sweep on this machine never both fill a gap
+            storage.queue_retries(self.study, self.plan.retries)
+            trials = self.trials()
+            counts = self.tally.count(trials)
+            added = storage.fill_queue(self.study, self.plan.budget, grid, trials=trials, counts=counts)
         return trials, replace(counts, waiting=counts.waiting + added)
 
     @property
