@@ -75,6 +75,7 @@ class Pool:
             if code is not None:
                 out.append(Exit(w.slot, w.proc.pid, code))
                 del self.workers[index]
+                self.alive_file(w.slot).unlink(missing_ok=True)  # a finished sweep leaves no leases behind
         return out
 
     def fill(self) -> int:
