@@ -209,8 +209,8 @@ def test_a_study_from_before_the_pruner_choice_keeps_optunas_hyperband(tmp_path)
     old.set_user_attr("hpo.spec", json.dumps(spec.raw))  # made by an earlier hpo run
     new = optuna.create_study(study_name="new", storage=store, direction="maximize")
     plan = SimpleNamespace(options={}, spec=spec, name="x")
-    _record_pruner(plan, SimpleNamespace(study=old))
-    _record_pruner(plan, SimpleNamespace(study=new))
+    _record_pruner(plan, old)
+    _record_pruner(plan, new)
     assert old.user_attrs["hpo.optuna_pruner"] == "hyperband"
     assert new.user_attrs["hpo.optuna_pruner"] == "sha"
 
