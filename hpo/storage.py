@@ -82,9 +82,11 @@ def open_storage(url: str) -> BaseStorage:
 
 
 def heartbeat_grace() -> int:
-    """Seconds without a heartbeat after which an RDB trial's worker counts as dead."""
-    value = os.environ.get("HPO_HEARTBEAT_GRACE_S", "60")
-    return int(value) if value.isdigit() and int(value) > 0 else 60
+    """Seconds without a heartbeat after which an RDB trial's worker counts as dead: the workers' lease grace
+    (hpo.liveness), in whole seconds as Optuna's RDBStorage takes it."""
+    from hpo.liveness import grace_s
+
+    return max(1, round(grace_s()))
 
 
 def stale_trial_ids(study: optuna.Study) -> list[int]:
