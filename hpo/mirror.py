@@ -69,6 +69,18 @@ def start_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], user
     return study._storage.create_new_trial(study._study_id, template_trial=template)  # noqa: SLF001
 
 
+NO_METRIC = "_runtime"  # a sweep without a metric: a trial's value is its run time in seconds, as W&B's `_runtime`
+
+
+def runtime_of(store: optuna.storages.BaseStorage, trial_id: int) -> float:
+    """A no-metric trial's value (Optuna's own tools, `best_trial` and optuna-dashboard, need every COMPLETE
+    trial to hold one): the seconds since it started, a measured figure rather than a made-up constant."""
+    import datetime
+
+    started = store.get_trial(trial_id).datetime_start
+    return round((datetime.datetime.now() - started).total_seconds(), 3) if started else 0.0
+
+
 def report(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
     if math.isfinite(value):
         study._storage.set_trial_intermediate_value(trial_id, int(step), float(value))  # noqa: SLF001
@@ -80,8 +92,9 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
     attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != "hpo.state"}}
     for key, value in attrs.items():
         store.set_trial_user_attr(trial_id, key, value)
-    # COMPLETE without a value: the sweep has no metric (run_trainer fails a trial that never reports one)
     values = [float(outcome.value)] if outcome.state == State.COMPLETE and outcome.value is not None else None
+    if outcome.state == State.COMPLETE and outcome.value is None and study.metric_names == [NO_METRIC]:
+        values = [runtime_of(store, trial_id)]  # the sweep has no metric (run_trainer fails a trial that never reports one)
     if outcome.state == State.COMPLETE and outcome.values:  # a multi-objective trial
         values = list(outcome.values)
     if values is not None and len(values) != len(study.directions):  # a study must never hold that trial

@@ -75,7 +75,7 @@ class Progress:
         for _ in range(3):
             line.add_column(no_wrap=True)
         line.add_row(head, bar, tail)
-        best = storage.best_trial(trials, self.direction)
+        best = storage.best_trial(trials, self.direction) if self.metric else None  # no metric: values are run times
         best_txt = f"best {self.metric or 'value'} " + ("-" if best is None else f"{best.value:.4g} (trial {best.number})")
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
         if done and len(done[0].values) > 1:  # several objectives: no one best

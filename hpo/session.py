@@ -159,10 +159,11 @@ class Session:
         plan.dir.mkdir(parents=True, exist_ok=True)
         self.study = optuna.create_study(study_name=plan.name, storage=store, directions=self.spec.directions,
                                          load_if_exists=True)
-        if self.spec.metric_names and self.study.metric_names != self.spec.metric_names:
+        names = self.spec.metric_names or [mirror.NO_METRIC]  # no metric: a trial's value is its run time
+        if self.study.metric_names != names:
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.study.set_metric_names(self.spec.metric_names)  # optuna-dashboard: val_acc, not Objective 0
+                self.study.set_metric_names(names)  # optuna-dashboard: val_acc, not Objective 0
         if not self.nothing_left():
             self.early = self.backend.prestart(plan, self)
         try:

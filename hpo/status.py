@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo import storage
+from hpo import mirror, storage
 from hpo.errors import UsageError
 from hpo.api import Settings, prepare
 
@@ -31,7 +31,7 @@ def best(study: optuna.Study, metric: str) -> dict[str, Any]:
         return {"study": study.study_name, "metrics": names,
                 "goals": [d.name.lower() for d in study.directions], "pareto": storage.pareto(study, names)}
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
-    if not done:
+    if not done or study.metric_names == [mirror.NO_METRIC]:  # no metric: each value is a run time, none is best
         return {"study": study.study_name, "best_trial": None}
     t = study.best_trial
     return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": storage.trainer_params(t),

@@ -39,7 +39,7 @@ def failures(trials: list[FrozenTrial]) -> dict[str, int]:
 
 def summarize(plan: Plan, trials: list[FrozenTrial], parent_run_id: str, interrupted: bool,
               aborted: str | None) -> Result:
-    best = storage.best_trial(trials, plan.spec.direction)
+    best = storage.best_trial(trials, plan.spec.direction) if plan.spec.metric_names else None  # no metric: no best
     if best is None:
         return Result(plan.name, storage.count(trials), None, {}, None, parent_run_id, None, interrupted, aborted,
                       failures(trials))

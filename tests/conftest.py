@@ -81,6 +81,30 @@ def load_study(sweep_dir: Path, name: str):
     return optuna.load_study(study_name=name, storage=open_storage(str(sweep_dir / "optuna.log")))
 
 
+def assert_optuna_reads(study) -> None:
+    """Optuna's public API and optuna-dashboard's study API read the study hpo wrote (a COMPLETE trial with
+    no value breaks both: `best_trial` raises TypeError, the dashboard answers 500 on the study's page)."""
+    import optuna
+    import optuna_dashboard
+    from wsgiref.util import setup_testing_defaults
+
+    summaries = optuna.get_all_study_summaries(study._storage)  # noqa: SLF001
+    assert study.study_name in [s.study_name for s in summaries]
+    if len(study.directions) > 1:
+        assert study.best_trials
+    elif any(t.state.name == "COMPLETE" for t in study.trials):
+        assert study.best_trial.value is not None
+    assert len(study.trials_dataframe()) == len(study.trials)
+    app = optuna_dashboard.wsgi(study._storage)  # noqa: SLF001
+    for path in ("/api/studies", f"/api/studies/{study._study_id}"):  # noqa: SLF001
+        env: dict = {}
+        setup_testing_defaults(env)
+        env["PATH_INFO"] = path
+        answer: dict = {}
+        body = b"".join(app(env, lambda status, headers, exc=None: answer.setdefault("status", status)))
+        assert answer["status"].startswith("200"), (path, answer["status"], body[:300])
+
+
 def runs_of(sweep_dir: Path, name: str):
     """(parent runs, child runs) of the sweep's MLflow experiment."""
     client = mlflow_client(sweep_dir)

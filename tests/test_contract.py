@@ -42,6 +42,8 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import assert_optuna_reads
+
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
@@ -415,6 +417,7 @@ def test_a_multi_objective_sweep_records_its_pareto_front(engine, tmp_path):
     local = client.download_artifacts(parents[0].info.run_id, "pareto.json")
     assert {float(f["params"]["x"]) for f in json.loads(Path(local).read_text())} == front
     assert 'id="pareto"' in (sw.dir / "report.html").read_text()
+    assert_optuna_reads(study)
 
 
 def test_one_child_run_per_trial_with_its_end_status(finished, engine):
@@ -568,10 +571,12 @@ def test_a_sweep_whose_trials_all_fail_fails(engine, tmp_path):
 
 # -- 10: the inspection commands ---------------------------------------------------------------
 def test_status_and_best_agree_with_the_stores(finished):
-    """`hpo status` counts what the Optuna study holds; `hpo best` names the study's best trial and value."""
+    """`hpo status` counts what the Optuna study holds; `hpo best` names the study's best trial and value;
+    Optuna's own API and optuna-dashboard read the study."""
     sw, ran = finished
     ok(ran)
     study = sw.study()
+    assert_optuna_reads(study)
     states = _states(study.get_trials())
     best = sw.cli("best", str(sw.file))
     ok(best)

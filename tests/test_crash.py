@@ -22,7 +22,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import run_hpo, runs_of, write
+from conftest import assert_optuna_reads, run_hpo, runs_of, write
 from hpo.trial import INFRA_REASONS
 
 TESTS = Path(__file__).parent
@@ -113,7 +113,9 @@ def test_an_append_that_hits_a_full_disk_leaves_no_partial_record(small_disk):
 # -- invariants of a sweep after any fault ------------------------------------------------------
 def check_invariants(sweep_dir: Path, name: str, budget: int) -> None:
     """Optuna and MLflow agree on every trial; nothing RUNNING; the budget exactly met, nothing counted twice."""
-    trials = _plain_optuna(sweep_dir / "optuna.log", name).get_trials()
+    study = _plain_optuna(sweep_dir / "optuna.log", name)
+    assert_optuna_reads(study)
+    trials = study.get_trials()
     client, _, parents, children = runs_of(sweep_dir, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_study, mlflow_client, run_hpo, write
+from conftest import assert_optuna_reads, load_study, mlflow_client, run_hpo, write
 
 PROGRAMS = Path(__file__).parent / "programs"
 ENGINES = {"optuna": [], "ray": ["--backend", "ray"], "wandb": ["--backend", "wandb", "--offline"]}
@@ -271,24 +271,33 @@ def test_literal_dotted_and_numeric_names_reach_the_program_as_wandb_gives_them(
                                           "--a.b.activations.0=relu", "--model={'depth': 2}"])
 
 
-@pytest.mark.parametrize("engine", ["optuna", "wandb"])
+@pytest.mark.parametrize("engine", ["optuna", "ray", "wandb"])
 def test_a_sweep_without_a_metric_records_every_trial_and_names_no_best(tmp_path, engine):
-    """W&B lets random and grid sweeps go without `metric:`; the trials are still the record."""
+    """W&B lets random and grid sweeps go without `metric:`; the trials are still the record. Each COMPLETE
+    trial's value is its run time (`_runtime`, as W&B names it), so Optuna's own tools and optuna-dashboard
+    read the study; hpo itself names no best."""
     seen, env = _setup(tmp_path, "wb_train.py", "name: nometric\nprogram: dump.py\nmethod: grid\n"
                                                  "parameters:\n  a: {values: [1, 2, 3]}\n")
     (tmp_path / "dump.py").write_text(DUMP.replace('"trial.json"', 'f"trial-{wandb.config.a}.json"'))
     out = run_hpo("run", "sweep.yaml", "--workers", "2", "--no-progress", *ENGINES[engine], cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1])["best_value"] is None
+    assert "best " not in out.stderr
     assert sorted(p.name for p in seen.iterdir()) == ["trial-1.json", "trial-2.json", "trial-3.json"]
     study = load_study(tmp_path / "runs" / "nometric", "nometric")
-    assert sorted((t.state.name, t.params["a"], t.value) for t in study.trials) == [
-        ("COMPLETE", 1, None), ("COMPLETE", 2, None), ("COMPLETE", 3, None)]
+    assert sorted((t.state.name, t.params["a"]) for t in study.trials) == [
+        ("COMPLETE", 1), ("COMPLETE", 2), ("COMPLETE", 3)]
+    assert study.metric_names == ["_runtime"]
+    for t in study.trials:  # its run time: more than the program's own start-up, less than the sweep
+        assert 0 < t.value < (t.datetime_complete - t.datetime_start).total_seconds() + 1, t
+    assert_optuna_reads(study)
     _, children = _children(tmp_path / "runs" / "nometric")
     assert sorted((c.info.status, c.data.metrics["score"]) for c in children) == [("FINISHED", 1.0)] * 3
     best = run_hpo("best", "sweep.yaml", cwd=tmp_path)
     assert best.returncode == 0 and json.loads(best.stdout)["best_trial"] is None
     assert "has no metric" in best.stderr
+    status = run_hpo("status", "sweep.yaml", cwd=tmp_path)
+    assert status.returncode == 0 and "3 complete" in status.stdout and "best:" not in status.stdout
 
 
 def test_a_program_does_not_outlive_its_worker_killed_by_sigkill(tmp_path):

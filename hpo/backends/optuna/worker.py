@@ -196,8 +196,10 @@ class _Context:
         for key, value in outcome.tags().items():
             if key != "hpo.state":
                 trial.set_user_attr(key, value)
-        if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric
-            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE)  # noqa: SLF001
+        if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric: its run time
+            from hpo import mirror
+
+            self.study.tell(trial, mirror.runtime_of(self.study._storage, trial._trial_id))  # noqa: SLF001
         elif outcome.state == State.COMPLETE:
             self.study.tell(trial, list(outcome.values) if outcome.values else outcome.value)
         else:
