@@ -38,7 +38,7 @@ from hpo.spec import changes, from_dict
 from hpo.tracking import Tracker
 from hpo.trainer_ref import label as trainer_label
 from hpo.backends.port import Parent
-from hpo.trial import Outcome, State, close_child, lost
+from hpo.trial import KILLS_ITS_WORKER, Outcome, deaths_per_config, State, close_child, lost
 
 if TYPE_CHECKING:
     from hpo.backends.base import Backend
@@ -77,6 +77,7 @@ class Session:
         self.live: dict[Any, Live] = {}
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
+        self.deaths_per_config = deaths_per_config()
         self._deaths, self._counted_at_death = 0, -1
         gpus = [s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices]
         # NVML, read from this process (no CUDA context): each GPU's busy fraction, and what `auto` packs by.
@@ -387,9 +388,33 @@ class Session:
         where = {"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda}  # an engine may learn them late
         mirror.finish_trial(self.study, lv.trial_id, outcome, {**where, **(attrs or {})})
 
-    def trial_lost(self, key: Any, reason: str, detail: str = "") -> None:
-        """The process running it is gone (`worker died`) or was stopped (`interrupted`)."""
-        self.trial_finished(key, lost(reason, detail), close=True)
+    def trial_lost(self, key: Any, reason: str, detail: str = "") -> Outcome:
+        """The process running it is gone (`worker died`) or was stopped (`interrupted`). Returns what the
+        trial became: a config that killed its worker too often is failed for good (not `infra`)."""
+        lv = self.live.get(key)
+        if lv is not None and reason == "worker died":
+            reason, detail = self._death_verdict(self.study._storage.get_trial(lv.trial_id).params,  # noqa: SLF001
+                                                 reason, detail)
+        outcome = lost(reason, detail)
+        self.trial_finished(key, outcome, close=True)
+        return outcome
+
+    def _death_verdict(self, params: Mapping[str, Any], reason: str, detail: str) -> tuple[str, str]:
+        """A config whose trials killed their worker `deaths_per_config` times (the kernel's OOM killer, a
+        segfault, a trainer that kills its own process) is failed for good: it counts toward the budget and
+        its grid point is not re-run, so the sweep ends with the other configs (`worker died (SIGKILL) x2 -
+        out of memory?`). The crash-loop rule then counts deaths across different configs."""
+        if not params:
+            return reason, detail
+        key = json.dumps(dict(params), sort_keys=True, default=str)
+        deaths = 1 + sum(1 for t in self.trials() if t.state == TrialState.FAIL
+                         and storage.reason(t) in ("worker died", KILLS_ITS_WORKER)
+                         and json.dumps(t.params, sort_keys=True, default=str) == key)
+        if deaths < self.deaths_per_config:
+            return reason, detail
+        sig = next((s for s in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGTERM") if s in detail), "")
+        hint = " — out of memory?" if sig == "SIGKILL" or "killed or crashed" in detail else ""
+        return KILLS_ITS_WORKER, f"worker died{f' ({sig})' if sig else ''} ×{deaths}{hint}; last: {detail}"
 
     # -- trials of engines that write Optuna themselves (their workers did not finish them) ----
     def fail_trial(self, t: FrozenTrial, reason: str, detail: str = "") -> None:
@@ -404,6 +429,10 @@ class Session:
         for run_id in run_ids[:1]:
             if run_id != t.user_attrs.get("hpo.mlflow_run_id"):
                 store.set_trial_user_attr(t._trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
+        if reason == "worker died":
+            reason, detail = self._death_verdict(t.params, reason, detail)
+            if detail:
+                store.set_trial_user_attr(t._trial_id, "hpo.error", detail)  # noqa: SLF001
         storage.fail_trial(self.study, t._trial_id, reason)  # noqa: SLF001
         for run_id in run_ids:
             close_child(self.tracker, run_id, lost(reason, detail))

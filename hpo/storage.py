@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
 from hpo.outage import PatientRDBStorage
-from hpo.trial import INFRA_REASONS
+from hpo.trial import INFRA_REASONS, KILLS_ITS_WORKER
 
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
 
@@ -299,7 +299,7 @@ def retry_candidates(trials: list[FrozenTrial], retries: int) -> list[FrozenTria
     """Failed trials (trainer error, dead worker, Ctrl-C) not yet re-run `retries` times."""
     done = retried_numbers(trials)
     return [t for t in trials if t.state == TrialState.FAIL and t.number not in done and t.params
-            and int(t.user_attrs.get("hpo.attempt", 0)) < retries]
+            and int(t.user_attrs.get("hpo.attempt", 0)) < retries and reason(t) != KILLS_ITS_WORKER]
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

@@ -22,6 +22,15 @@ from hpo.program import TRIAL
 
 # Failures that are not the trial's fault: the trial is run again and not counted.
 INFRA_REASONS = ("worker died", "worker hung", "interrupted")
+# A config whose trials killed their worker this many times is failed for good: counted, never re-run.
+KILLS_ITS_WORKER = "kills its worker"
+
+
+def deaths_per_config() -> int:
+    """How many times one config may kill its worker before it is failed for good ($HPO_DEATHS_PER_CONFIG, 2)."""
+    import os
+
+    return max(1, int(os.environ.get("HPO_DEATHS_PER_CONFIG", "2")))
 
 
 class State(str, Enum):
@@ -180,10 +189,27 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
     if value is None and reporter.metric and isinstance(final, Mapping):
         value = final.get(reporter.metric)
     if reporter.metric and value is None:
-        return Outcome(State.FAILED, reason="no metric", error=f"the trainer never reported {reporter.metric!r}")
+        return Outcome(State.FAILED, reason="no metric", error=never_reported([reporter.metric], reporter, final))
     if value is not None and not math.isfinite(float(value)):
         return Outcome(State.FAILED, reason="nan", error=f"{reporter.metric} is {value}")
     return Outcome(State.COMPLETE, None if value is None else float(value))
+
+
+def never_reported(missing: list[str], reporter: Reporter, final: Any = None) -> str:
+    """`the trainer never reported 'acc'`, with the keys it did report and the closest one to each missing
+    name (`Training Set Accuracy` for `Training set accuracy`): a misspelled metric is found at once."""
+    import difflib
+
+    seen = list(dict.fromkeys(k for _, m in reporter.history for k in m))
+    if isinstance(final, Mapping):
+        seen += [k for k in final if isinstance(k, str) and k not in seen]
+    text = f"the trainer never reported {', '.join(repr(m) for m in missing)}"
+    if not seen:
+        return text + " (it reported no metric at all)"
+    lower = {k.lower(): k for k in seen}
+    close = [lower[c] for m in missing for c in difflib.get_close_matches(m.lower(), list(lower), n=1, cutoff=0.6)]
+    shown = ", ".join(repr(k) for k in seen[:8]) + (", ..." if len(seen) > 8 else "")
+    return text + f"; it reported {shown}" + (f"; did you mean {close[0]!r} (metric.name)?" if close else "")
 
 
 def _objectives(reporter: Reporter, final: Any) -> Outcome:
@@ -196,7 +222,7 @@ def _objectives(reporter: Reporter, final: Any) -> Outcome:
         values[name] = value
     missing = [n for n, v in values.items() if v is None]
     if missing:
-        return Outcome(State.FAILED, reason="no metric", error=f"the trainer never reported {', '.join(missing)}")
+        return Outcome(State.FAILED, reason="no metric", error=never_reported(missing, reporter, final))
     bad = [n for n, v in values.items() if not math.isfinite(float(v))]
     if bad:
         return Outcome(State.FAILED, reason="nan", error=f"{', '.join(bad)} is not finite")

@@ -47,3 +47,20 @@ def faulty(config, report):
         raise ValueError("usage: train.py [-h] [--lr LR] [--sleep SLEEP] [--epochs EPOCHS] [--batch-size BATCH]"
                          " [--hidden HIDDEN]\ntrain.py: error: argument --sleep: invalid int value: 'x'")
     report(2, {"score": 2.0, "pid": float(os.getpid())})
+
+
+def points(config, report):
+    """A grid of good and bad points, each ending the way real trainers end (`point` picks one)."""
+    point = config["point"]
+    if point == "exit0":  # a script turned into a function that gives up before its first report
+        sys.exit(0)
+    if point == "sigkill":  # what the kernel's OOM killer does to the process that holds the memory
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point == "misspelled":  # logs its metric under another name
+        report(1, {"Score": 0.5, "loss": 1.0})
+        return None
+    report(1, {"score": 0.5})
+    report(2, {"score": 1.0 if point == "good" else 2.0})
+    return None

@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from hpo.backends.ray import space as ray_space
 from hpo.backends.ray.trainable import RUN_ID, STEP, CUDA, TrialContext, plain, train_trial, trial_number
 from hpo.errors import HpoError, UsageError
 from hpo.provenance import git_sha
-from hpo.trial import Outcome, State
+from hpo.trial import Outcome, State, deaths_per_config
 
 if TYPE_CHECKING:
     from hpo.api import Plan
     from hpo.backends.port import SessionPort
 
-MAX_FAILURES = 2  # Ray re-runs a trial whose worker died this many times
 
 
 @dataclass
@@ -83,8 +85,7 @@ class Side:
 
     def died(self, trial) -> None:
         """Its worker (a Ray actor) died: the attempt is failed; Ray may run the trial's config again."""
-        detail = str(getattr(trial, "error_message", "") or "").strip().splitlines()
-        detail_text = detail[-1][:500] if detail else "the Ray actor died"
+        detail_text = _death_of(trial)
         self.seen.pop(trial.trial_id, None)
         self.port.trial_lost(trial.trial_id, "worker died", detail_text)
         try:
@@ -95,6 +96,29 @@ class Side:
 
 
 _sides: dict[str, Side] = {}
+
+
+def _death_of(trial) -> str:
+    """Why a trial's Ray actor died, from the error file Tune writes for it (Ray does not know the signal:
+    a process that ended without exiting was killed, by the OOM killer or a crash)."""
+    try:
+        text = Path(trial.error_file).read_text(errors="replace").rsplit("Failure #", 1)[-1] if trial.error_file else ""
+    except OSError:
+        text = ""
+    pid = re.search(r"\bpid: (\d+)", text)
+    where = f" (pid {pid[1]})" if pid else ""
+    if "unexpectedly exits" in text or "OOM killer" in text:
+        return f"the Ray actor's process{where} ended without exiting: killed or crashed"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"the Ray actor{where} died" + (f": {lines[-1][:300]}" if len(lines) > 1 else "")
+
+
+class Quiet(TrialProgressCallback):
+    """Tune's per-trial console lines ("Trial … completed. Last result: …" prints whatever the verbosity):
+    hpo's progress shows the trials. Passing one of these keeps Tune from adding its own."""
+
+    def _print(self, msg: str) -> None:
+        pass
 
 
 class Bridge(tune.Callback):
@@ -222,17 +246,19 @@ def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: lis
             scheduler=ray_space.scheduler(plan.spec, plan.options.get("ray_scheduler", "asha")),
             num_samples=samples, max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,
-                                  callbacks=[Bridge(plan.name)], stop=Abort(plan.name),
-                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)),
+                                  callbacks=[Bridge(plan.name), Quiet()], stop=Abort(plan.name),
+                                  failure_config=tune.FailureConfig(max_failures=deaths_per_config() - 1)),
     )
 
 
 def run(plan: Plan, port: SessionPort) -> None:
     """Tuners until the budget is met (a round's trials lost to dead workers are run in the next)."""
     # Tune's console output is off; the trial's cwd stays the controller's (relative data dirs);
-    # Ctrl-C reaches the Session (Tune's own handler would swallow it).
+    # Ctrl-C reaches the Session (Tune's own handler would swallow it); a trial that ends without ever
+    # reporting the metric (a program that exits in argparse, a misspelled key) is one FAILED trial, as on
+    # Optuna and W&B, not a ValueError that aborts the Tuner (its scheduler and searcher skip such a result).
     for key, value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
+                       ("TUNE_DISABLE_SIGINT_HANDLER", "1"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
         os.environ.setdefault(key, value)
     started = start_ray(plan)
     tune_log = logging.getLogger("ray.tune")

@@ -209,9 +209,9 @@ class Controller:
         for name, w in list(self.active.items()):
             if w == worker:
                 self.active.pop(name)
+                outcome = self.port.trial_lost(name, reason, detail)  # a config failed for good is counted
                 if self.engine is not None:
-                    self.engine.end(name, "interrupted" if reason == "interrupted" else "failed", True)
-                self.port.trial_lost(name, reason, detail)
+                    self.engine.end(name, "interrupted" if reason == "interrupted" else "failed", outcome.infra)
                 n += 1
         return n
 

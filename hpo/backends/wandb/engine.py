@@ -81,12 +81,18 @@ class Engine:
         """Runs that use the budget: all but those lost to a dead worker or an interrupt."""
         return sum(r.name not in self.lost for r in self.runs)
 
+    def seen(self) -> list[Any]:
+        """The runs W&B's engine decides from: not those a dead worker or an interrupt ended, so a grid point
+        lost that way is proposed again (as hpo's other engines re-run it), and no search learns from a run
+        that never finished."""
+        return [r for r in self.runs if r.name not in self.lost]
+
     def propose(self, name: str) -> dict[str, Any] | None:
         """The engine's next configuration as flat params, or None (budget spent, grid done)."""
         if self.counted() >= self.budget:
             return None
         sweeps = _sweeps()
-        run = sweeps.next_run(self.config, self.runs, validate=False)
+        run = sweeps.next_run(self.config, self.seen(), validate=False)
         if run is None:
             return None
         run.name, run.state, run.config = name, sweeps.RunState.running, plain(run.config)
@@ -107,7 +113,7 @@ class Engine:
         run.history.append(dict(metrics))
         run.summary_metrics.update(metrics)
         if self.hyperband and name not in self.marked:
-            self.marked.update(r.name for r in _sweeps().stop_runs(self.config, self.runs, validate=False))
+            self.marked.update(r.name for r in _sweeps().stop_runs(self.config, self.seen(), validate=False))
         return name in self.marked
 
     def end(self, name: str, state: State | str, infra: bool = False) -> None:
