@@ -152,11 +152,13 @@ class Reporter:
         self.candidate = Candidate(model, input_example, validation)
 
     def last(self, name: str | None) -> float | None:
-        """The last value reported for `name`: a trial's value is where it ended, not where it began."""
-        for _, m in reversed(self.history):
-            if name in m:
-                return m[name]
-        return None
+        """A trial's value: the report at its highest step (steps out of order: 3, 1, 2 ends at step 3's;
+        a repeated step: its later report). The same rule as the Session's, MLflow's and the pruner's."""
+        found: tuple[int, float] | None = None
+        for step, m in self.history:
+            if name in m and (found is None or step >= found[0]):
+                found = (step, m[name])
+        return None if found is None else found[1]
 
 
 def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter) -> Outcome:

@@ -64,3 +64,9 @@ def points(config, report):
     report(1, {"score": 0.5})
     report(2, {"score": 1.0 if point == "good" else 2.0})
     return None
+
+
+def steps(config, report):
+    """Reports at steps out of order, and one step twice (`order`: e.g. "3,1,2" or "1,2,2")."""
+    for i, step in enumerate(int(s) for s in str(config["order"]).split(",")):
+        report(step, {"score": float(step) / 10 + i / 100})

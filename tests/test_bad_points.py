@@ -49,3 +49,28 @@ def test_bad_grid_points_fail_alone_and_the_sweep_meets_its_budget(tmp_path, eng
     _, _, _, children = runs_of(tmp_path / "runs" / "points", "points")
     assert not [c for c in children if c.info.status == "RUNNING"]
     assert sorted(c.info.status for c in children) == ["FAILED"] * 4 + ["FINISHED"] * 2
+
+
+def test_steps_out_of_order_or_repeated_end_at_the_highest_step_everywhere(tmp_path):
+    """One rule for a trial's value: the report at its highest step; a repeated step's later report replaces
+    the earlier one. Optuna's value and curve, MLflow's latest metric and `hpo best` agree."""
+    sweep = write(tmp_path / "sweep.yaml", """
+        name: steps
+        method: grid
+        metric: {name: score, goal: maximize}
+        early_terminate: {type: hyperband, min_iter: 1, eta: 2}
+        parameters:
+          order: {values: ["1,2,2", "3,1,2"]}
+    """)
+    out = run_hpo("run", str(sweep), "--workers", "1", "--trainer", "fault_trainers:steps", "--no-progress",
+                  cwd=tmp_path, env={"PYTHONPATH": str(TESTS)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = {t.params["order"]: t for t in load_study(tmp_path / "runs" / "steps", "steps").get_trials()}
+    assert trials["3,1,2"].value == pytest.approx(0.30)  # step 3's report, though step 2 came last
+    assert trials["1,2,2"].value == pytest.approx(0.22)  # step 2's second report
+    assert trials["1,2,2"].intermediate_values == pytest.approx({1: 0.10, 2: 0.22}), "what the pruner saw"
+    client, _, _, children = runs_of(tmp_path / "runs" / "steps", "steps")
+    for c in children:
+        assert c.data.metrics["score"] == pytest.approx(trials[c.data.params["order"]].value)
+    best = json.loads(run_hpo("best", str(sweep), cwd=tmp_path, check=True).stdout)
+    assert best["params"] == {"order": "3,1,2"} and best["score"] == pytest.approx(0.30)

@@ -221,3 +221,57 @@ def test_ctrl_c_ends_running_trials_interrupted_and_the_parent_killed(tmp_path):
         (TrialState.COMPLETE, None), (TrialState.FAIL, "interrupted")]
     assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
     assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_a_config_that_kills_its_worker_twice_is_failed_for_good(tmp_path):
+    """The first death is the machine's (re-run, not counted); the second of the same config is the config's:
+    counted, named, and not infra, so no engine proposes it again. Another config's death starts afresh."""
+    said = []
+
+    def script(port):
+        for key in ("a", "b"):
+            port.trial_started(key, 0, {"x": 7}, worker="w0")
+            said.append(port.trial_lost(key, "worker died", "worker died (signal SIGKILL) on w0"))
+        port.trial_started("c", 1, {"x": 8}, worker="w0")
+        said.append(port.trial_lost("c", "worker died", "worker died (signal SIGKILL) on w0"))
+        n = 2
+        while port.remaining():
+            run_one(port, n, [(1, 1.0)])
+            n += 1
+
+    result, trials, _ = play(tmp_path, script)
+    assert [o.infra for o in said] == [True, False, True]
+    assert said[1].reason == "kills its worker"
+    assert said[1].error.startswith("worker died (SIGKILL) ×2 — out of memory?"), said[1].error
+    assert result.exit_code == 0 and result.counts.finished == 3, "the failed-for-good config used the budget"
+    assert [t.user_attrs.get("hpo.reason") for t in trials[:3]] == ["worker died", "kills its worker", "worker died"]
+
+
+def test_a_repeated_step_replaces_the_earlier_report(tmp_path):
+    def script(port):
+        n = 0
+        while port.remaining():
+            run_one(port, n, [(1, 0.9), (2, 0.5), (2, 0.7)])
+            n += 1
+
+    _, trials, _ = play(tmp_path, script, trials=1)
+    assert trials[0].value == 0.7 and trials[0].intermediate_values == {1: 0.9, 2: 0.7}
+
+
+def test_the_private_names_hpo_uses_still_exist():
+    """Names of Optuna's and MLflow's internals hpo calls or patches: an upgrade that renames one turns this red
+    (rather than the sweep that first needs it)."""
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from hpo.outage import RDB_CALLS
+
+    missing = [n for n in RDB_CALLS if not hasattr(RDBStorage, n) and not hasattr(_CachedStorage, n)]
+    assert not missing, f"RDBStorage no longer has {missing} (hpo.outage patches them)"
+    study = optuna.create_study()
+    trial = study.ask()
+    for obj, names in ((study, ("_storage", "_study_id")),
+                       (trial, ("_trial_id", "_cached_frozen_trial", "storage", "study"))):
+        assert all(hasattr(obj, n) for n in names), [n for n in names if not hasattr(obj, n)]
+    assert isinstance(trial._cached_frozen_trial.intermediate_values, dict)  # noqa: SLF001 - the worker replaces a repeated step there

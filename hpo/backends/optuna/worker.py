@@ -217,7 +217,12 @@ def _record(trial: optuna.Trial, step: int, value: float) -> bool:
 
 def _prune(trial: optuna.Trial, step: int, value: float, last_step: int | None) -> bool:
     liveness.guard()
-    trial.report(value, step)
+    if step in trial._cached_frozen_trial.intermediate_values:  # noqa: SLF001 - Trial.report ignores a repeat
+        # A repeated step replaces the earlier value: in the study, and in what the pruner sees next.
+        trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)  # noqa: SLF001
+        trial._cached_frozen_trial.intermediate_values[step] = value  # noqa: SLF001
+    else:
+        trial.report(value, step)
     # Stopping a trial at its last epoch saves nothing and throws its result away.
     if last_step is not None and step >= last_step:
         return False
