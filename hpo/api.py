@@ -141,7 +141,8 @@ def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str
     if raw.get("job") and not (raw.get("program") or raw.get("command")):
         raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
                          "or command:, or pass --trainer package.module:function")
-    found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.get("project"))
+    found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.get("project"),
+                               missing_ok=s.inspect_only or bool(s.options.get("validate_only")))
     return found.ref() if found else None
 
 

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 from hpo.backends.base import ENGINES
@@ -144,8 +146,9 @@ def cmd_agent(a: argparse.Namespace) -> int:
 def cmd_validate(a: argparse.Namespace) -> int:
     from hpo import api
 
+    settings = _settings(a)
     try:
-        sw = api.prepare(_settings(a))
+        sw = api.prepare(replace(settings, options={**settings.options, "validate_only": True}))
     except SpecError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -154,10 +157,13 @@ def cmd_validate(a: argparse.Namespace) -> int:
           f"backend {sw.backend})")
     what = api.runs_what(sw)
     print(f"  each trial runs {what}" if what else f"  but {api.NOTHING_TO_RUN.split(': ', 1)[1]}")
-    from hpo.program import unknown_macros
+    from hpo.program import missing, unknown_macros
 
     for macro in unknown_macros(sw.spec.raw.get("command")):
         print(f"  note: command: {macro} is not one of W&B's macros; W&B's agent leaves it out, and so does hpo")
+    note = missing(sw.spec.raw, Path(a.sweep_file))
+    if note:
+        print(f"  {note}")
     return 0
 
 
@@ -211,7 +217,6 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
-    from dataclasses import replace
 
     from hpo import dashboard, storage
     from hpo.api import prepare

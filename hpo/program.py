@@ -138,8 +138,9 @@ def is_builtin(command: list[Any] | None, program: str | None) -> bool:
 
 
 def from_sweep(raw: Mapping[str, Any], sweep_file: Path, run_dir: Path, study: str,
-               project: str | None = None) -> Program | None:
-    """The sweep's own program, or None when it names hpo's trainer or nothing; raises UsageError if missing."""
+               project: str | None = None, missing_ok: bool = False) -> Program | None:
+    """The sweep's own program, or None when it names hpo's trainer or nothing; raises UsageError if missing
+    (unless `missing_ok`: `hpo validate` checks a file that may be run elsewhere, and notes it)."""
     from hpo.errors import UsageError
 
     command, program = raw.get("command"), raw.get("program")
@@ -150,11 +151,22 @@ def from_sweep(raw: Mapping[str, Any], sweep_file: Path, run_dir: Path, study: s
     if uses_program and not program:
         raise UsageError("program: the command uses ${program} but the sweep names no program")
     cwd = working_dir(str(program) if program else None, sweep_file)
-    if uses_program and not (cwd / str(program)).is_file():
+    if uses_program and not (cwd / str(program)).is_file() and not missing_ok:
         raise UsageError(f"program: {program} not found in {Path.cwd()} (where `wandb agent` would look) "
                          f"nor beside the sweep file in {Path(sweep_file).resolve().parent}")
     return Program(tuple(command), str(program) if program else None, str(cwd), str(Path(run_dir).resolve()),
                    study, project)
+
+
+def missing(raw: Mapping[str, Any], sweep_file: Path) -> str | None:
+    """`hpo validate`'s note when the program the command runs is in neither place `hpo run` looks."""
+    command, program = raw.get("command"), raw.get("program")
+    if not program or is_builtin(command, program) or not any("${program}" in str(c) for c in command or DEFAULT_COMMAND):
+        return None
+    if (working_dir(str(program), sweep_file) / str(program)).is_file():
+        return None
+    return (f"note: program: {program} is not in {Path.cwd()} nor beside the sweep file; `hpo run` from here "
+            "would refuse it (run it where `wandb agent` would find the program)")
 
 
 def working_dir(program: str | None, sweep_file: Path) -> Path:

@@ -232,6 +232,10 @@ def test_nothing_to_run_is_one_line_and_writes_nothing(tmp_path, sweep, line):
     if not sweep:  # a valid W&B sweep all the same: `hpo validate` accepts it and says what is missing
         out = run_hpo("validate", "sweep.yaml", cwd=tmp_path)
         assert out.returncode == 0 and "but the sweep names nothing to run" in out.stdout, out.stdout
+    if "nope.py" in sweep:  # the file may be run elsewhere: `hpo validate` checks it and notes the program
+        out = run_hpo("validate", "sweep.yaml", cwd=tmp_path)
+        assert out.returncode == 0 and "note: program: nope.py is not in" in out.stdout, out.stdout + out.stderr
+        assert not (tmp_path / "runs").exists()
 
 
 DUMP = """
