@@ -47,7 +47,12 @@ class Lease:
         return self
 
     def expired(self) -> bool:
-        return time.monotonic() - self.renewed >= self.grace
+        """Not renewed for the grace, by this process or by its controller (which renews the leases of the
+        workers it paused itself, on Ctrl-Z, when it continues them)."""
+        if time.monotonic() - self.renewed < self.grace:
+            return False
+        age = age_s(self.path)
+        return age is None or age >= self.grace
 
     def _touch(self) -> None:
         try:

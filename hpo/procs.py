@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +38,53 @@ class Exit:
         return f"worker died (exit code {self.code})"
 
 
+_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (a worker's programs and what they forked), from /proc; [] without /proc."""
+    out: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in map(int, children):
+        out += [child, *descendants(child)]
+    return out
+
+
+def pause_workers() -> list[int]:
+    """Ctrl-Z: SIGSTOP every local worker and everything below it (they run in sessions of their own, so the
+    terminal's SIGTSTP reaches only the controller). Returns the pids to continue."""
+    stopped = []
+    for pool in list(_pools):
+        for w in list(pool.workers.values()):
+            if w.proc.poll() is None:
+                for pid in (w.proc.pid, *descendants(w.proc.pid)):
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+                    except ProcessLookupError:
+                        pass
+    return stopped
+
+
+def resume_workers(stopped: list[int]) -> None:
+    """`fg` / SIGCONT: renew every worker's lease first (the pause was its controller's, not a hang: neither
+    the Supervisor nor the worker's own guard may judge it stale), then continue them."""
+    for pool in list(_pools):
+        for w in list(pool.workers.values()):
+            try:
+                pool.alive_file(w.slot).touch()
+            except OSError:
+                pass
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 class Pool:
     """One process per slot; reports exits so the controller can fail and replace."""
 
@@ -44,6 +93,7 @@ class Pool:
         self.slots, self._argv, self._env, self.log_dir = slots, argv, env, log_dir
         self.workers: dict[int, Worker] = {}
         self.restarts_at: dict[int, float] = {}  # slot index -> when its worker last started
+        _pools.add(self)
 
     def alive_file(self, slot: Slot) -> Path:
         """The slot's lease (hpo.liveness): its worker renews it, the Supervisor reads its age."""

@@ -100,9 +100,10 @@ class Session:
             if isinstance(exc, Exception) and diskspace.is_disk_full(exc):
                 raise diskspace.DiskFull(self.plan.dir, exc) from None
             raise
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGTSTP)}
         signal.signal(signal.SIGINT, _first_ctrl_c)
         signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+        signal.signal(signal.SIGTSTP, _ctrl_z)
         interrupted, error = False, None
         plan = self.plan
         print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {len(plan.slots)} worker(s) "
@@ -121,12 +122,17 @@ class Session:
                 self.backend.run(self.plan, self, early)
         except KeyboardInterrupt:
             interrupted = True
+        except BrokenPipeError as exc:  # `hpo run ... | head`: the reader left; an interrupt, not a failure
+            if not _stdio_closed():
+                error = self._as_error(exc)
+            interrupted = error is None
         except Exception as exc:  # a full disk, or an engine's own failure: closed FAILED, then reported
             error = self._as_error(exc)
         finally:
             # A second Ctrl-C must not cut the clean-up short: runs would stay RUNNING.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
             self.stop_early()
             try:
                 result = self.close(interrupted, str(error) if error else self.aborting)
@@ -611,6 +617,41 @@ def _first_ctrl_c(signum, frame):  # noqa: ARG001
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _ctrl_z(signum, frame):  # noqa: ARG001
+    """Ctrl-Z pauses the whole sweep: the workers (in sessions of their own) and then the controller;
+    `fg` (SIGCONT) continues the controller here, which continues the workers with their leases renewed."""
+    from hpo import procs
+
+    stopped = procs.pause_workers()
+    os.kill(os.getpid(), signal.SIGSTOP)  # not SIGTSTP: a process group without a terminal would ignore it
+    procs.resume_workers(stopped)
+
+
+def _stdio_closed() -> bool:
+    """stdout or stderr is a pipe whose reader has gone (`| head`); from then on both write to /dev/null so
+    that closing the sweep, which prints, runs to its end."""
+    import select
+
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if any(ev & select.POLLERR for _, ev in poller.poll(0)):
+                closed = True
+        except (OSError, ValueError):
+            continue
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+    return closed
 
 
 def _sigterm_as_ctrl_c(signum, frame):  # noqa: ARG001

@@ -175,6 +175,77 @@ def test_a_worker_woken_after_its_lease_ran_out_writes_nothing(tmp_path):
     assert last < stopped + 0.5, "nothing was written after the wake-up"
 
 
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _below(pid: int) -> list[int]:
+    from hpo.procs import descendants
+
+    return descendants(pid)
+
+
+def test_ctrl_z_pauses_the_workers_with_the_controller_and_fg_resumes_them(tmp_path):
+    """SIGTSTP (Ctrl-Z) stops the controller and every worker (they run in sessions of their own, so the
+    terminal's signal would reach only the controller); nothing trains while paused. SIGCONT (`fg`) resumes
+    them all, and a pause longer than the lease grace is not taken for a hang: no trial fails."""
+    from test_crash import check_invariants
+
+    sweep = _sweep(tmp_path, "pause", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 6}\n          sleep: {value: 0.5}")
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "HPO_HEARTBEAT_GRACE_S": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--workers", "2", "--trainer",
+                             "fault_trainers:slow", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir = tmp_path / "runs" / "pause"
+    try:
+        _wait_for(lambda: [t for t in _running(sweep_dir, "pause") if t.intermediate_values], timeout=120)
+        workers = _below(proc.pid)
+        os.kill(proc.pid, signal.SIGTSTP)
+        _wait_for(lambda: _proc_state(proc.pid) == "T" and all(_proc_state(w) in ("T", "gone") for w in workers))
+        steps = sum(len(t.intermediate_values) for t in load_study(sweep_dir, "pause").get_trials())
+        time.sleep(5)  # well past the 2-s grace
+        assert sum(len(t.intermediate_values) for t in load_study(sweep_dir, "pause").get_trials()) == steps, \
+            "nothing trained while paused"
+        assert all(_proc_state(w) == "T" for w in workers)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+    assert proc.returncode == 0, err
+    trials = load_study(sweep_dir, "pause").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, [t.user_attrs.get("hpo.error") for t in trials]
+    check_invariants(sweep_dir, "pause", 4)
+
+
+def test_a_closed_output_pipe_interrupts_the_sweep_and_the_same_command_resumes(tmp_path):
+    """`hpo run ... 2>&1 | head -n 2`: once the reader is gone, the sweep stops as Ctrl-C stops it (running
+    trials and the parent KILLED, exit 130), not as a failure; the same command resumes it."""
+    from test_crash import check_invariants
+
+    sweep = _sweep(tmp_path, "piped", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 3}\n          sleep: {value: 0.4}")
+    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [sys.executable, "-m", "hpo", "run", str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow"]
+    read, write_end = os.pipe()
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=write_end, stderr=write_end)  # a line per trial
+    os.close(write_end)
+    with os.fdopen(read, "rb") as reader:  # `head -n 2`: two lines, then the reader goes away
+        reader.readline(), reader.readline()
+    assert proc.wait(timeout=180) == 130
+    _, _, parents, _ = runs_of(tmp_path / "runs" / "piped", "piped")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    resumed = run_hpo("run", str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow", "--no-progress",
+                      cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    check_invariants(tmp_path / "runs" / "piped", "piped", 6)
+
+
 def test_ctrl_c_stops_cleanly_and_resume_completes(tmp_path):
     sweep = _sweep(tmp_path, "intr", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 4}\n          sleep: {value: 1.0}")
     args = (str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
