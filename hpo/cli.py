@@ -11,7 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from hpo.backends.base import ENGINES
+from hpo import redact
+
+redact.install()  # before anything (MLflow's logging) holds the raw streams
+
+from hpo.backends.base import ENGINES  # noqa: E402
 from hpo.errors import HpoError, SpecError, UsageError
 
 

@@ -78,6 +78,7 @@ class Session:
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
         self.deaths_per_config = deaths_per_config()
+        self.unclosed: HpoError | None = None  # the parent run could not be closed (the server went away)
         self._deaths, self._counted_at_death = 0, -1
         gpus = [s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices]
         # NVML, read from this process (no CUDA context): each GPU's busy fraction, and what `auto` packs by.
@@ -139,6 +140,8 @@ class Session:
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
+        if error is None:
+            error = self.unclosed
         if error is not None:
             raise error
         return result
@@ -505,7 +508,15 @@ class Session:
             _best_effort(self.tracker.set_tags, self.parent_run_id, {
                 "hpo.workers_per_gpu": "1 (auto: the sweep ended before a worker's trials gave 1 s to measure)"})
         report = self._report()
-        _best_effort(self._close_parent, result, {"report.html": report} if report else {})
+        try:
+            self._close_parent(result, {"report.html": report} if report else {})
+        except Exception as exc:  # noqa: BLE001 - the tracking server went away: say so, exit 1, resumable
+            if not diskspace.is_disk_full(exc):
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                self.unclosed = HpoError(
+                    f"--tracking-uri: cannot close the parent run on {storage.mask(self.plan.tracking_uri)}: "
+                    f"{storage.mask_text(first)}; the trials are in the study: run the same command once it "
+                    "answers, to close it")
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)
         return result
 
@@ -593,7 +604,7 @@ class Session:
             return htmlreport.write(self.study, self.spec, self.plan.dir).read_text(encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - the sweep's results stand without their pictures
             if not diskspace.is_disk_full(exc):
-                print(f"hpo: warning: report: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"hpo: warning: report: {type(exc).__name__}: {storage.mask_text(str(exc))}", file=sys.stderr)
             return None
 
 
@@ -609,7 +620,8 @@ def _best_effort(fn, *args) -> None:
         fn(*args)
     except Exception as exc:  # noqa: BLE001 - closing goes on; a full disk is reported by the caller
         if not diskspace.is_disk_full(exc):
-            print(f"hpo: warning: {getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"hpo: warning: {getattr(fn, '__name__', fn)}: {type(exc).__name__}: {storage.mask_text(str(exc))}",
+                  file=sys.stderr)
 
 
 def _first_ctrl_c(signum, frame):  # noqa: ARG001

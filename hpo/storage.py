@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
 from hpo.outage import PatientRDBStorage
+from hpo.redact import mask, mask_text  # noqa: F401 - re-exported: callers import them from here
 from hpo.trial import INFRA_REASONS, KILLS_ITS_WORKER
 
 RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
@@ -32,25 +33,6 @@ RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
 
 def is_rdb(url: str) -> bool:
     return bool(re.match(rf"^({'|'.join(RDB_SCHEMES)})(\+\w+)?://", url))
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print, log or tag."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    tail = re.sub(r"(?i)((?:password|passwd|pwd|token|key)=)[^&]*", r"\1***", tail)
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
-
-
-def mask_text(text: str) -> str:
-    """Every URL in a text (an error message that quotes one) with its password masked."""
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda m: mask(m[0]), text)
 
 
 def open_storage(url: str) -> BaseStorage:

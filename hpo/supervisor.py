@@ -13,6 +13,8 @@ import signal
 from typing import Callable, Protocol
 
 from hpo import diskspace, liveness
+from hpo.errors import HpoError
+from hpo.tracking import EXIT_UNREACHABLE
 from hpo.procs import Exit, Pool
 from hpo.slots import Slot
 
@@ -45,6 +47,9 @@ class Supervisor:
         for e in self.pool.reap():
             if e.code == diskspace.EXIT_CODE:
                 raise diskspace.DiskFull(self.pool.log_dir.parent)
+            if e.code == EXIT_UNREACHABLE:  # not a crash loop: the server is gone; nothing more can be logged
+                raise HpoError(f"--tracking-uri: the tracking server stopped answering ({e.slot.name}: see "
+                               f"{self.pool.log_dir / (e.slot.name + '.log')}); run the same command once it answers")
             reason, detail = self.classify(e)
             failed = self.on_gone(e, reason, detail)
             if e.died or failed:  # exit 0 with a trial still running (a trainer's sys.exit(0)) is a death too

@@ -58,6 +58,24 @@ def quiet_mlflow() -> None:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
+EXIT_UNREACHABLE = 76  # a worker's exit code: the tracking server stopped answering (the controller says so)
+_DOWN = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+         "Connection aborted", "Read timed out")
+
+
+def unreachable(exc: BaseException | None) -> bool:
+    """The tracking server did not answer (refused, timed out, dropped), after MLflow's own HTTP retries:
+    not a bad request, which the server answered."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in ("ConnectionError", "NewConnectionError", "MaxRetryError", "ConnectTimeout",
+                                  "ReadTimeout") or any(s in str(exc) for s in _DOWN):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _clip(value: Any, limit: int = 6000) -> str:
     text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:limit]

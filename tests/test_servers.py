@@ -150,3 +150,64 @@ def test_no_planted_secret_reaches_anything_hpo_writes(tmp_path, mlflow_server):
         found += [f"run {run.info.run_id}" for secret in planted.values() if secret in text]
     assert not found, found
     assert "View run" not in out.stdout + (tmp_path / "runs" / "secret" / "logs" / "cpu0.log").read_text()
+
+
+def _leaks(planted: dict[str, str], texts: dict[str, str], *roots: Path) -> list[str]:
+    """Where any planted secret appears: the named texts, and every file under `roots`."""
+    found = [where for where, text in texts.items() for secret in planted.values() if secret in text]
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                found += [str(path) for secret in planted.values() if secret.encode() in data]
+    return found
+
+
+def test_no_planted_secret_leaks_when_the_servers_go_down_mid_sweep(tmp_path, postgres, mlflow_server):
+    """The error paths: the tracking server stops answering mid-sweep (the sweep ends with one line) with a
+    password in the tracking URL and another in the Optuna storage URL (a PostgreSQL role made for it);
+    neither appears in stdout, stderr, the worker logs or any file under runs/."""
+    import psycopg
+    from mlflow.tracking import MlflowClient
+
+    from servers import create_database
+
+    planted = {"url": "PLANTED-down-url-41", "pg": "PLANTED-pg-password-42",
+               "MLFLOW_TRACKING_PASSWORD": "PLANTED-down-mlflow-43", "WANDB_API_KEY": "PLANTED-down-wandb-44"}
+    db = create_database(postgres.url, "planted")
+    with psycopg.connect(postgres.url, autocommit=True) as con:
+        con.execute("DROP ROLE IF EXISTS planted_role")
+        con.execute(f"CREATE ROLE planted_role LOGIN PASSWORD '{planted['pg']}'")
+        con.execute("ALTER DATABASE planted OWNER TO planted_role")
+    with psycopg.connect(db.replace("hpo:s3cret-pw", "hpo:s3cret-pw"), autocommit=True) as con:
+        con.execute("GRANT ALL ON SCHEMA public TO planted_role")
+    store = db.replace("hpo:s3cret-pw", f"planted_role:{planted['pg']}")
+    url = mlflow_server.url.replace("http://", f"http://hpo:{planted['url']}@")
+    write(tmp_path / "sweep.yaml", RESTART.format(name="down"))
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "HPO_STORAGE_OUTAGE_S": "5",
+           **{k: v for k, v in planted.items() if k.isupper()}}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--workers", "2", "--storage", store,
+                             "--tracking-uri", url, "--trainer", "fault_trainers:slow", "--no-progress"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(mlflow_server.url)
+    logs = tmp_path / "runs" / "down" / "logs"
+    try:
+        deadline = time.monotonic() + 240
+        while True:  # trials running, with epochs logged
+            exp = client.get_experiment_by_name("down")
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            if any(r.data.metrics.get("score") for r in runs):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.3)
+        mlflow_server.stop(signal.SIGKILL)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        mlflow_server.start()  # the module's other tests use it
+    assert proc.returncode != 0 and "--tracking-uri" in err, err[-3000:] + out[-2000:] + "".join(p.read_text()[-1500:] for p in logs.glob("*.log"))
+    assert "hpo:***@" in err or "***" in err, "the URL is shown, masked"
+    assert not _leaks(planted, {"stdout": out, "stderr": err}, tmp_path / "runs"), err[-3000:]

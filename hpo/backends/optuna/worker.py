@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import spec as specmod
-from hpo import liveness, storage, trainer_ref
+from hpo import liveness, storage, tracking, trainer_ref
 from hpo.backends.optuna import space
 from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
@@ -144,6 +144,9 @@ def serve(cfg: WorkerConfig) -> int:
                     storage.fail_trial(study, trial._trial_id, "worker died")  # noqa: SLF001
                 except Exception:  # noqa: BLE001 - the store is down: the controller fails it as an orphan
                     pass
+                if tracking.unreachable(exc):
+                    raise TrackingDown(f"worker {ctx.trial_run.worker}: the tracking server stopped answering: "
+                                       f"{storage.mask_text(str(exc))[:300]}") from exc
                 raise HpoError(f"worker {ctx.trial_run.worker}: {type(exc).__name__}: {exc}") from exc
             done += 1
     except Interrupted:
@@ -204,6 +207,12 @@ class _Context:
             self.study.tell(trial, list(outcome.values) if outcome.values else outcome.value)
         else:
             self.study.tell(trial, state=outcome.state.optuna_state)
+
+
+class TrackingDown(HpoError):
+    """The worker could not reach the tracking server (after MLflow's retries): its exit code says so."""
+
+    exit_code = tracking.EXIT_UNREACHABLE
 
 
 def _record(trial: optuna.Trial, step: int, value: float) -> bool:

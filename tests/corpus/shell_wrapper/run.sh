@@ -3,7 +3,7 @@
 # python itself, not just this shell), passing the sweep's arguments on unchanged.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export OMP_NUM_THREADS=1  # one thread per trial, whatever the node says
 export PYTHONHASHSEED=0
 echo "launching on $(hostname) with $# arguments" >&2
 exec python "$HERE/src/trainer.py" --run-name "sweep-${HPO_TRIAL:-0}" "$@"
