@@ -93,7 +93,11 @@ PROGRAMS = {
     "misnamed_metric": Program("sweep.yaml", "corpus-misnamed", "val acc", None, exit_code=1),
 }
 ENGINES = {"optuna": [], "ray": ["--backend", "ray"], "wandb": ["--backend", "wandb", "--offline"]}
-XFAIL: dict[tuple[str, str], str] = {}  # (program, engine) -> an hpo bug that keeps it from passing
+# (program, engine) -> the hpo bug that keeps it from passing
+XFAIL: dict[tuple[str, str], str] = {
+    ("misnamed_metric", "ray"): "hpo bug: on Ray a trial that never reports the sweep's metric is mirrored into "
+                                "Optuna without hpo.mlflow_run_id (Optuna and W&B set it)",
+}
 
 
 # -- what every run shares: one HOME, one place the programs write what they saw, one Ray head ------------
@@ -105,7 +109,7 @@ def shared(tmp_path_factory) -> dict:
     env = {"SEEN_DIR": str(seen), "HOME": str(root), "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(root / "wbc"),
            "WANDB_CACHE_DIR": str(root / "wbcache"), "HPO_RAY_NUM_CPUS": "2",
            "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}  # `python` in run.sh: this venv's
-    return {"root": root, "seen": seen, "env": env}
+    return {"root": root, "seen": seen, "env": env, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
 
 
 def _session(sid: int) -> list[int]:
@@ -180,8 +184,13 @@ def _no_wandb_credentials(monkeypatch):
 def _cases():
     for engine in ENGINES:
         for name in PROGRAMS:
-            marks = [pytest.mark.xfail(strict=True, reason=XFAIL[(name, engine)])] if (name, engine) in XFAIL else []
+            marks = [pytest.mark.xfail(strict=True, raises=UnlinkedTrial, reason=XFAIL[(name, engine)])
+                     ] if (name, engine) in XFAIL else []
             yield pytest.param(name, engine, id=f"{name}-{engine}", marks=marks)
+
+
+class UnlinkedTrial(AssertionError):
+    """An Optuna trial does not name its MLflow child run (`hpo.mlflow_run_id`)."""
 
 
 @pytest.mark.parametrize("name, engine", list(_cases()))
@@ -189,62 +198,63 @@ def test_a_corpus_program_runs_unchanged_and_its_values_are_recorded(name, engin
     prog = PROGRAMS[name]
     root = tmp_path / name
     shutil.copytree(CORPUS / name, root)
+    study_name = f"{prog.study}-{engine}"  # one MLflow store for the module: an experiment per run
     args, env = list(ENGINES[engine]), dict(shared["env"])
     if engine == "ray":
         address, ray_env = request.getfixturevalue("ray_head")
         args += ["--ray-address", address]
         env.update(ray_env)
-    out = run_hpo("run", prog.sweep, "--workers", "1", "--no-progress", "--no-report", *args, cwd=root, env=env,
-                  timeout=400)
+    out = run_hpo("run", prog.sweep, "--study", study_name, "--tracking-uri", shared["tracking_uri"],
+                  "--workers", "1", "--no-progress", "--no-report", *args, cwd=root, env=env, timeout=400)
     assert out.returncode == prog.exit_code, out.stderr[-4000:]
-    sweep_dir = root / "runs" / prog.study
-    study = load_study(sweep_dir, prog.study)
+    study = load_study(root / "runs" / study_name, study_name)
     trials = study.get_trials()
     assert len(trials) == 2, [(t.number, t.state.name, t.params) for t in trials]
-    saw = {}  # what each trial's program wrote, by the trial's MLflow run id
+    assert sorted(json.dumps(t.params, sort_keys=True) for t in trials) == sorted(
+        json.dumps(p, sort_keys=True) for p in _grid(root / prog.sweep)), "the grid's 2 points, once each"
+
+    client, _, parents, children = runs_of(shared["root"], study_name)
+    assert len(parents) == 1 and len(children) == 2, [c.data.tags.get("hpo.trial") for c in children]
+    by_number = {c.data.tags["hpo.trial"]: c for c in children}
+    child_of = {t.number: by_number[str(t.user_attrs.get("hpo.trial", t.number))] for t in trials}
+    saw = {}  # what each trial's program wrote, under its MLflow run id
     for t in trials:
-        path = shared["seen"] / f"{t.user_attrs['hpo.mlflow_run_id']}.json"
+        path = shared["seen"] / f"{child_of[t.number].info.run_id}.json"
         assert path.is_file(), f"trial {t.number} {t.params}: its program wrote nothing\n{out.stderr[-3000:]}"
         saw[t.number] = json.loads(path.read_text())
         assert saw[t.number]["program"] == name
         # the program received exactly the trial's parameters, with their types
         assert saw[t.number]["params"] == t.params, (saw[t.number], t.params)
         assert {k: type(v) for k, v in saw[t.number]["params"].items()} == {k: type(v) for k, v in t.params.items()}
-    assert sorted(json.dumps(t.params, sort_keys=True) for t in trials) == sorted(
-        json.dumps(p, sort_keys=True) for p in _grid(root / prog.sweep)), "the grid's 2 points, once each"
-
-    client, _, parents, children = runs_of(sweep_dir, prog.study)
-    assert len(parents) == 1 and len(children) == 2, [c.data.tags.get("hpo.trial") for c in children]
-    by_run = {c.info.run_id: c for c in children}
-    assert set(by_run) == {t.user_attrs["hpo.mlflow_run_id"] for t in trials}, "one child run per trial"
 
     if prog.expected is None:  # the misnamed metric: every trial fails, naming the key it did log
         assert parents[0].info.status == "FAILED"
         assert "did you mean 'Val Acc'" in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
         for t in trials:
-            child = by_run[t.user_attrs["hpo.mlflow_run_id"]]
+            child = child_of[t.number]
             assert t.state.name == "FAIL" and t.user_attrs["hpo.reason"] == "no metric", t.user_attrs
             assert "did you mean 'Val Acc'" in t.user_attrs["hpo.error"], t.user_attrs["hpo.error"]
             assert child.info.status == "FAILED" and child.data.tags["hpo.reason"] == "no metric"
             assert "did you mean 'Val Acc'" in child.data.tags["hpo.error"]
             assert child.data.metrics["Val Acc"] == pytest.approx(saw[t.number]["logged"][-1]), "it was logged"
-        assert_optuna_reads(study)
-        return
-
-    assert parents[0].info.status == "FINISHED"
-    for t in trials:
-        child = by_run[t.user_attrs["hpo.mlflow_run_id"]]
-        logged = saw[t.number]["logged"]
-        assert t.state.name == "COMPLETE", t.user_attrs
-        assert logged[-1] == pytest.approx(prog.expected(t.params, root), abs=1e-9)
-        assert t.value == pytest.approx(logged[-1], abs=1e-9), "the value is the last one the program logged"
-        assert child.info.status == "FINISHED" and child.data.tags["hpo.state"] == "complete"
-        assert child.data.metrics[prog.metric] == pytest.approx(t.value, abs=1e-9)
-        history = [m.value for m in sorted(client.get_metric_history(child.info.run_id, prog.metric),
-                                           key=lambda m: (m.step, m.timestamp))]
-        assert history == pytest.approx(logged, abs=1e-9), "every logged value reached MLflow, in order"
-        CHECKS[name](saw[t.number], t.params, root)
+    else:
+        assert parents[0].info.status == "FINISHED"
+        for t in trials:
+            child, logged = child_of[t.number], saw[t.number]["logged"]
+            assert t.state.name == "COMPLETE", t.user_attrs
+            assert logged[-1] == pytest.approx(prog.expected(t.params, root), abs=1e-9)
+            assert t.value == pytest.approx(logged[-1], abs=1e-9), "the value is the last one the program logged"
+            assert child.info.status == "FINISHED" and child.data.tags["hpo.state"] == "complete"
+            assert child.data.metrics[prog.metric] == pytest.approx(t.value, abs=1e-9)
+            history = [m.value for m in sorted(client.get_metric_history(child.info.run_id, prog.metric),
+                                               key=lambda m: (m.step, m.timestamp))]
+            assert history == pytest.approx(logged, abs=1e-9), "every logged value reached MLflow, in order"
+            CHECKS[name](saw[t.number], t.params, root)
     assert_optuna_reads(study)
+    unlinked = {t.number: t.user_attrs.get("hpo.mlflow_run_id") for t in trials
+                if t.user_attrs.get("hpo.mlflow_run_id") != child_of[t.number].info.run_id}
+    if unlinked:  # last: every other check above has passed
+        raise UnlinkedTrial(f"trials without their MLflow run id: {unlinked}")
 
 
 def _grid(sweep_file: Path) -> list[dict]:
