@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from hpo import redact
+from hpo import keys, redact
 
 redact.install()  # before anything (MLflow's logging) holds the raw streams
 
@@ -193,9 +193,9 @@ def cmd_best(a: argparse.Namespace) -> int:
     from hpo import status
 
     study, metric = status.open_existing(_settings(a))
-    raw = json.loads(study.user_attrs.get("hpo.spec") or "{}")
+    raw = json.loads(study.user_attrs.get(keys.SPEC) or "{}")
     if raw and not raw.get("metric") and not raw.get("metrics"):
-        print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs['hpo.spec'])['method']} "
+        print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs[keys.SPEC])['method']} "
               "sweep records its trials; add metric: to rank them)", file=sys.stderr)
     found = status.best(study, metric)
     if a.model and "pareto" in found:

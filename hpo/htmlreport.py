@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import storage
+from hpo import keys, storage
 from hpo.spec import Spec
 
 COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
@@ -93,14 +93,14 @@ def timeline(trials: list[FrozenTrial]) -> tuple[Any, dict[str, float]]:
     start = min(t.datetime_start for t in done)
     span = max((max(t.datetime_complete for t in done) - start).total_seconds(), 1e-9)
     for t in done:
-        slot = str(t.user_attrs.get("hpo.worker", "?"))
+        slot = str(t.user_attrs.get(keys.WORKER, "?"))
         busy[slot] = busy.get(slot, 0.0) + (t.datetime_complete - t.datetime_start).total_seconds() / span
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         ts = [t for t in done if t.state.name == state]
         if not ts:
             continue
         fig.add_bar(orientation="h", name=state.lower(), marker={"color": COLOURS[state]},
-                    y=[f"{t.user_attrs.get('hpo.worker', '?')} ({busy[str(t.user_attrs.get('hpo.worker', '?'))]:.0%} busy)"
+                    y=[f"{t.user_attrs.get(keys.WORKER, '?')} ({busy[str(t.user_attrs.get(keys.WORKER, '?'))]:.0%} busy)"
                        for t in ts],
                     base=[(t.datetime_start - start).total_seconds() for t in ts],
                     x=[(t.datetime_complete - t.datetime_start).total_seconds() for t in ts],
@@ -154,11 +154,11 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                      + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
         first = False
     best = sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10]
-    top = _table([[t.number, f"{storage.primary(t):.6g}", t.user_attrs.get("hpo.mlflow_run_id", ""),
+    top = _table([[t.number, f"{storage.primary(t):.6g}", t.user_attrs.get(keys.MLFLOW_RUN_ID, ""),
                    json.dumps(storage.trainer_params(t), default=str)] for t in best],
                  ["trial", metric, "MLflow run", "params"])
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    fails = _table([[t.number, t.user_attrs.get("hpo.reason", ""), str(t.user_attrs.get("hpo.error", ""))[:300]]
+    fails = _table([[t.number, t.user_attrs.get(keys.REASON, ""), str(t.user_attrs.get(keys.ERROR, ""))[:300]]
                     for t in failed], ["trial", "reason", "error"]) if failed else "<p>None.</p>"
     c = storage.count(trials)
     title = html.escape(study.study_name)
@@ -192,8 +192,8 @@ def rungs_for(study: optuna.Study, spec: Spec) -> list[int]:
     """The rungs of the engine the sweep ran on, with the options it recorded."""
     from hpo.backends import base
 
-    engine = study.user_attrs.get("hpo.backend", "optuna")
-    options = {"optuna_pruner": study.user_attrs.get("hpo.optuna_pruner", "sha")}
+    engine = study.user_attrs.get(keys.BACKEND, "optuna")
+    options = {"optuna_pruner": study.user_attrs.get(keys.OPTUNA_PRUNER, "sha")}
     try:
         return list(base.get(engine).schedule(spec, options).rungs)
     except Exception:  # noqa: BLE001 - an engine whose package is missing here: no rungs drawn
@@ -218,5 +218,5 @@ def write_for(study: optuna.Study, settings: Any) -> Path:
     from hpo.api import prepare
 
     plan = prepare(replace(settings, inspect_only=True))
-    raw = study.user_attrs.get("hpo.spec")
+    raw = study.user_attrs.get(keys.SPEC)
     return write(study, specmod.from_dict(json.loads(raw)) if raw else plan.spec, plan.dir)

@@ -24,11 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-KEPT = "hpo.kept"  # "true" on a child run whose model is logged; "evicted" once it fell out of the top k
-VALUE = "hpo.kept_value"  # the objective value it was ranked by
-MODEL_URI = "hpo.model_uri"  # models:/m-... (MLflow 3's logged model)
-REGISTERED = "hpo.registered"  # NAME/VERSION once `--register` made it a model version: never evicted
-K_TAG = "hpo.keep_models"  # on the parent: how many models the sweep keeps
+from hpo import keys
+
+KEPT = keys.KEPT  # "true" on a child run whose model is logged; "evicted" once it fell out of the top k
+VALUE = keys.KEPT_VALUE  # the objective value it was ranked by
+MODEL_URI = keys.MODEL_URI  # models:/m-... (MLflow 3's logged model)
+REGISTERED = keys.REGISTERED  # NAME/VERSION once `--register` made it a model version: never evicted
+K_TAG = keys.KEEP_MODELS  # on the parent: how many models the sweep keeps
 DEFAULT_K = 3
 
 
@@ -105,7 +107,7 @@ def keep(tracker: Any, experiment_id: str, parent_id: str, run_id: str, value: f
         tracker.log_texts(run_id, evaluation(candidate.model, *candidate.validation), "evaluation")
     uri = log_model(tracker, experiment_id, run_id, candidate)
     tags = {KEPT: "true", VALUE: repr(float(value)), MODEL_URI: uri,
-            "hpo.model_seconds": f"{time.monotonic() - started:.3f}"}
+            keys.MODEL_SECONDS: f"{time.monotonic() - started:.3f}"}
     tracker.set_tags(run_id, tags)
     evict(tracker, experiment_id, parent_id, rule)
     return tags

@@ -15,6 +15,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hpo import keys
 from hpo.spec import Spec
 from hpo.trial import Outcome, State
 
@@ -89,7 +90,7 @@ def report(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
 def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attrs: Mapping[str, Any]) -> None:
     """Its outcome's tags as user attrs, then its end state (and value when complete)."""
     store = study._storage  # noqa: SLF001
-    attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != "hpo.state"}}
+    attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != keys.STATE}}
     for key, value in attrs.items():
         store.set_trial_user_attr(trial_id, key, value)
     values = [float(outcome.value)] if outcome.state == State.COMPLETE and outcome.value is not None else None

@@ -9,6 +9,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import keys
+
 UNCLAIMED_GRACE_S = 20  # a worker names itself on a trial within milliseconds of taking it
 
 
@@ -16,7 +18,7 @@ def is_local_orphan(t: FrozenTrial, live_pids: set[int]) -> bool:
     """A RUNNING trial on this host whose process (worker, or controller for mirrored trials) is gone."""
     if t.state != TrialState.RUNNING:
         return False
-    host, pid = t.user_attrs.get("hpo.host"), t.user_attrs.get("hpo.pid")
+    host, pid = t.user_attrs.get(keys.HOST), t.user_attrs.get(keys.PID)
     if host is None or pid is None:
         # Just taken by a worker (here or elsewhere) that has not said who it is yet.
         started = t.datetime_start

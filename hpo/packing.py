@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 from optuna.trial import TrialState
 
+from hpo import keys
 from hpo.errors import UsageError
 from hpo.slots import Slot
 
@@ -125,11 +126,11 @@ class Packer:
         """The finished trials of this run's first process in the slot: not a resumed sweep's older trials (their
         slot names repeat), nor those of a worker started again in its place (it pays CUDA's start-up again)."""
         mine = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                       and t.user_attrs.get("hpo.worker") == worker and t.user_attrs.get("hpo.host") == self.host
+                       and t.user_attrs.get(keys.WORKER) == worker and t.user_attrs.get(keys.HOST) == self.host
                        and t.datetime_start and t.datetime_complete
                        and t.datetime_start.timestamp() >= self.monitor.started - 1.0),
                       key=lambda t: t.datetime_complete)
-        return [t for t in mine if t.user_attrs.get("hpo.pid") == mine[0].user_attrs.get("hpo.pid")] if mine else []
+        return [t for t in mine if t.user_attrs.get(keys.PID) == mine[0].user_attrs.get(keys.PID)] if mine else []
 
     def _measure(self, gpu: str, done: list[FrozenTrial]) -> Decision | None:
         """From the end of the first trial to the end of the last; None until that is long enough."""
@@ -150,5 +151,5 @@ def tags(decisions: list[Decision]) -> dict[str, str]:
     per_gpu = {d.gpu: d.workers for d in decisions}
     counts = set(per_gpu.values())
     summary = str(counts.pop()) if len(counts) == 1 else ",".join(f"{g}:{n}" for g, n in per_gpu.items())
-    return {"hpo.workers_per_gpu": summary,
-            "hpo.packing": json.dumps([asdict(d) for d in decisions])}
+    return {keys.WORKERS_PER_GPU: summary,
+            keys.PACKING: json.dumps([asdict(d) for d in decisions])}

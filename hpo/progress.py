@@ -14,7 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from hpo import storage
+from hpo import keys, storage
 
 WIDTH = 78  # every line fits an 80-column terminal
 
@@ -54,7 +54,7 @@ class Progress:
         for t in new:
             self._seen.add(t.number)
             value = "" if t.values is None else f" {self.metric or 'value'}={storage.primary(t):.4g}"
-            why = t.user_attrs.get("hpo.reason")
+            why = t.user_attrs.get(keys.REASON)
             print(f"[{self.title}] trial {t.number} {t.state.name.lower()}{value}"
                   f"{f' ({why})' if why else ''}  [{counts.finished}/{self.budget}]", file=sys.stderr, flush=True)
 
@@ -92,11 +92,11 @@ class Progress:
             table = Table(box=None, pad_edge=False, show_edge=False, width=WIDTH)
             for col in ("worker", "gpu", "trial", "step", self.metric or "value"):
                 table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=24)
-            for t in sorted(running, key=lambda t: str(t.user_attrs.get("hpo.worker", "?"))):
+            for t in sorted(running, key=lambda t: str(t.user_attrs.get(keys.WORKER, "?"))):
                 steps = t.intermediate_values
                 last = max(steps) if steps else None
-                table.add_row(str(t.user_attrs.get("hpo.worker", "?")),
-                              str(t.user_attrs.get("hpo.cuda_visible_devices", "") or "cpu"),
+                table.add_row(str(t.user_attrs.get(keys.WORKER, "?")),
+                              str(t.user_attrs.get(keys.CUDA_VISIBLE_DEVICES, "") or "cpu"),
                               str(t.number), "-" if last is None else str(last),
                               "-" if last is None else f"{steps[last]:.4g}")
             parts.append(table)

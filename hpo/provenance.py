@@ -8,15 +8,17 @@ import subprocess
 import sys
 from typing import Any, Mapping
 
+from hpo import keys
+
 
 def environment_tags() -> dict[str, str]:
     """Interpreter, torch and CUDA versions, the host."""
-    tags = {"hpo.python": platform.python_version(), "hpo.host": platform.node()}
+    tags = {keys.PYTHON: platform.python_version(), keys.HOST: platform.node()}
     if "torch" in sys.modules:
         import torch
 
-        tags["hpo.torch"] = torch.__version__
-        tags["hpo.cuda"] = str(torch.version.cuda or "none")
+        tags[keys.TORCH] = torch.__version__
+        tags[keys.CUDA] = str(torch.version.cuda or "none")
     return tags
 
 
@@ -108,5 +110,5 @@ def dataset_tags(config: Mapping[str, Any], trainer_ref: str | None) -> dict[str
     try:
         ds = data.load(name, str(config.get("data_dir", train.DEFAULTS["data_dir"])))
     except Exception:  # noqa: BLE001 - the trial already failed on it
-        return {"hpo.dataset": name}
-    return {"hpo.dataset": name, "hpo.dataset_fingerprint": ds.fingerprint}
+        return {keys.DATASET: name}
+    return {keys.DATASET: name, keys.DATASET_FINGERPRINT: ds.fingerprint}

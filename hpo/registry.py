@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hpo import keys
 from hpo.errors import HpoError, UsageError
 from hpo.storage import mask, mask_text
 
@@ -74,14 +75,14 @@ def register(tracker: Any, name: str, experiment_id: str, study: str, best_run_i
         raise RegistryFailed(f"--register: no trial completed, so there is no model to register as {name!r}")
     client = tracker.client
     run = tracker.get_run(best_run_id)
-    trial = run.data.tags.get("hpo.trial", "?")
+    trial = run.data.tags.get(keys.TRIAL, "?")
     model = logged_model(tracker, experiment_id, best_run_id)
     if model is None:
         raise RegistryFailed(
             f"--register: the best trial ({trial}, MLflow run {best_run_id}) has no logged model; a program logs "
             "its own with mlflow.<flavor>.log_model inside mlflow.start_run() ($MLFLOW_RUN_ID is its run), a "
             "train() function hands it to report.model(...) or returns it")
-    value = run.data.tags.get("hpo.kept_value") or _value(run, metric)
+    value = run.data.tags.get(keys.KEPT_VALUE) or _value(run, metric)
     try:
         versions = [v for v in client.search_model_versions(f"run_id = '{best_run_id}'") if v.name == name]
         if versions:
@@ -92,16 +93,16 @@ def register(tracker: Any, name: str, experiment_id: str, study: str, best_run_i
             except MlflowException as exc:
                 if "ALREADY_EXISTS" not in str(exc.error_code):
                     raise
-            tags = {"hpo.study": study, "hpo.trial": trial, "hpo.metric": metric or "", "hpo.goal": goal,
-                    "hpo.value": value or ""}
-            for key in ("hpo.dataset", "hpo.dataset_fingerprint", "hpo.git_sha"):
+            tags = {keys.STUDY: study, keys.TRIAL: trial, keys.METRIC: metric or "", keys.GOAL: goal,
+                    keys.VALUE: value or ""}
+            for key in (keys.DATASET, keys.DATASET_FINGERPRINT, keys.GIT_SHA):
                 if run.data.tags.get(key):
                     tags[key] = run.data.tags[key]
             mlflow.set_tracking_uri(tracker.uri)  # MLflow resolves a models:/ source through the process's URI
             mv = client.create_model_version(name, source=f"models:/{model.model_id}", run_id=best_run_id,
                                              tags=tags, model_id=model.model_id)
         moved, note = _alias(client, name, mv)
-        tracker.set_tags(best_run_id, {"hpo.registered": f"{name}/{mv.version}"})
+        tracker.set_tags(best_run_id, {keys.REGISTERED: f"{name}/{mv.version}"})
     except MlflowException as exc:
         raise RegistryFailed(f"--register: the MLflow registry at {mask(tracker.uri)} refused {name!r}: "
                              f"{mask_text(exc.message.splitlines()[0][:300])}") from None
@@ -120,15 +121,15 @@ def _alias(client: Any, name: str, mv: Any) -> tuple[bool, str]:
         return True, f"@{ALIAS} is version {mv.version}"
     if holder is not None:
         old, new = holder.tags, mv.tags
-        same = (old.get("hpo.metric"), old.get("hpo.goal")) == (new.get("hpo.metric"), new.get("hpo.goal"))
-        if not same or not old.get("hpo.value") or not new.get("hpo.value"):
+        same = (old.get(keys.METRIC), old.get(keys.GOAL)) == (new.get(keys.METRIC), new.get(keys.GOAL))
+        if not same or not old.get(keys.VALUE) or not new.get(keys.VALUE):
             return False, (f"@{ALIAS} stays on version {holder.version}: it was ranked by "
-                           f"{old.get('hpo.metric') or '?'} ({old.get('hpo.goal') or '?'}), this one by "
-                           f"{new.get('hpo.metric') or '?'} ({new.get('hpo.goal') or '?'})")
-        a, b = float(new["hpo.value"]), float(old["hpo.value"])
-        wins = a > b if new.get("hpo.goal") == "maximize" else a < b
+                           f"{old.get(keys.METRIC) or '?'} ({old.get(keys.GOAL) or '?'}), this one by "
+                           f"{new.get(keys.METRIC) or '?'} ({new.get(keys.GOAL) or '?'})")
+        a, b = float(new[keys.VALUE]), float(old[keys.VALUE])
+        wins = a > b if new.get(keys.GOAL) == "maximize" else a < b
         if not wins:
-            return False, (f"@{ALIAS} stays on version {holder.version}: its {old['hpo.metric']} {b:.6g} is not "
+            return False, (f"@{ALIAS} stays on version {holder.version}: its {old[keys.METRIC]} {b:.6g} is not "
                            f"beaten by this one's {a:.6g}")
     client.set_registered_model_alias(name, ALIAS, mv.version)
     was = f" (was version {holder.version})" if holder is not None else ""

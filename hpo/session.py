@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, gpumon, keep, mirror, mlflow_store, orphans, storage, summary, tracking
+from hpo import diskspace, gpumon, keep, keys, mirror, mlflow_store, orphans, storage, summary, tracking
 from hpo.api import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.folder_lock import folder_lock
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from hpo.backends.base import Backend
 
 
-ORPHAN_TAG = "hpo.orphan"  # a child run no trial names: left by a stop between making it and recording it
+ORPHAN_TAG = keys.ORPHAN  # a child run no trial names: left by a stop between making it and recording it
 
 
 @dataclass
@@ -70,10 +70,10 @@ class Session:
         self.experiment_id = self.parent_run_id = ""
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
-        self.early: Any = None
+        self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
         self.keep_k = keep.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
-        self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it  # what the engine started while the parent run was opened (Backend.prestart)
+        self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it
         self.live: dict[Any, Live] = {}
         self.aborting: str | None = None
         self.max_deaths = max(5, 2 * len(plan.slots))
@@ -201,11 +201,11 @@ class Session:
             field_name = "metrics" if self.spec.multi or len(goals) > 1 else "metric.goal"
             raise UsageError(f"{field_name}: study {where} already exists with goal {', '.join(goals)}; "
                              "use --study NAME for a new study")
-        if attrs.get("hpo.backend") and attrs["hpo.backend"] != self.plan.backend:
-            raise UsageError(f"--backend: study {where} was run on {attrs['hpo.backend']}; resume it there, "
+        if attrs.get(keys.BACKEND) and attrs[keys.BACKEND] != self.plan.backend:
+            raise UsageError(f"--backend: study {where} was run on {attrs[keys.BACKEND]}; resume it there, "
                              "or use --study NAME for a new study")
-        if "hpo.spec" in attrs:
-            changed = changes(from_dict(json.loads(attrs["hpo.spec"])), self.spec)
+        if keys.SPEC in attrs:
+            changed = changes(from_dict(json.loads(attrs[keys.SPEC])), self.spec)
             if changed:
                 raise UsageError(f"{changed[0]}: study {where} was made with a different sweep "
                                  f"({'; '.join(changed)}); use --study NAME for a new study")
@@ -219,26 +219,26 @@ class Session:
         if not uid:  # first in the journal, then the parent run: a kill between the two makes no second parent
             uid = uuid.uuid4().hex
             study.set_user_attr(tracking.STUDY_UID_TAG, uid)
-        tags = {"hpo.backend": plan.backend, "hpo.study": plan.name, tracking.STUDY_UID_TAG: uid, "hpo.storage": storage.mask(plan.storage),
-                "hpo.controller": f"{socket.gethostname()}:{os.getpid()}", "hpo.budget": str(plan.budget),
-                "hpo.state": "running", "hpo.trainer": trainer_label(plan.trainer) or "hpo.train:train",
+        tags = {keys.BACKEND: plan.backend, keys.STUDY: plan.name, tracking.STUDY_UID_TAG: uid, keys.STORAGE: storage.mask(plan.storage),
+                keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}", keys.BUDGET: str(plan.budget),
+                keys.STATE: "running", keys.TRAINER: trainer_label(plan.trainer) or "hpo.train:train",
                 keep.K_TAG: str(self._keep_k(study))}
         if plan.options.get("pack_cap"):
-            tags["hpo.workers_per_gpu"] = f"auto (cap {plan.options['pack_cap']}): measuring"
+            tags[keys.WORKERS_PER_GPU] = f"auto (cap {plan.options['pack_cap']}): measuring"
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
-                                                       resume_id=study.user_attrs.get("hpo.parent_run_id"))
+                                                       resume_id=study.user_attrs.get(keys.PARENT_RUN_ID))
         # Off the start-up path: written while the trials run, waited for when the sweep closes.
         self._snapshotting = threading.Thread(target=_best_effort, args=(self._snapshot,), daemon=True)
         self._snapshotting.start()
         attrs = {
-            "hpo.spec": json.dumps(self.spec.raw), "hpo.experiment_id": self.experiment_id,
-            "hpo.tracking_uri": plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
-            "hpo.git_sha": git_sha() or "", "hpo.trainer": plan.trainer or "", "hpo.backend": plan.backend,
-            "hpo.budget": plan.budget,
-            "hpo.parent_run_id": self.parent_run_id,  # a joining `hpo worker` waits for it
-            "hpo.controller": self.launch,  # last: the workers this run started wait for it
+            keys.SPEC: json.dumps(self.spec.raw), keys.EXPERIMENT_ID: self.experiment_id,
+            keys.TRACKING_URI: plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
+            keys.GIT_SHA: git_sha() or "", keys.TRAINER: plan.trainer or "", keys.BACKEND: plan.backend,
+            keys.BUDGET: plan.budget,
+            keys.PARENT_RUN_ID: self.parent_run_id,  # a joining `hpo worker` waits for it
+            keys.CONTROLLER: self.launch,  # last: the workers this run started wait for it
         }
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
@@ -254,7 +254,7 @@ class Session:
 
         files = snapshot(sys.argv, os.getcwd())
         self.tracker.log_texts(self.parent_run_id, files, "environment")
-        self.tracker.set_tags(self.parent_run_id, {"hpo.git_dirty": str("git.diff" in files).lower()})
+        self.tracker.set_tags(self.parent_run_id, {keys.GIT_DIRTY: str("git.diff" in files).lower()})
 
     def stop_early(self) -> None:
         """Stop what `Backend.prestart` started when the sweep ends before the engine took it over."""
@@ -335,7 +335,7 @@ class Session:
             trials = self.trials()
             counts = self.tally.count(trials)
         running = [SimpleNamespace(number=lv.number, state=TrialState.RUNNING, intermediate_values=lv.values,
-                                   user_attrs={"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda})
+                                   user_attrs={keys.WORKER: lv.worker, keys.CUDA_VISIBLE_DEVICES: lv.cuda})
                    for lv in self.live.values()]
         trials = [t for t in trials if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
         self.progress.update([*trials, *running], workers, counts)
@@ -343,8 +343,8 @@ class Session:
     # -- events of mirrored engines (Ray, W&B): the Session writes their Optuna trials --------
     def trial_started(self, key: Any, number: int | str, params: Mapping[str, Any], worker: str = "",
                       cuda: str = "", attrs: Mapping[str, Any] | None = None) -> None:
-        user_attrs = {"hpo.backend": self.plan.backend, "hpo.trial": number, "hpo.worker": worker,
-                      "hpo.cuda_visible_devices": cuda, "hpo.host": socket.gethostname(), "hpo.pid": os.getpid(),
+        user_attrs = {keys.BACKEND: self.plan.backend, keys.TRIAL: number, keys.WORKER: worker,
+                      keys.CUDA_VISIBLE_DEVICES: cuda, keys.HOST: socket.gethostname(), keys.PID: os.getpid(),
                       **(attrs or {})}
         if key in self.live:  # started again without having ended: that attempt is lost
             self.trial_lost(key, "worker died", "started again before it ended")
@@ -362,7 +362,7 @@ class Session:
             if lv.run_id:
                 close_child(self.tracker, lv.run_id, Outcome(State.INTERRUPTED, reason="paused"))
             lv.run_id, lv.values = run_id, {}
-            self.study._storage.set_trial_user_attr(lv.trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
+            self.study._storage.set_trial_user_attr(lv.trial_id, keys.MLFLOW_RUN_ID, run_id)  # noqa: SLF001
         lv.worker, lv.cuda = worker or lv.worker, cuda or lv.cuda
 
     def trial_tags(self, key: Any, find: tuple[str, str] | None = None) -> dict[str, str]:
@@ -394,7 +394,7 @@ class Session:
             outcome = replace(outcome, value=lv.values[max(lv.values)])  # the report at its highest step
         if close and lv.run_id:
             close_child(self.tracker, lv.run_id, outcome)
-        where = {"hpo.worker": lv.worker, "hpo.cuda_visible_devices": lv.cuda}  # an engine may learn them late
+        where = {keys.WORKER: lv.worker, keys.CUDA_VISIBLE_DEVICES: lv.cuda}  # an engine may learn them late
         mirror.finish_trial(self.study, lv.trial_id, outcome, {**where, **(attrs or {})})
 
     def trial_lost(self, key: Any, reason: str, detail: str = "") -> Outcome:
@@ -430,18 +430,18 @@ class Session:
         """FAIL a RUNNING trial (its worker is gone) and close its child run the same way."""
         store = self.study._storage  # noqa: SLF001
         if detail:
-            store.set_trial_user_attr(t._trial_id, "hpo.error", detail)  # noqa: SLF001
-        run_ids = [t.user_attrs["hpo.mlflow_run_id"]] if t.user_attrs.get("hpo.mlflow_run_id") else [
+            store.set_trial_user_attr(t._trial_id, keys.ERROR, detail)  # noqa: SLF001
+        run_ids = [t.user_attrs[keys.MLFLOW_RUN_ID]] if t.user_attrs.get(keys.MLFLOW_RUN_ID) else [
             # killed between creating its child run and naming it in the trial: find it by its tag
             r.info.run_id for r in self.tracker.children(self.experiment_id, self.parent_run_id, running_only=True)
-            if r.data.tags.get("hpo.trial") == str(t.user_attrs.get("hpo.trial", t.number))]
+            if r.data.tags.get(keys.TRIAL) == str(t.user_attrs.get(keys.TRIAL, t.number))]
         for run_id in run_ids[:1]:
-            if run_id != t.user_attrs.get("hpo.mlflow_run_id"):
-                store.set_trial_user_attr(t._trial_id, "hpo.mlflow_run_id", run_id)  # noqa: SLF001
+            if run_id != t.user_attrs.get(keys.MLFLOW_RUN_ID):
+                store.set_trial_user_attr(t._trial_id, keys.MLFLOW_RUN_ID, run_id)  # noqa: SLF001
         if reason == "worker died":
             reason, detail = self._death_verdict(t.params, reason, detail)
             if detail:
-                store.set_trial_user_attr(t._trial_id, "hpo.error", detail)  # noqa: SLF001
+                store.set_trial_user_attr(t._trial_id, keys.ERROR, detail)  # noqa: SLF001
         storage.fail_trial(self.study, t._trial_id, reason)  # noqa: SLF001
         for run_id in run_ids:
             close_child(self.tracker, run_id, lost(reason, detail))
@@ -456,7 +456,7 @@ class Session:
                 n += 1
         host = socket.gethostname()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("hpo.pid") == pid and t.user_attrs.get("hpo.host") == host:
+            if t.user_attrs.get(keys.PID) == pid and t.user_attrs.get(keys.HOST) == host:
                 self.fail_trial(t, reason, detail)
                 n += 1
         return n
@@ -469,7 +469,7 @@ class Session:
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t._trial_id in stale:  # noqa: SLF001
-                where = f"{t.user_attrs.get('hpo.worker', '?')} on {t.user_attrs.get('hpo.host', '?')}"
+                where = f"{t.user_attrs.get(keys.WORKER, '?')} on {t.user_attrs.get(keys.HOST, '?')}"
                 self.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
                 n += 1
         return n
@@ -506,7 +506,7 @@ class Session:
         self._register(result)
         if self.plan.options.get("pack_cap") and not self.packing and self.tracker is not None:
             _best_effort(self.tracker.set_tags, self.parent_run_id, {
-                "hpo.workers_per_gpu": "1 (auto: the sweep ended before a worker's trials gave 1 s to measure)"})
+                keys.WORKERS_PER_GPU: "1 (auto: the sweep ended before a worker's trials gave 1 s to measure)"})
         report = self._report()
         try:
             self._close_parent(result, {"report.html": report} if report else {})
@@ -524,7 +524,7 @@ class Session:
         """Child runs that no trial names (a stop between creating the run and recording it in the trial):
         closed if still RUNNING (and older than `settle_s`: a live worker on another machine is about to
         name its own) and tagged `hpo.orphan`, so the MLflow UI and every count can tell them apart."""
-        named = {t.user_attrs.get("hpo.mlflow_run_id") for t in self.trials()}
+        named = {t.user_attrs.get(keys.MLFLOW_RUN_ID) for t in self.trials()}
         now_ms, n = time.time() * 1000, 0
         for run in self.tracker.children(self.experiment_id, self.parent_run_id):
             if run.info.run_id in named or run.data.tags.get(ORPHAN_TAG) == "true":
@@ -565,9 +565,9 @@ class Session:
         """--keep-models, else what the sweep kept when it last ran (a resume keeps its K), else 3."""
         k = self.plan.options.get("keep_models")
         if k is None:
-            k = study.user_attrs.get("hpo.keep_models", keep.DEFAULT_K)
-        if study.user_attrs.get("hpo.keep_models") != k:
-            study.set_user_attr("hpo.keep_models", k)
+            k = study.user_attrs.get(keys.KEEP_MODELS, keep.DEFAULT_K)
+        if study.user_attrs.get(keys.KEEP_MODELS) != k:
+            study.set_user_attr(keys.KEEP_MODELS, k)
         self.keep_k = int(k)
         return self.keep_k
 

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo import mirror, storage
+from hpo import keys, mirror, storage
 from hpo.errors import UsageError
 from hpo.api import Settings, prepare
 
@@ -35,13 +35,13 @@ def best(study: optuna.Study, metric: str) -> dict[str, Any]:
         return {"study": study.study_name, "best_trial": None}
     t = study.best_trial
     return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": storage.trainer_params(t),
-            "mlflow_run_id": t.user_attrs.get("hpo.mlflow_run_id")}
+            "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID)}
 
 
 def status_text(study: optuna.Study, metric: str) -> str:
     trials = study.get_trials(deepcopy=False)
     c = storage.count(trials)
-    budget = study.user_attrs.get("hpo.budget", "?")
+    budget = study.user_attrs.get(keys.BUDGET, "?")
     lines = [f"{study.study_name}: {c.finished}/{budget} finished - {c.complete} complete, {c.pruned} pruned, "
              f"{c.failed} failed, {c.retried} retried; {c.running} running, {c.waiting} queued"]
     b = best(study, metric)
@@ -52,8 +52,8 @@ def status_text(study: optuna.Study, metric: str) -> str:
     for t in trials:
         if t.state == TrialState.RUNNING:
             step = max(t.intermediate_values) if t.intermediate_values else "-"
-            lines.append(f"running: trial {t.number} on {t.user_attrs.get('hpo.worker', '?')} "
-                         f"(gpu {t.user_attrs.get('hpo.cuda_visible_devices') or 'none'}), step {step}")
+            lines.append(f"running: trial {t.number} on {t.user_attrs.get(keys.WORKER, '?')} "
+                         f"(gpu {t.user_attrs.get(keys.CUDA_VISIBLE_DEVICES) or 'none'}), step {step}")
     return "\n".join(lines)
 
 
@@ -64,10 +64,10 @@ def best_model(study: optuna.Study, run_id: str | None, tracking_uri: str | None
     from hpo import registry
     from hpo.tracking import Tracker
 
-    uri = tracking_uri or study.user_attrs.get("hpo.tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or study.user_attrs.get(keys.TRACKING_URI) or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise UsageError("--tracking-uri: required: the sweep's tracking URI holds a password, so hpo did not "
                          "store it in the study")
     if not run_id:
         return {"model_uri": None, "registered": []}
-    return registry.lookup(Tracker(uri), study.user_attrs.get("hpo.experiment_id", "0"), run_id)
+    return registry.lookup(Tracker(uri), study.user_attrs.get(keys.EXPERIMENT_ID, "0"), run_id)

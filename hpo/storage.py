@@ -22,6 +22,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import keys
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
 from hpo.outage import PatientRDBStorage
@@ -120,7 +121,7 @@ def require_existing(url: str) -> None:
 
 
 def reason(t: FrozenTrial) -> str | None:
-    return t.user_attrs.get("hpo.reason")
+    return t.user_attrs.get(keys.REASON)
 
 
 def trainer_params(t: FrozenTrial) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class Counts:
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of failed trials that a later trial re-runs (`--retries`)."""
-    return {t.user_attrs["hpo.retry_of"] for t in trials if "hpo.retry_of" in t.user_attrs}
+    return {t.user_attrs[keys.RETRY_OF] for t in trials if keys.RETRY_OF in t.user_attrs}
 
 
 def count(trials: Iterable[FrozenTrial]) -> Counts:
@@ -190,8 +191,8 @@ class Tally:
             self.__init__()
             return count(trials)
         for i in range(self._seen, len(trials)):
-            if "hpo.retry_of" in trials[i].user_attrs:
-                self._retried.add(trials[i].user_attrs["hpo.retry_of"])
+            if keys.RETRY_OF in trials[i].user_attrs:
+                self._retried.add(trials[i].user_attrs[keys.RETRY_OF])
         self._seen, still = len(trials), []
         c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
         for i in check:
@@ -226,7 +227,7 @@ def best_trial(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
 
 def pareto(study: optuna.Study, names: list[str]) -> list[dict[str, Any]]:
     """A multi-objective study's Pareto front (Optuna's `best_trials`): trial, MLflow run, values, params."""
-    return [{"trial": t.user_attrs.get("hpo.trial", t.number), "run_id": t.user_attrs.get("hpo.mlflow_run_id"),
+    return [{"trial": t.user_attrs.get(keys.TRIAL, t.number), "run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID),
              "values": dict(zip(names, t.values)), "params": trainer_params(t)}
             for t in sorted(study.best_trials, key=lambda t: t.number)]
 
@@ -245,17 +246,17 @@ def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | No
         return 0
     if grid is None:
         for _ in range(missing):
-            study.enqueue_trial({}, user_attrs={"hpo.queued": True})
+            study.enqueue_trial({}, user_attrs={keys.QUEUED: True})
         return missing
     retried = retried_numbers(trials)
     taken = {json.dumps(t.params, sort_keys=True) for t in trials
              if (counts_toward_budget(t) and t.number not in retried) or t.state == TrialState.RUNNING}
     # A trial taken but not yet started has no params: its grid point is in its attrs.
-    taken |= {t.user_attrs.get("hpo.grid_point") for t in trials
+    taken |= {t.user_attrs.get(keys.GRID_POINT) for t in trials
               if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     fresh = [p for p in grid if json.dumps(p, sort_keys=True) not in taken][:missing]
     for point in fresh:
-        study.enqueue_trial(point, user_attrs={"hpo.queued": True, "hpo.grid_point": json.dumps(point, sort_keys=True)})
+        study.enqueue_trial(point, user_attrs={keys.QUEUED: True, keys.GRID_POINT: json.dumps(point, sort_keys=True)})
     return len(fresh)
 
 
@@ -268,10 +269,10 @@ def queue_retries(study: optuna.Study, retries: int) -> int:
         return 0
     added = 0
     for t in retry_candidates(study.get_trials(deepcopy=False), retries):
-        attempt = int(t.user_attrs.get("hpo.attempt", 0))
-        attrs = {"hpo.queued": True, "hpo.retry_of": t.number, "hpo.attempt": attempt + 1}
-        if "hpo.grid_point" in t.user_attrs:
-            attrs["hpo.grid_point"] = t.user_attrs["hpo.grid_point"]
+        attempt = int(t.user_attrs.get(keys.ATTEMPT, 0))
+        attrs = {keys.QUEUED: True, keys.RETRY_OF: t.number, keys.ATTEMPT: attempt + 1}
+        if keys.GRID_POINT in t.user_attrs:
+            attrs[keys.GRID_POINT] = t.user_attrs[keys.GRID_POINT]
         study.enqueue_trial(dict(t.params), user_attrs=attrs)
         added += 1
     return added
@@ -281,7 +282,7 @@ def retry_candidates(trials: list[FrozenTrial], retries: int) -> list[FrozenTria
     """Failed trials (trainer error, dead worker, Ctrl-C) not yet re-run `retries` times."""
     done = retried_numbers(trials)
     return [t for t in trials if t.state == TrialState.FAIL and t.number not in done and t.params
-            and int(t.user_attrs.get("hpo.attempt", 0)) < retries and reason(t) != KILLS_ITS_WORKER]
+            and int(t.user_attrs.get(keys.ATTEMPT, 0)) < retries and reason(t) != KILLS_ITS_WORKER]
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
@@ -301,7 +302,7 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
 def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:
     """Mark a RUNNING trial FAIL with a reason (used for trials whose worker died)."""
     storage = study._storage  # noqa: SLF001
-    storage.set_trial_user_attr(trial_id, "hpo.reason", why)
+    storage.set_trial_user_attr(trial_id, keys.REASON, why)
     try:
         return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
     except RuntimeError:  # finished meanwhile

@@ -8,7 +8,7 @@ from collections import Counter
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import storage
+from hpo import keys, storage
 from hpo.api import Plan, Result
 from hpo.tracking import Tracker
 
@@ -31,8 +31,8 @@ def failures(trials: list[FrozenTrial]) -> dict[str, int]:
     out: Counter[str] = Counter()
     for t in trials:
         if t.state == TrialState.FAIL:
-            what = " ".join(str(t.user_attrs.get(k, "")) for k in ("hpo.reason", "hpo.error_type")).strip()
-            error = tail(str(t.user_attrs.get("hpo.error", "")), 160)
+            what = " ".join(str(t.user_attrs.get(k, "")) for k in (keys.REASON, keys.ERROR_TYPE)).strip()
+            error = tail(str(t.user_attrs.get(keys.ERROR, "")), 160)
             out[f"{what or 'failed'}{': ' + error if error else ''}"] += 1
     return dict(out)
 
@@ -44,8 +44,8 @@ def summarize(plan: Plan, trials: list[FrozenTrial], parent_run_id: str, interru
         return Result(plan.name, storage.count(trials), None, {}, None, parent_run_id, None, interrupted, aborted,
                       failures(trials))
     return Result(plan.name, storage.count(trials), best.value, storage.trainer_params(best),
-                  best.user_attrs.get("hpo.trial", best.number), parent_run_id,
-                  best.user_attrs.get("hpo.mlflow_run_id"), interrupted, aborted, failures(trials))
+                  best.user_attrs.get(keys.TRIAL, best.number), parent_run_id,
+                  best.user_attrs.get(keys.MLFLOW_RUN_ID), interrupted, aborted, failures(trials))
 
 
 def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
@@ -80,10 +80,10 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
 def _tag_front(tracker: Tracker, result: Result, on: set[str]) -> None:
     """hpo.pareto=true on the front's children, false on those a resumed sweep pushed off it."""
     was = {r.info.run_id for r in tracker.children(result.extra.get("experiment_id", ""), result.parent_run_id)
-           if r.data.tags.get("hpo.pareto") == "true"}
+           if r.data.tags.get(keys.PARETO) == "true"}
     for run_id, flag in [*((r, "true") for r in on - was), *((r, "false") for r in was - on)]:
         try:
-            tracker.set_tags(run_id, {"hpo.pareto": flag})
+            tracker.set_tags(run_id, {keys.PARETO: flag})
         except Exception as exc:  # noqa: BLE001 - a child deleted by hand: the parent still closes
             print(f"hpo: warning: run {run_id}: hpo.pareto not set: {type(exc).__name__}", file=sys.stderr)
 
@@ -109,27 +109,27 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
         key = "".join(ch if ch.isalnum() else "_" for ch in gpu)
         metrics.update({f"gpu{key}_busy": g["busy"], f"gpu{key}_mem_used_peak_mb": g["mem_used_peak_mb"]})
     failed = not result.interrupted and result.sweep_failed
-    tags = {"hpo.state": "failed" if failed else "interrupted" if result.interrupted else "finished"}
+    tags = {keys.STATE: "failed" if failed else "interrupted" if result.interrupted else "finished"}
     if failed:
-        tags["hpo.failure"] = result.failure_summary()
+        tags[keys.FAILURE] = result.failure_summary()
     if result.best_value is not None:
         metrics[f"best_{metric}"] = result.best_value
-        tags["hpo.best_trial"] = str(result.best_trial)
+        tags[keys.BEST_TRIAL] = str(result.best_trial)
         if result.best_run_id:
-            tags["hpo.best_run_id"] = result.best_run_id
-        tags.update({f"hpo.best.{k}": str(v) for k, v in result.best_params.items()})
+            tags[keys.BEST_RUN_ID] = result.best_run_id
+        tags.update({f"{keys.BEST_PREFIX}{k}": str(v) for k, v in result.best_params.items()})
     reg = result.extra.get("registered")
     if reg:
-        tags.update({"hpo.registered_model": reg["name"], "hpo.registered_version": reg["version"]})
+        tags.update({keys.REGISTERED_MODEL: reg["name"], keys.REGISTERED_VERSION: reg["version"]})
     if result.extra.get("register_error"):
-        tags["hpo.register_error"] = result.extra["register_error"]
+        tags[keys.REGISTER_ERROR] = result.extra["register_error"]
     best = {"value": result.best_value, "trial": result.best_trial, "run_id": result.best_run_id,
             "params": result.best_params, "metric": plan.spec.metric, "goal": plan.spec.goal,
             "registered": reg or None}
     front = result.extra.get("pareto")
     extra = {}
     if front is not None:  # a multi-objective sweep: its front, on the parent and on each Pareto child
-        tags["hpo.pareto_trials"] = ",".join(str(f["trial"]) for f in front)[:5000]
+        tags[keys.PARETO_TRIALS] = ",".join(str(f["trial"]) for f in front)[:5000]
         extra["pareto.json"] = json.dumps(front, indent=2, default=str)
         _tag_front(tracker, result, {f["run_id"] for f in front if f.get("run_id")})
     status = "FAILED" if failed else "KILLED" if result.interrupted else "FINISHED"

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from hpo import liveness
+from hpo import keys, liveness
 
 
 T = TypeVar("T")
 
 PARENT_TAG = "mlflow.parentRunId"
-STUDY_UID_TAG = "hpo.study_uid"  # the study a parent run belongs to, written to the study before the run exists
+STUDY_UID_TAG = keys.STUDY_UID  # the study a parent run belongs to, written to the study before the run exists
 
 
 def _retry(fn: Callable[[], T]) -> T:
@@ -332,10 +332,10 @@ class Tracker:
 
     def kept(self, experiment_id: str, parent_id: str) -> list[tuple[Any, float, str]]:
         """The parent's child runs that keep a model now: (run, the value it was ranked by, model URI)."""
-        where = f"tags.{PARENT_TAG} = '{parent_id}' and tags.`hpo.kept` = 'true'"
+        where = f"tags.{PARENT_TAG} = '{parent_id}' and tags.`{keys.KEPT}` = 'true'"
         runs = _retry(lambda: self.client.search_runs([experiment_id], filter_string=where, max_results=50000))
-        return [(r, float(r.data.tags["hpo.kept_value"]), r.data.tags.get("hpo.model_uri", "")) for r in runs
-                if "hpo.kept_value" in r.data.tags]
+        return [(r, float(r.data.tags[keys.KEPT_VALUE]), r.data.tags.get(keys.MODEL_URI, "")) for r in runs
+                if keys.KEPT_VALUE in r.data.tags]
 
     def children(self, experiment_id: str, parent_id: str, running_only: bool = False) -> list[Any]:
         """The parent's child runs (only those still RUNNING: the store filters, nothing else is fetched)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
 
+from hpo import keys
 from hpo.gpumon import TrialGpu, own_gpu
 from hpo.program import TRIAL
 
@@ -99,13 +100,13 @@ class Outcome:
         return self.reason in INFRA_REASONS
 
     def tags(self) -> dict[str, str]:
-        out = {"hpo.state": self.state.value}
+        out = {keys.STATE: self.state.value}
         for key in ("reason", "error_type", "error"):
             if getattr(self, key):  # an error's end says why (the exception's line, argparse's `error:`)
                 text = str(getattr(self, key))
-                out[f"hpo.{key}"] = text if len(text) <= 1000 else "..." + text[-997:]
+                out[f"{keys.PREFIX}{key}"] = text if len(text) <= 1000 else "..." + text[-997:]
         if self.values is not None:  # a multi-objective trial's values, for whoever reads its run (Ray's side)
-            out["hpo.values"] = json.dumps(list(self.values))
+            out[keys.VALUES] = json.dumps(list(self.values))
         return out
 
     def fields(self) -> dict[str, Any]:
@@ -269,10 +270,10 @@ class TrialRun:
         from hpo.provenance import environment_tags
 
         return {
-            **environment_tags(), **self.extra_tags, "hpo.backend": self.backend, "hpo.study": self.study,
-            "hpo.trial": str(number), "hpo.worker": self.worker,
-            "hpo.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "hpo.state": "running", "hpo.seed": str(config.get("seed", 0)),
+            **environment_tags(), **self.extra_tags, keys.BACKEND: self.backend, keys.STUDY: self.study,
+            keys.TRIAL: str(number), keys.WORKER: self.worker,
+            keys.CUDA_VISIBLE_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            keys.STATE: "running", keys.SEED: str(config.get("seed", 0)),
         }
 
     def run(self, number: int | str, params: Mapping[str, Any], trainer: Callable, metric: str | None,
@@ -305,7 +306,7 @@ class TrialRun:
             reporter.seconds = time.monotonic() - started
             if used:  # the GPU's mean utilisation and peak memory in use over this trial
                 self._queue_gpu(run_id, reporter, used)
-            tags = {"hpo.trainer_seconds": f"{reporter.seconds:.3f}"}
+            tags = {keys.TRAINER_SECONDS: f"{reporter.seconds:.3f}"}
             if outcome.state == State.COMPLETE and reporter.candidate is not None:
                 tags.update(self._keep(run_id, outcome, reporter))
             return self._finish(run_id, config, outcome, tags), reporter
@@ -339,7 +340,7 @@ class TrialRun:
             _failure(exc)  # a CUDA out-of-memory error: the memory goes back for the next trial
             what = mask_text(f"{type(exc).__name__}: {exc}")
             print(f"hpo: warning: trial {run_id}: its model was not logged: {what}", file=sys.stderr)
-            return {"hpo.model_error": what[:1000]}
+            return {keys.MODEL_ERROR: what[:1000]}
 
     def _finish(self, run_id: str, config: Mapping[str, Any], outcome: Outcome, tags: Mapping[str, str]) -> Outcome:
         """End the child run: what is still queued (metrics, params) and the end tags in one write, then the

@@ -24,6 +24,7 @@ from hpo.session import Session
 from hpo.trial import Outcome, State
 
 BACKENDS = Path(__file__).parent.parent / "hpo" / "backends"
+ROOT = Path(__file__).parent.parent
 # What only the Session may do: close runs, count the budget, write a trial's end into the study.
 SESSION_ONLY = {"close_child", "end_child", "set_terminated", "fill_queue", "queue_retries", "fail_trial",
                 "finish_trial", "start_parent", "finish_parent"}
@@ -275,3 +276,20 @@ def test_the_private_names_hpo_uses_still_exist():
                        (trial, ("_trial_id", "_cached_frozen_trial", "storage", "study"))):
         assert all(hasattr(obj, n) for n in names), [n for n in names if not hasattr(obj, n)]
     assert isinstance(trial._cached_frozen_trial.intermediate_values, dict)  # noqa: SLF001 - the worker replaces a repeated step there
+
+
+def test_every_hpo_tag_and_attribute_name_is_declared_once_in_keys():
+    """No `"hpo.…"` string outside hpo/keys.py but module names: a tag is found by its constant."""
+    import ast
+
+    modules = {"hpo.train", "hpo.train:train", "hpo.data", "hpo.backends.optuna", "hpo.backends.ray", "hpo.backends.wandb",
+               "hpo.backends.wandb.agent", "hpo.backends.wandb.online"}
+    found = []
+    for path in sorted((ROOT / "hpo").rglob("*.py")):
+        if path.name == "keys.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("hpo.") \
+                    and node.value not in modules and " " not in node.value and "\n" not in node.value:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found

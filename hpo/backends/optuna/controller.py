@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import keep, packing, trainer_ref
+from hpo import keep, keys, packing, trainer_ref
 from hpo.backends.optuna import space
 from hpo.procs import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -70,12 +70,12 @@ def run(plan: Plan, port: SessionPort, early: Pool | None = None) -> None:
 def _record_pruner(plan: Plan, study: optuna.Study) -> None:
     """The workers build the pruner the study records; a study keeps the one it started with."""
     asked = plan.options.get("optuna_pruner") or space.PRUNERS[0]
-    kept = study.user_attrs.get("hpo.optuna_pruner")
-    if kept is None and "hpo.spec" in study.user_attrs:  # a study from before the choice existed
+    kept = study.user_attrs.get(keys.OPTUNA_PRUNER)
+    if kept is None and keys.SPEC in study.user_attrs:  # a study from before the choice existed
         kept = "hyperband"  # ran Optuna's HyperbandPruner: it keeps it
-        study.set_user_attr("hpo.optuna_pruner", kept)
+        study.set_user_attr(keys.OPTUNA_PRUNER, kept)
     if kept is None:
-        study.set_user_attr("hpo.optuna_pruner", asked)
+        study.set_user_attr(keys.OPTUNA_PRUNER, asked)
     elif kept != asked and plan.spec.hyperband is not None and "optuna_pruner" in plan.options:
         print(f"hpo: --optuna-pruner: study {plan.name!r} was started with {kept!r} and keeps it",
               file=sys.stderr)

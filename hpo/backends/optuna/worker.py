@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo import spec as specmod
+from hpo import keys, spec as specmod
 from hpo import liveness, storage, tracking, trainer_ref
 from hpo.backends.optuna import space
 from hpo.diskspace import DiskFull, is_disk_full
@@ -68,23 +68,23 @@ def load_study(cfg: WorkerConfig, wait: float = 60.0) -> tuple[optuna.Study, spe
         storage.require_existing(cfg.storage)
     store = storage.open_storage(cfg.storage)
     launch = os.environ.get("HPO_LAUNCH") if cfg.parent_pid else None
-    ready = ("hpo.controller", launch) if launch else None
+    ready = (keys.CONTROLLER, launch) if launch else None
     deadline = time.monotonic() + wait
     while True:
         try:
             attrs = optuna.load_study(study_name=cfg.study, storage=store).user_attrs
         except KeyError:
             attrs = None
-        if attrs is not None and "hpo.parent_run_id" in attrs and (not ready or attrs.get(ready[0]) == ready[1]):
+        if attrs is not None and keys.PARENT_RUN_ID in attrs and (not ready or attrs.get(ready[0]) == ready[1]):
             break
         if time.monotonic() > deadline:
             if attrs is None:
                 raise UsageError(f"--study: no study named {cfg.study!r} in {storage.mask(cfg.storage)}")
             raise UsageError(f"--study: {cfg.study!r} was not created by `hpo run`")
         time.sleep(0.05 if ready else 1.0)
-    spec = specmod.from_dict(json.loads(attrs["hpo.spec"]))
+    spec = specmod.from_dict(json.loads(attrs[keys.SPEC]))
     # A study from before --optuna-pruner existed ran Optuna's HyperbandPruner: it keeps it.
-    kind = attrs.get("hpo.optuna_pruner", "hyperband")
+    kind = attrs.get(keys.OPTUNA_PRUNER, "hyperband")
     study = optuna.load_study(
         study_name=cfg.study, storage=store, sampler=space.sampler(spec), pruner=space.pruner(spec, kind)
     )
@@ -113,7 +113,7 @@ def serve(cfg: WorkerConfig) -> int:
     # Started by a controller: it watches this worker, and waits as long as its MLflow set-up takes.
     study, spec = load_study(cfg, wait=600.0 if cfg.parent_pid else 60.0)
     attrs = study.user_attrs
-    ref = cfg.trainer or attrs.get("hpo.trainer")
+    ref = cfg.trainer or attrs.get(keys.TRAINER)
     ref = None if ref == trainer_ref.BUILTIN else ref  # the built-in trainer is tagged as such
     if not cfg.trainer:
         trainer = trainer_ref.load(ref)
@@ -121,15 +121,15 @@ def serve(cfg: WorkerConfig) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    uri = cfg.tracking_uri or attrs.get("hpo.tracking_uri")
+    uri = cfg.tracking_uri or attrs.get(keys.TRACKING_URI)
     if not uri:
         raise UsageError("--tracking-uri: required here: the sweep's tracking URI holds a password, "
                          "so hpo did not store it in the study")
     ctx = _Context(study, spec, space.distributions(spec), trainer, TrialRun(
-        tracker=Tracker(uri), experiment_id=attrs["hpo.experiment_id"],
-        parent_id=attrs["hpo.parent_run_id"], backend="optuna", study=study.study_name,
+        tracker=Tracker(uri), experiment_id=attrs[keys.EXPERIMENT_ID],
+        parent_id=attrs[keys.PARENT_RUN_ID], backend="optuna", study=study.study_name,
         worker=cfg.name or f"{socket.gethostname()}-{os.getpid()}", trainer_ref=ref,
-        extra_tags={"hpo.git_sha": attrs.get("hpo.git_sha") or "none"}, literal=spec.literal_names,
+        extra_tags={keys.GIT_SHA: attrs.get(keys.GIT_SHA) or "none"}, literal=spec.literal_names,
     ))
     done = 0
     try:
@@ -151,7 +151,7 @@ def serve(cfg: WorkerConfig) -> int:
             done += 1
     except Interrupted:
         if _controller_gone.is_set():  # nobody else is left to close the sweep's parent run
-            ctx.trial_run.tracker.set_tags(ctx.trial_run.parent_id, {"hpo.state": "controller died"})
+            ctx.trial_run.tracker.set_tags(ctx.trial_run.parent_id, {keys.STATE: "controller died"})
             ctx.trial_run.tracker.client.set_terminated(ctx.trial_run.parent_id, status="KILLED")
         raise
     return done
@@ -172,9 +172,9 @@ class _Context:
             self.last_step = hyperband.last_step(self.spec)
 
     def run(self, trial: optuna.Trial) -> Outcome:
-        for key, value in (("hpo.worker", self.trial_run.worker), ("hpo.host", socket.gethostname()),
-                           ("hpo.pid", os.getpid()),
-                           ("hpo.cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", ""))):
+        for key, value in ((keys.WORKER, self.trial_run.worker), (keys.HOST, socket.gethostname()),
+                           (keys.PID, os.getpid()),
+                           (keys.CUDA_VISIBLE_DEVICES, os.environ.get("CUDA_VISIBLE_DEVICES", ""))):
             trial.set_user_attr(key, value)
         params = {name: space.suggest(trial, name, d) for name, d in self.dists.items()}
         try:
@@ -182,22 +182,22 @@ class _Context:
                 trial.number, params, self.trainer, self.spec.metric,
                 should_stop=(lambda step, value: _record(trial, step, value)) if self.spec.multi else
                 lambda step, value: _prune(trial, step, value, self.last_step),
-                on_start=lambda run_id: trial.set_user_attr("hpo.mlflow_run_id", run_id),
-                tags={f"hpo.{k}": str(trial.user_attrs[f"hpo.{k}"]) for k in ("retry_of", "attempt")
-                      if f"hpo.{k}" in trial.user_attrs},
+                on_start=lambda run_id: trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id),
+                tags={f"{keys.PREFIX}{k}": str(trial.user_attrs[f"{keys.PREFIX}{k}"]) for k in ("retry_of", "attempt")
+                      if f"{keys.PREFIX}{k}" in trial.user_attrs},
                 objectives=tuple(self.spec.metric_names) if self.spec.multi else (),
             )
         except Interrupted:
             self._tell(trial, lost("interrupted"))
             raise
-        trial.set_user_attr("hpo.trainer_seconds", round(reporter.seconds or 0.0, 4))
+        trial.set_user_attr(keys.TRAINER_SECONDS, round(reporter.seconds or 0.0, 4))
         self._tell(trial, outcome)
         return outcome
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         liveness.guard()  # stalled past its lease: the trial was failed meanwhile and belongs to nobody
         for key, value in outcome.tags().items():
-            if key != "hpo.state":
+            if key != keys.STATE:
                 trial.set_user_attr(key, value)
         if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric: its run time
             from hpo import mirror

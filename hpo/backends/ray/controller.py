@@ -15,6 +15,7 @@ import ray
 from ray import tune
 from ray.tune.progress_reporter import TrialProgressCallback
 
+from hpo import keys
 from hpo.backends.ray import space as ray_space
 from hpo.backends.ray.trainable import RUN_ID, STEP, CUDA, TrialContext, plain, train_trial, trial_number
 from hpo.errors import HpoError, UsageError
@@ -46,7 +47,7 @@ class Side:
     def start(self, trial) -> None:
         params = {k: plain(v) for k, v in trial.config.items()}
         self.port.trial_started(trial.trial_id, trial_number(trial.trial_id), params,
-                                attrs={"hpo.ray_trial_id": trial.trial_id})
+                                attrs={keys.RAY_TRIAL_ID: trial.trial_id})
         self.seen[trial.trial_id] = _Seen()
 
     def result(self, trial, result: dict) -> None:
@@ -64,14 +65,14 @@ class Side:
 
     def complete(self, trial) -> None:
         s = self.seen.pop(trial.trial_id, _Seen())
-        tags = self.port.trial_tags(trial.trial_id, find=("hpo.ray_trial_id", trial.trial_id))
-        if tags.get("hpo.state") == "failed":  # the trainer failed: its run says why
-            outcome = Outcome(State.FAILED, reason=tags.get("hpo.reason", "error"),
-                              error_type=tags.get("hpo.error_type"), error=tags.get("hpo.error"))
+        tags = self.port.trial_tags(trial.trial_id, find=(keys.RAY_TRIAL_ID, trial.trial_id))
+        if tags.get(keys.STATE) == "failed":  # the trainer failed: its run says why
+            outcome = Outcome(State.FAILED, reason=tags.get(keys.REASON, "error"),
+                              error_type=tags.get(keys.ERROR_TYPE), error=tags.get(keys.ERROR))
         elif s.stopped and s.reports < self.max_t:
             outcome = Outcome(State.PRUNED, reason=f"stopped by {self.scheduler} after {s.reports} reports")
         elif self.plan.spec.multi:  # several objectives: the values the trial's own run recorded
-            values = json.loads(tags["hpo.values"]) if tags.get("hpo.values") else None
+            values = json.loads(tags[keys.VALUES]) if tags.get(keys.VALUES) else None
             if values is None or len(values) != len(self.plan.spec.metric_names):
                 outcome = Outcome(State.FAILED, reason="no metric",
                                   error=f"the trial did not report every one of {self.plan.spec.metric_names}")
@@ -268,8 +269,8 @@ def run(plan: Plan, port: SessionPort) -> None:
     try:
         resources, concurrency = placement(plan)
         port.tag_parent({
-            "hpo.ray.address": _address(plan) or "local", "hpo.ray.cluster_resources": json.dumps(_cluster()),
-            "hpo.ray.trial_resources": json.dumps(resources), "hpo.ray.concurrency": str(concurrency)})
+            keys.RAY_ADDRESS: _address(plan) or "local", keys.RAY_CLUSTER_RESOURCES: json.dumps(_cluster()),
+            keys.RAY_TRIAL_RESOURCES: json.dumps(resources), keys.RAY_CONCURRENCY: str(concurrency)})
         ctx = TrialContext(plan.tracking_uri, port.parent.experiment_id, port.parent.run_id, plan.name,
                            plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
                            plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)),

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from hpo import trainer_ref
+from hpo import keys, trainer_ref
 from hpo.tracking import Tracker
 from hpo.trial import Pruned, TrialRun
 
@@ -63,8 +63,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tracker = _trackers.setdefault(ctx.tracking_uri, Tracker(ctx.tracking_uri))
     trial_run = TrialRun(tracker, ctx.experiment_id, ctx.parent_id, "ray", ctx.study,
                          f"{socket.gethostname()}-{os.getpid()}", ctx.trainer,
-                         {"hpo.git_sha": ctx.git_sha, "hpo.ray_trial_id": trial_id,
-                          "hpo.node": ray.get_runtime_context().get_node_id()}, frozenset(ctx.literal))
+                         {keys.GIT_SHA: ctx.git_sha, keys.RAY_TRIAL_ID: trial_id,
+                          keys.NODE: ray.get_runtime_context().get_node_id()}, frozenset(ctx.literal))
     trainer = trainer_ref.load(ctx.trainer)
     run = {"id": "", "reports": 0, "stopped": False}
 

@@ -21,7 +21,7 @@ import time
 from multiprocessing.connection import Client, Connection
 from typing import Any, Mapping
 
-from hpo import liveness
+from hpo import keys, liveness
 from hpo import trainer_ref as trainers
 from hpo.program import TRIAL, ProgramTrainer
 from hpo.spec import unflatten
@@ -97,7 +97,7 @@ class Agent:
         s = self.setup
         return TrialRun(Tracker(s["tracking_uri"]), s["experiment_id"], s["parent_id"], "wandb", s["study"],
                         self.name, self.trainer_ref,
-                        extra_tags={"hpo.git_sha": s.get("git_sha", "none"), "hpo.wandb_mode": s["mode"]},
+                        extra_tags={keys.GIT_SHA: s.get("git_sha", "none"), keys.WANDB_MODE: s["mode"]},
                         literal=self.literal)
 
     def ask(self, *msg: Any) -> Any:

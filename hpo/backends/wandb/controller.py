@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import storage
+from hpo import keys, storage
 from hpo.backends.wandb.engine import Engine
 from hpo.procs import Pool
 from hpo.supervisor import Supervisor
@@ -162,8 +162,8 @@ class Controller:
         name = secrets.token_hex(4)  # the W&B run id: unique in the project, as wandb makes them
         retry = self._retry()
         if retry is not None:
-            params, attrs = dict(retry.params), {"hpo.retry_of": retry.number,
-                                                 "hpo.attempt": int(retry.user_attrs.get("hpo.attempt", 0)) + 1}
+            params, attrs = dict(retry.params), {keys.RETRY_OF: retry.number,
+                                                 keys.ATTEMPT: int(retry.user_attrs.get(keys.ATTEMPT, 0)) + 1}
             self.engine.add(name, params, replaces=retry.user_attrs.get("wandb.run_id"))
         else:
             params, attrs = self.engine.propose(name), {}
@@ -233,7 +233,7 @@ def previous_runs(study: optuna.Study, metric: str | None):
         if "wandb.run_id" not in t.user_attrs:
             continue
         history = [{metric or "value": v} for _, v in sorted(t.intermediate_values.items())]
-        reason = t.user_attrs.get("hpo.reason")
+        reason = t.user_attrs.get(keys.REASON)
         yield (t.user_attrs["wandb.run_id"], t.params, history, states.get(t.state, "failed"),
                reason in INFRA_REASONS)
 
