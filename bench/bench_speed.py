@@ -48,7 +48,7 @@ def plain_loop(sweep_file: str, trials: int, mlflow_uri: str | None, seed: int, 
     import optuna
 
     from hpo import spec as specmod
-    from hpo.backends.optuna import space
+    from hpo import distributions as space
     from hpo.spec import hyperband
     from hpo.train import train
 

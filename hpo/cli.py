@@ -67,7 +67,7 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
 
 
 def _settings(a: argparse.Namespace):
-    from hpo.api import Settings
+    from hpo.plan import Settings
 
     return Settings(
         sweep_file=a.sweep_file, space=a.space, backend=getattr(a, "backend", "optuna"), study=a.study,
@@ -214,9 +214,11 @@ def cmd_best(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from hpo import htmlreport, status
+    from hpo.api import prepare
 
     study, _ = status.open_existing(_settings(a))
-    print(htmlreport.write_for(study, _settings(a)))
+    plan = prepare(replace(_settings(a), inspect_only=True))
+    print(htmlreport.write_for(study, plan.spec, plan.dir))
     return 0
 
 

@@ -210,13 +210,9 @@ def write(study: optuna.Study, spec: Spec, folder: Path) -> Path:
     return path
 
 
-def write_for(study: optuna.Study, settings: Any) -> Path:
-    """`hpo report`: the study's own recorded spec, the sweep's folder."""
-    from dataclasses import replace
-
+def write_for(study: optuna.Study, fallback: Spec, folder: Path) -> Path:
+    """`hpo report`: the study's own recorded spec (else `fallback`, the sweep file's), into the sweep's folder."""
     from hpo import spec as specmod
-    from hpo.api import prepare
 
-    plan = prepare(replace(settings, inspect_only=True))
     raw = study.user_attrs.get(keys.SPEC)
-    return write(study, specmod.from_dict(json.loads(raw)) if raw else plan.spec, plan.dir)
+    return write(study, specmod.from_dict(json.loads(raw)) if raw else fallback, folder)

@@ -12,62 +12,12 @@ import math
 from typing import Any, Mapping
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hpo import keys
+from hpo.distributions import distribution_for, encode
 from hpo.spec import Spec
 from hpo.trial import Outcome, State
-
-
-def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
-    """An Optuna distribution that contains `value` for a spec parameter (any W&B distribution)."""
-    from hpo.backends.optuna import space
-
-    value = space.encode(value)
-    try:
-        dist = space.to_optuna(spec.param(name))
-        if dist._contains(dist.to_internal_repr(value)):  # noqa: SLF001
-            return dist
-    except Exception:  # noqa: BLE001 - normal, q_log... : describe the value's own range below
-        pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return CategoricalDistribution([value])
-    try:
-        p = spec.param(name)
-    except StopIteration:
-        return CategoricalDistribution([value])
-    return range_for(p, value)
-
-
-def range_for(p: Any, value: int | float) -> BaseDistribution:
-    """A numeric distribution over the bulk of a parameter's law that holds `value` (for display)."""
-    c = p.config
-    lo, hi = c.get("min", value), c.get("max", value)
-    if "normal" in p.distribution:  # show the bulk of the law (mu +- 4 sigma), not one point
-        mu, sigma = c.get("mu", 0.0), c.get("sigma", 1.0)
-        lo, hi = mu - 4 * sigma, mu + 4 * sigma
-        if "log" in p.distribution:
-            lo, hi = math.exp(lo), math.exp(hi)
-    elif p.distribution == "q_log_uniform":
-        lo, hi = math.exp(lo), math.exp(hi)
-    lo, hi = min(value, lo), max(value, hi)
-    if isinstance(value, int):
-        return IntDistribution(int(lo), int(hi))
-    if lo == hi:
-        return FloatDistribution(lo, lo)
-    return FloatDistribution(float(lo), float(hi))
-
-
-def start_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
-    """A RUNNING trial with the params the engine chose; returns its storage id."""
-    from hpo.backends.optuna import space
-
-    template = optuna.trial.create_trial(
-        params={k: space.encode(v) for k, v in params.items()},
-        distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
-        state=TrialState.RUNNING, user_attrs=dict(user_attrs))
-    return study._storage.create_new_trial(study._study_id, template_trial=template)  # noqa: SLF001
 
 
 NO_METRIC = "_runtime"  # a sweep without a metric: a trial's value is its run time in seconds, as W&B's `_runtime`
@@ -80,6 +30,15 @@ def runtime_of(store: optuna.storages.BaseStorage, trial_id: int) -> float:
 
     started = store.get_trial(trial_id).datetime_start
     return round((datetime.datetime.now() - started).total_seconds(), 3) if started else 0.0
+
+
+def start_trial(study: optuna.Study, spec: Spec, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
+    """A RUNNING trial with the params the engine chose; returns its storage id."""
+    template = optuna.trial.create_trial(
+        params={k: encode(v) for k, v in params.items()},
+        distributions={k: distribution_for(spec, k, v) for k, v in params.items()},
+        state=TrialState.RUNNING, user_attrs=dict(user_attrs))
+    return study._storage.create_new_trial(study._study_id, template_trial=template)  # noqa: SLF001
 
 
 def report(study: optuna.Study, trial_id: int, step: int, value: float) -> None:

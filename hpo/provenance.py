@@ -40,7 +40,7 @@ def snapshot(argv: list[str], cwd: str | None = None) -> dict[str, str]:
     import json
     import shlex
 
-    from hpo.storage import mask
+    from hpo.redact import mask
 
     pins = {}
     for dist in md.distributions():

@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import diskspace, gpumon, keep, keys, mirror, mlflow_store, orphans, storage, summary, tracking
-from hpo.api import Plan, Result
+from hpo.plan import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.folder_lock import folder_lock
 from hpo.progress import Progress

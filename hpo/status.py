@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from hpo import keys, mirror, storage
 from hpo.errors import UsageError
-from hpo.api import Settings, prepare
+from hpo.api import prepare
+from hpo.plan import Settings
 
 
 def open_existing(s: Settings) -> tuple[optuna.Study, str]:

@@ -9,7 +9,7 @@ from collections import Counter
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import keys, storage
-from hpo.api import Plan, Result
+from hpo.plan import Plan, Result
 from hpo.tracking import Tracker
 
 

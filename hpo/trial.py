@@ -328,7 +328,7 @@ class TrialRun:
         from hpo.keep import keep
         from hpo.outage import StorageDown
 
-        from hpo.storage import mask_text
+        from hpo.redact import mask_text
 
         candidate, reporter.candidate = reporter.candidate, None  # the weights are not held after this
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from hpo import api, spec, storage
 from hpo.backends import base
-from hpo.backends.optuna import space
+from hpo import distributions as space
 from hpo.slots import plan
 from hpo.trial import Outcome, Reporter, State, run_trainer
 

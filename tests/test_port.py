@@ -293,3 +293,42 @@ def test_every_hpo_tag_and_attribute_name_is_declared_once_in_keys():
                     and node.value not in modules and " " not in node.value and "\n" not in node.value:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_no_import_cycle_between_hpo_modules():
+    """Every import of an hpo module, function-level and TYPE_CHECKING ones included: no module reaches itself
+    (value types live in the leaf hpo.plan, masking in hpo.redact, W&B -> Optuna distributions in
+    hpo.distributions, so no core module imports an engine's package)."""
+    import ast
+
+    mods = {}
+    for path in (ROOT / "hpo").rglob("*.py"):
+        if "_hook" not in path.parts:
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            mods[name] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("hpo"):
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
+                targets = subs if len(subs) == len(node.names) else [node.module, *subs]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("hpo")]
+            for t in targets:
+                while t not in mods and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in mods and t not in (name, "hpo"):
+                    graph[name].add(t)
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return seen
+
+    cycles = sorted(m for m in mods if m in reaches(m))
+    assert not cycles, f"modules in an import cycle: {cycles}"

@@ -19,7 +19,7 @@ from optuna.distributions import (
 
 from hpo import spec
 from hpo.spec import hyperband
-from hpo.backends.optuna import space
+from hpo import distributions as space
 from hpo.spec import yamlsafe
 from hpo.errors import SpecError, UsageError
 

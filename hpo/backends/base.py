@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.backends.base import Schedule
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
@@ -25,12 +25,12 @@ class OptunaBackend:
     mirrored = False
 
     def check(self, plan: Plan) -> list[str]:
-        from hpo.backends.optuna import space
+        from hpo import distributions as space
 
         return space.check(plan.spec)
 
     def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
-        from hpo.backends.optuna import space
+        from hpo import distributions as space
 
         problems = space.check(spec)
         if problems:

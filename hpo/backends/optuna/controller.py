@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpo import keep, keys, packing, trainer_ref
-from hpo.backends.optuna import space
+from hpo import distributions as space
 from hpo.procs import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
 from hpo.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
 
 POLL_SECONDS = 0.25

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from hpo import keys, spec as specmod
 from hpo import liveness, storage, tracking, trainer_ref
-from hpo.backends.optuna import space
+from hpo import distributions as space
 from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
 from hpo.gpumon import own_gpu

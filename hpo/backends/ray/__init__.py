@@ -21,7 +21,7 @@ from hpo.backends.base import Schedule
 from hpo.errors import MissingDependency
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 

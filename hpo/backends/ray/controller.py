@@ -23,7 +23,7 @@ from hpo.provenance import git_sha
 from hpo.trial import Outcome, State, deaths_per_config
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
 
 
@@ -227,7 +227,7 @@ def _todo_grid(plan: Plan, port: SessionPort) -> list[dict[str, Any]] | None:
     retried = storage.retried_numbers(trials)
     done = {json.dumps(t.params, sort_keys=True, default=str) for t in trials
             if storage.counts_toward_budget(t) and t.number not in retried}
-    from hpo.backends.optuna import space
+    from hpo import distributions as space
 
     points = space.encoded_grid(plan.spec)  # the mirror holds list choices as JSON text, and so does Ray
     return [p for p in points if json.dumps(p, sort_keys=True, default=str) not in done]

@@ -22,7 +22,7 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from hpo.backends.optuna import space
+from hpo import distributions as space
 from hpo.spec import Param, Spec, hyperband
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.backends.base import Schedule
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 

@@ -37,7 +37,7 @@ from hpo.provenance import git_sha
 from hpo.trial import INFRA_REASONS, Outcome
 
 if TYPE_CHECKING:
-    from hpo.api import Plan
+    from hpo.plan import Plan
     from hpo.backends.port import SessionPort
 
 POLL_SECONDS = 0.2

@@ -1,4 +1,7 @@
-"""Spec -> Optuna search space, sampler and Hyperband pruner.
+"""A W&B spec in Optuna's terms: distributions, sampler and Hyperband pruner, shared by every engine.
+
+The Optuna engine samples with them, Ray's OptunaSearch too, and the study every engine writes (hpo.mirror)
+records each trial's params under a distribution that holds them.
 
 W&B semantics are kept where Optuna can express them exactly; a distribution it
 cannot express fails before anything runs, naming the backends that can.
@@ -51,9 +54,7 @@ class Mapped:
         """A distribution that holds the value the trainer got, to record it as the param `NAME`."""
         if self.param.distribution == "categorical_w_probabilities":
             return CategoricalDistribution([encode(v) for v in self.param.config["values"]])
-        from hpo import mirror
-
-        return mirror.range_for(self.param, value)
+        return range_for(self.param, value)
 
 
 CHOICE_TYPES = (type(None), bool, int, float, str)
@@ -236,3 +237,40 @@ def _hyperband_lines(spec: Spec) -> tuple[list[int], list[str]]:
         rungs.update(steps)
         lines.append(f"        bracket {b}: keeps the top 1/{eta} at steps {steps or '(none: runs to the end)'}")
     return sorted(rungs), lines
+
+
+def distribution_for(spec: Spec, name: str, value: Any) -> BaseDistribution:
+    """An Optuna distribution that contains `value` for a spec parameter (any W&B distribution)."""
+    value = encode(value)
+    try:
+        dist = to_optuna(spec.param(name))
+        if dist._contains(dist.to_internal_repr(value)):  # noqa: SLF001
+            return dist
+    except Exception:  # noqa: BLE001 - normal, q_log... : describe the value's own range below
+        pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return CategoricalDistribution([value])
+    try:
+        p = spec.param(name)
+    except StopIteration:
+        return CategoricalDistribution([value])
+    return range_for(p, value)
+
+
+def range_for(p: Any, value: int | float) -> BaseDistribution:
+    """A numeric distribution over the bulk of a parameter's law that holds `value` (for display)."""
+    c = p.config
+    lo, hi = c.get("min", value), c.get("max", value)
+    if "normal" in p.distribution:  # show the bulk of the law (mu +- 4 sigma), not one point
+        mu, sigma = c.get("mu", 0.0), c.get("sigma", 1.0)
+        lo, hi = mu - 4 * sigma, mu + 4 * sigma
+        if "log" in p.distribution:
+            lo, hi = math.exp(lo), math.exp(hi)
+    elif p.distribution == "q_log_uniform":
+        lo, hi = math.exp(lo), math.exp(hi)
+    lo, hi = min(value, lo), max(value, hi)
+    if isinstance(value, int):
+        return IntDistribution(int(lo), int(hi))
+    if lo == hi:
+        return FloatDistribution(lo, lo)
+    return FloatDistribution(float(lo), float(hi))
