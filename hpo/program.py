@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-PREFIX = "program:"  # a trainer ref that starts so is a Program (its JSON follows)
+PREFIX = "program:"  # a trainer ref that starts so is a Program (its JSON follows); trainer_ref.PROGRAM
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 REPORT_FD_ENV = "HPO_REPORT_FD"
 HOOK_DIR = Path(__file__).parent / "_hook"

@@ -8,9 +8,10 @@ import importlib.util
 from typing import Callable
 
 from hpo.errors import UsageError
+from hpo.program import PREFIX
 
 BUILTIN = "hpo.train:train"
-PROGRAM = "program:"  # the sweep's own program (hpo.program), its settings as JSON after the colon
+PROGRAM = PREFIX  # the sweep's own program (hpo.program), its settings as JSON after the colon
 
 
 def _split(ref: str) -> tuple[str, str]:

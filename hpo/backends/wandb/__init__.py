@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
+from hpo.trainer_ref import PROGRAM
 
 if TYPE_CHECKING:
     from hpo.plan import Plan
@@ -43,7 +44,7 @@ class WandbBackend:
         online.wandb_module()
         if not self._offline(plan) and not plan.options.get("project"):
             return ["--project: required for a sweep on the W&B server (or use --offline)"]
-        if (plan.trainer or "").startswith("program:") and not self._offline(plan):
+        if (plan.trainer or "").startswith(PROGRAM) and not self._offline(plan):
             return ["program: on the W&B server, run the sweep's program with `wandb agent ENTITY/PROJECT/ID`; "
                     "`hpo run --backend wandb --offline` runs it here"]
         if plan.retries and not self._offline(plan):
