@@ -6,7 +6,7 @@ Rows (digits-shaped: 64 inputs, hidden 128, 10 classes, batch 64, Adam):
   eager            what hpo.train did before issue 12 (unfused Adam)
   eager_fused      hpo.train's GPU step now (models.step_plan: fused Adam, no autocast for the MLP)
   cuda_graph       the whole step (forward, backward, fused Adam) captured once and replayed
-and hpo.train itself with `cuda_graphs` off and on (hpo.step): the default MLP's warm 27-epoch trial, and
+and hpo.train itself with `cuda_graphs` off and on (hpo.train_step): the default MLP's warm 27-epoch trial, and
 resnet18 on synthetic CIFAR-10 (images/s), each with its val_acc, so speed is not bought with a different result.
 """
 

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def report(step: int, metrics: dict | None = None, **more: float) -> None:
-    """From a sweep's own program: send metrics to hpo (see hpo.client)."""
-    from hpo.client import report as send
+    """From a sweep's own program: send metrics to hpo (see hpo.program_report)."""
+    from hpo.program_report import report as send
 
     send(step, metrics, **more)

@@ -76,7 +76,7 @@ class StepPlan:
     amp: bool  # autocast (bf16 where supported): convolutions gain; a tiny MLP only gets extra casts
     fused: bool  # one fused optimizer kernel instead of one launch per parameter tensor
     channels_last: bool  # NHWC for convolutions under AMP (tensor cores), with cudnn.benchmark
-    graphs: bool = False  # full batches replayed from one CUDA graph per trial (hpo.step): launches, not math
+    graphs: bool = False  # full batches replayed from one CUDA graph per trial (hpo.train_step): launches, not math
 
 
 def step_plan(model: str, device: str, amp: bool = True, graphs: bool = True) -> StepPlan:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 PREFIX = "program:"  # a trainer ref that starts so is a Program (its JSON follows); trainer_ref.PROGRAM
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 REPORT_FD_ENV = "HPO_REPORT_FD"
-HOOK_DIR = Path(__file__).parent / "_hook"
+HOOK_DIR = Path(__file__).parent / "program_hook"
 GRACE_S = float(os.environ.get("HPO_PROGRAM_GRACE_S", "4"))
 MACRO = re.compile(r"\$\{([^}]+)\}")
 PAIR = re.compile(r"(?<![\w./-])([A-Za-z_][\w./-]*)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import diskspace, gpumon, keep, keys, mirror, mlflow_store, orphans, storage, summary, tracking
+from hpo import best_models, diskspace, gpumon, keys, mirror, mlflow_store, orphans, storage, summary, tracking
 from hpo.plan import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.folder_lock import folder_lock
@@ -71,7 +71,7 @@ class Session:
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
         self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
-        self.keep_k = keep.DEFAULT_K  # --keep-models, as the sweep was opened with it
+        self.keep_k = best_models.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it
         self.live: dict[Any, Live] = {}
@@ -222,7 +222,7 @@ class Session:
         tags = {keys.BACKEND: plan.backend, keys.STUDY: plan.name, tracking.STUDY_UID_TAG: uid, keys.STORAGE: storage.mask(plan.storage),
                 keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}", keys.BUDGET: str(plan.budget),
                 keys.STATE: "running", keys.TRAINER: trainer_label(plan.trainer) or "hpo.train:train",
-                keep.K_TAG: str(self._keep_k(study))}
+                best_models.K_TAG: str(self._keep_k(study))}
         if plan.options.get("pack_cap"):
             tags[keys.WORKERS_PER_GPU] = f"auto (cap {plan.options['pack_cap']}): measuring"
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
@@ -501,7 +501,7 @@ class Session:
         result = self.summarize(interrupted, aborted)
         if self.tracker is not None:  # two workers that kept a model at the same moment may leave k + 1
             keep_too = {result.best_run_id} | {f["run_id"] for f in result.extra.get("pareto", ())}
-            _best_effort(keep.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
+            _best_effort(best_models.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
                          frozenset(r for r in keep_too if r))
         self._register(result)
         if self.plan.options.get("pack_cap") and not self.packing and self.tracker is not None:
@@ -565,14 +565,14 @@ class Session:
         """--keep-models, else what the sweep kept when it last ran (a resume keeps its K), else 3."""
         k = self.plan.options.get("keep_models")
         if k is None:
-            k = study.user_attrs.get(keys.KEEP_MODELS, keep.DEFAULT_K)
+            k = study.user_attrs.get(keys.KEEP_MODELS, best_models.DEFAULT_K)
         if study.user_attrs.get(keys.KEEP_MODELS) != k:
             study.set_user_attr(keys.KEEP_MODELS, k)
         self.keep_k = int(k)
         return self.keep_k
 
-    def _keep_policy(self) -> keep.Policy:
-        return keep.Policy(self.keep_k, self.spec.metric, self.spec.goal)
+    def _keep_policy(self) -> best_models.Policy:
+        return best_models.Policy(self.keep_k, self.spec.metric, self.spec.goal)
 
     def _register(self, result: Result) -> None:
         """`--register NAME`: the best model becomes a version of NAME (not after Ctrl-C or an abort)."""
@@ -634,11 +634,11 @@ def _first_ctrl_c(signum, frame):  # noqa: ARG001
 def _ctrl_z(signum, frame):  # noqa: ARG001
     """Ctrl-Z pauses the whole sweep: the workers (in sessions of their own) and then the controller;
     `fg` (SIGCONT) continues the controller here, which continues the workers with their leases renewed."""
-    from hpo import procs
+    from hpo import worker_pool
 
-    stopped = procs.pause_workers()
+    stopped = worker_pool.pause_workers()
     os.kill(os.getpid(), signal.SIGSTOP)  # not SIGTSTP: a process group without a terminal would ignore it
-    procs.resume_workers(stopped)
+    worker_pool.resume_workers(stopped)
 
 
 def _stdio_closed() -> bool:

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo import keys
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
-from hpo.outage import PatientRDBStorage
+from hpo.storage_outage import PatientRDBStorage
 from hpo.redact import mask, mask_text  # noqa: F401 - re-exported: callers import them from here
 from hpo.trial import INFRA_REASONS, KILLS_ITS_WORKER
 

@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 from hpo import diskspace, liveness
 from hpo.errors import HpoError
 from hpo.tracking import EXIT_UNREACHABLE
-from hpo.procs import Exit, Pool
+from hpo.worker_pool import Exit, Pool
 from hpo.slots import Slot
 
 

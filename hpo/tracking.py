@@ -28,7 +28,7 @@ STUDY_UID_TAG = keys.STUDY_UID  # the study a parent run belongs to, written to 
 def _retry(fn: Callable[[], T]) -> T:
     """SQLite tracking stores say 'database is locked' under parallel writers, or while another
     process holds a long transaction: wait and retry, for at most $HPO_STORAGE_OUTAGE_S seconds."""
-    from hpo.outage import StorageDown, bound_s
+    from hpo.storage_outage import StorageDown, bound_s
 
     deadline, pause = time.monotonic() + bound_s(), 0.05
     while True:

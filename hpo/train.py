@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from hpo import data, models
-from hpo.step import Step
+from hpo.train_step import Step
 
 Report = Callable[[int, Mapping[str, float]], None]
 
@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "seed": 0,
     "amp": True,  # mixed precision: CUDA only, and only for the convolutional models (models.step_plan)
-    "cuda_graphs": True,  # CUDA: replay each full batch's step from one captured graph (hpo.step)
+    "cuda_graphs": True,  # CUDA: replay each full batch's step from one captured graph (hpo.train_step)
     "max_train_samples": 0,  # 0: the whole training split; N: its first N rows (quick runs, CPU benchmarks)
     "max_eval_samples": 0,  # the same for the validation split
 }
@@ -176,7 +176,7 @@ def _print_report(step: int, metrics: Mapping[str, float]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    from hpo.integrations import wandb_run_reporter
+    from hpo.under_wandb_agent import wandb_run_reporter
 
     with wandb_run_reporter(config) as report:
         train(config, report or _print_report)

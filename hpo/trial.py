@@ -130,7 +130,7 @@ class Reporter:
     should_stop: Callable[[int, float], bool] = lambda step, value: False
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     seconds: float | None = None  # the trainer's own wall time (hpo's before and after left out)
-    candidate: Any = None  # hpo.keep.Candidate: the trained model, handed over by `model(...)`
+    candidate: Any = None  # hpo.best_models.Candidate: the trained model, handed over by `model(...)`
     objectives: tuple[str, ...] = ()  # a multi-objective sweep's metrics (`metric` is the first of them)
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -148,7 +148,7 @@ class Reporter:
         """The trained model (a torch.nn.Module taking raw inputs), a few raw inputs (numpy) for its signature,
         and optionally the validation split `(inputs, labels, class_names)` for its evaluation. hpo logs it as
         an MLflow model when the trial completes among the sweep's best few (`--keep-models`)."""
-        from hpo.keep import Candidate
+        from hpo.best_models import Candidate
 
         self.candidate = Candidate(model, input_example, validation)
 
@@ -179,7 +179,7 @@ def run_trainer(trainer: Callable, config: Mapping[str, Any], reporter: Reporter
         final = None  # sys.exit(0): ended as a script ends; its value is its last report
     except Exception as exc:  # noqa: BLE001 - a failed trial is data, not a crash
         from hpo.diskspace import fault
-        from hpo.outage import StorageDown
+        from hpo.storage_outage import StorageDown
 
         # A full disk stops everyone's writes: the machine's fault. A read-only or forbidden file of the
         # trainer's own (its data, its checkpoints) is the trial's.
@@ -325,8 +325,8 @@ class TrialRun:
         """Log the trial's model when it is among the sweep's best few; a model that cannot be logged is noted
         on the run (and on stderr), and the trial stays complete."""
         from hpo.diskspace import is_disk_full
-        from hpo.keep import keep
-        from hpo.outage import StorageDown
+        from hpo.best_models import keep
+        from hpo.storage_outage import StorageDown
 
         from hpo.redact import mask_text
 
@@ -346,7 +346,7 @@ class TrialRun:
         """End the child run: what is still queued (metrics, params) and the end tags in one write, then the
         status. The trial's data is in MLflow before it is told finished; a write that failed fails it."""
         from hpo.diskspace import is_disk_full
-        from hpo.outage import StorageDown
+        from hpo.storage_outage import StorageDown
         from hpo.provenance import dataset_tags
 
         try:

@@ -183,7 +183,7 @@ def _proc_state(pid: int) -> str:
 
 
 def _below(pid: int) -> list[int]:
-    from hpo.procs import descendants
+    from hpo.worker_pool import descendants
 
     return descendants(pid)
 

@@ -266,10 +266,10 @@ def test_the_private_names_hpo_uses_still_exist():
     from optuna.storages import RDBStorage
     from optuna.storages._cached_storage import _CachedStorage
 
-    from hpo.outage import RDB_CALLS
+    from hpo.storage_outage import RDB_CALLS
 
     missing = [n for n in RDB_CALLS if not hasattr(RDBStorage, n) and not hasattr(_CachedStorage, n)]
-    assert not missing, f"RDBStorage no longer has {missing} (hpo.outage patches them)"
+    assert not missing, f"RDBStorage no longer has {missing} (hpo.storage_outage patches them)"
     study = optuna.create_study()
     trial = study.ask()
     for obj, names in ((study, ("_storage", "_study_id")),

@@ -64,6 +64,6 @@ def test_worker_argv_is_a_list_without_secrets():
 
 def test_importing_the_controller_touches_no_gpu_and_no_torch():
     code = ("import os, sys; before = dict(os.environ); import hpo, hpo.cli, hpo.api, hpo.session, hpo.backends.optuna, "
-            "hpo.slots, hpo.procs, hpo.backends.optuna.controller; assert 'torch' not in sys.modules, 'torch imported'; "
+            "hpo.slots, hpo.worker_pool, hpo.backends.optuna.controller; assert 'torch' not in sys.modules, 'torch imported'; "
             "assert dict(os.environ) == before")
     subprocess.run([sys.executable, "-c", code], check=True)

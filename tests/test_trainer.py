@@ -70,7 +70,7 @@ def test_the_seed_decides_the_result():
 def test_the_step_plan_gives_a_gpu_only_what_pays_and_leaves_the_cpu_step_plain():
     from hpo.models import StepPlan, step_plan
 
-    # casts only cost the MLP; every model's full batches replay a CUDA graph (hpo.step)
+    # casts only cost the MLP; every model's full batches replay a CUDA graph (hpo.train_step)
     assert step_plan("mlp", "cuda") == StepPlan(amp=False, fused=True, channels_last=False, graphs=True)
     assert step_plan("cnn", "cuda") == StepPlan(amp=True, fused=True, channels_last=True, graphs=True)
     assert step_plan("resnet18", "cuda", amp=False) == StepPlan(amp=False, fused=True, channels_last=True, graphs=True)
@@ -144,7 +144,7 @@ needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), rea
 def test_the_cuda_graph_step_trains_like_the_eager_step(monkeypatch, model, optimizer):
     """Runs on a GPU only (bench/gpu_check.sh runs it there). Without dropout the graphed step must give the eager
     step's curve: the same batches, once each, the same optimizer (Adam's step count advancing in the graph)."""
-    from hpo import step as step_module
+    from hpo import train_step as step_module
 
     captures = []
     capture = step_module.Step._capture

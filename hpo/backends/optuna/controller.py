@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import keep, keys, packing, trainer_ref
+from hpo import best_models, keys, packing, trainer_ref
 from hpo import distributions as space
-from hpo.procs import Pool
+from hpo.worker_pool import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
 from hpo.supervisor import Supervisor
 
@@ -49,7 +49,7 @@ def prestart(plan: Plan, port: SessionPort) -> Pool:
     _record_pruner(plan, port.study)
     port.top_up(_grid(plan))
     pool = make_pool(plan, {"HPO_LAUNCH": port.parent.launch,
-                            "HPO_KEEP_MODELS": str(plan.options.get("keep_models", keep.DEFAULT_K))})
+                            "HPO_KEEP_MODELS": str(plan.options.get("keep_models", best_models.DEFAULT_K))})
     pool.start_all()
     return pool
 

@@ -103,9 +103,9 @@ def serve(cfg: WorkerConfig) -> int:
         trainer = trainer_ref.load(cfg.trainer)
         importlib.import_module("mlflow.tracking")
         if cfg.trainer == trainer_ref.BUILTIN and os.environ.get("HPO_KEEP_MODELS", "0") != "0":
-            from hpo import keep  # the trainer hands its model over and the sweep keeps some: ready that too
+            from hpo import best_models  # the trainer hands its model over and the sweep keeps some: ready that too
 
-            threading.Thread(target=keep.warm, daemon=True, name="hpo-export-warm-up").start()
+            threading.Thread(target=best_models.warm, daemon=True, name="hpo-export-warm-up").start()
         if cfg.trainer == trainer_ref.BUILTIN and own_gpu():  # CUDA's start-up (seconds) while the sweep is set up
             from hpo.train import warm_cuda
 

@@ -31,7 +31,7 @@ import optuna
 
 from hpo import keys, storage
 from hpo.backends.wandb.engine import Engine
-from hpo.procs import Pool
+from hpo.worker_pool import Pool
 from hpo.supervisor import Supervisor
 from hpo.provenance import git_sha
 from hpo.trial import INFRA_REASONS, Outcome

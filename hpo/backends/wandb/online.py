@@ -20,7 +20,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from hpo.errors import HpoError, MissingDependency, UsageError
-from hpo.procs import Pool
+from hpo.worker_pool import Pool
 from hpo.slots import Slot, parse_gpus, plan, slot_env, threads_per_worker
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
