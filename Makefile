@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 HPO    := $(VENV)/bin/hpo
 ARGS   ?=
 
-.PHONY: setup sweep test test-fast bench dashboard mlflow-ui clean constraints
+.PHONY: setup sweep test test-fast stress bench dashboard mlflow-ui clean constraints
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ sweep: setup
 
 test: setup
 	$(PY) -m pytest -q -ra $(ARGS)
+
+# The long randomized fault loops (thirty power cuts: 6 min); `make test` runs their deterministic cases.
+stress: setup
+	$(PY) -m pytest -q -ra -m stress $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow" $(ARGS)
