@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any, Callable, Mapping
 
 from hpo import keys
+from hpo.redact import mask_text
 from hpo.gpumon import TrialGpu, own_gpu
 from hpo.program import TRIAL
 
@@ -102,8 +103,8 @@ class Outcome:
     def tags(self) -> dict[str, str]:
         out = {keys.STATE: self.state.value}
         for key in ("reason", "error_type", "error"):
-            if getattr(self, key):  # an error's end says why (the exception's line, argparse's `error:`)
-                text = str(getattr(self, key))
+            if getattr(self, key):  # an error's end says why (the exception's line, argparse's `error:`), masked
+                text = mask_text(str(getattr(self, key)))
                 out[f"{keys.PREFIX}{key}"] = text if len(text) <= 1000 else "..." + text[-997:]
         if self.values is not None:  # a multi-objective trial's values, for whoever reads its run (Ray's side)
             out[keys.VALUES] = json.dumps(list(self.values))
@@ -327,8 +328,6 @@ class TrialRun:
         from hpo.diskspace import is_disk_full
         from hpo.best_models import keep
         from hpo.storage_outage import StorageDown
-
-        from hpo.redact import mask_text
 
         candidate, reporter.candidate = reporter.candidate, None  # the weights are not held after this
         try:

@@ -129,6 +129,24 @@ def test_passwords_are_masked_wherever_they_sit_in_the_url(url):
     assert "s3cret" not in shown and "***" in shown
 
 
+def test_an_error_that_quotes_a_secret_is_masked_in_the_trials_tags_and_the_clis_output(monkeypatch):
+    """A trial's error (hpo.error, on the child run and the Optuna trial) and any line the CLI prints lose a
+    URL's password and the value of a secret environment variable (hpo.redact)."""
+    import io
+
+    from hpo.redact import MaskingStream
+    from hpo.trial import Outcome
+
+    monkeypatch.setenv("WANDB_API_KEY", "planted-key-1234")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/not/a/secret/path")
+    tags = Outcome(State.FAILED, reason="error",
+                   error="POST http://u:pw-5678@mlflow:5000 failed; key planted-key-1234").tags()
+    assert tags["hpo.error"] == "POST http://u:***@mlflow:5000 failed; key ***"
+    out = io.StringIO()
+    MaskingStream(out).write("env: planted-key-1234 at /not/a/secret/path; db postgresql://a:b-secret@h/d\n")
+    assert out.getvalue() == "env: *** at /not/a/secret/path; db postgresql://a:***@h/d\n"
+
+
 def test_one_state_vocabulary_maps_to_every_tool():
     from optuna.trial import TrialState
 
