@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hpo.redact import scrub_file
+
 PREFIX = "program:"  # a trainer ref that starts so is a Program (its JSON follows); trainer_ref.PROGRAM
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 REPORT_FD_ENV = "HPO_REPORT_FD"
@@ -219,6 +221,8 @@ class ProgramTrainer:
             self._follow(proc, read_end, p.logs / f"{tag}.out", report)
         finally:
             stop(proc)
+            for name in (f"{tag}.out", f"{tag}.err"):
+                scrub_file(p.logs / name)  # a program may print its argv, where ${envvar:...} put a secret
         if proc.returncode != 0:
             raise ProgramFailed(f"exit code {proc.returncode}: {_tail(p.logs / f'{tag}.err')}")
 

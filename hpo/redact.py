@@ -48,6 +48,20 @@ def mask_text(text: str) -> str:
     return text
 
 
+def scrub_file(path, limit: int = 64 << 20) -> None:
+    """A program's captured output (runs/NAME/logs/trial-N.out / .err), masked in place once it has ended:
+    a program may print its own argv, where `${envvar:NAME}` put a secret. Files over `limit` are left."""
+    try:
+        if path.stat().st_size > limit:
+            return
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError:
+        return
+    masked = mask_text(text)
+    if masked != text:
+        path.write_bytes(masked.encode("utf-8", "surrogateescape"))
+
+
 class MaskingStream(io.TextIOBase):
     """A text stream that masks every write before passing it on (isatty, fileno and flush pass through)."""
 

@@ -428,3 +428,37 @@ def test_a_sweep_file_in_a_subfolder_runs_the_program_where_wandb_agent_would(tm
     assert out.returncode == 0, out.stderr
     study = load_study(tmp_path / "runs" / "subfolder", "subfolder")
     assert sorted(t.value for t in study.get_trials()) == [1.0, 2.0]
+
+
+def test_a_secret_passed_as_an_envvar_argument_reaches_the_program_and_nothing_hpo_writes(tmp_path):
+    """`--token=${envvar:MY_API_TOKEN}` (W&B's macro): the program gets the value, as under `wandb agent`;
+    a trial that fails quoting its argv (argparse) keeps its error with the value masked, and no file under
+    runs/, no stdout or stderr line holds it."""
+    seen, env = _setup(tmp_path, "kv_train.py", """
+name: envsecret
+program: kv_train.py
+method: grid
+metric: {name: score, goal: maximize}
+command: ["${env}", "${interpreter}", "${program}", "--token=${envvar:MY_API_TOKEN}", "${args}"]
+parameters:
+  lr: {values: [0.1, 0.2]}
+  epochs: {value: 2}
+""")
+    secret = "PLANTED-envvar-token-51"
+    program = (tmp_path / "kv_train.py").read_text().replace(
+        'p.add_argument("--epochs", type=int)',
+        'p.add_argument("--epochs", type=int)\np.add_argument("--token")')
+    program = program.replace("a = p.parse_args()", "a = p.parse_args()\n"
+                              "open(os.path.join(os.environ['SEEN_DIR'], 'token'), 'w').write(a.token)\n"
+                              "if a.lr > 0.15:\n    p.error(f'lr too high for --token={a.token}')")
+    (tmp_path / "kv_train.py").write_text(program)
+    out = run_hpo("run", "sweep.yaml", "--workers", "1", "--no-progress", cwd=tmp_path,
+                  env={**env, "MY_API_TOKEN": secret})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (seen / "token").read_text() == secret, "the program got the value"
+    study = load_study(tmp_path / "runs" / "envsecret", "envsecret")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and "lr too high for --token=***" in failed[0].user_attrs["hpo.error"], failed
+    assert secret not in out.stdout + out.stderr
+    leaks = [str(p) for p in (tmp_path / "runs").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
