@@ -92,12 +92,20 @@ def _git(args: list[str], cwd: str | None) -> str | None:
 
 
 def _gpu_driver() -> str | None:
+    """The NVIDIA driver's version, from NVML (nvidia-ml-py); None without one."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver here
         return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def dataset_tags(config: Mapping[str, Any], trainer_ref: str | None) -> dict[str, str]:

@@ -19,7 +19,9 @@ URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def mask(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print, log or tag."""
+    """The URL with any password replaced by ***, safe to print, log or tag. (SQLAlchemy's
+    `URL.render_as_string(hide_password=True)` masks only database URLs it can parse; this takes any
+    scheme, an HTTP tracking URI included, and `?password=` / `token=` in the query.)"""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -2,14 +2,12 @@
 
 Slot planning is plain data in, `CUDA_VISIBLE_DEVICES` out: it is tested with
 4 or 8 "GPUs" on a machine with none. The controller never initializes CUDA;
-it discovers GPUs through CUDA_VISIBLE_DEVICES or nvidia-smi.
+it discovers GPUs through CUDA_VISIBLE_DEVICES or NVML.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -25,20 +23,28 @@ class Slot:
     cuda_visible_devices: str
 
 
-def discover_gpus(env: Mapping[str, str] = os.environ, smi: str | None = "nvidia-smi") -> list[str]:
-    """GPU ids this process may use, without touching CUDA."""
+def discover_gpus(env: Mapping[str, str] = os.environ, count: Callable[[], int] | None = None) -> list[str]:
+    """GPU ids this process may use, without touching CUDA: CUDA_VISIBLE_DEVICES, else every GPU NVML sees."""
     if "CUDA_VISIBLE_DEVICES" in env:
         ids = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",")]
         return [g for g in ids if g and g != "-1"]
-    exe = shutil.which(smi) if smi else None
-    if not exe:
-        return []
+    return [str(i) for i in range((count or nvml_count)())]
+
+
+def nvml_count() -> int:
+    """How many GPUs the driver's NVML sees (numbered as nvidia-smi numbers them); 0 without a driver."""
     try:
-        out = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no library, no GPU: a CPU machine
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:  # noqa: BLE001
+        return 0
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def parse_gpus(value: str, discovered: Callable[[], list[str]] = discover_gpus) -> list[str]:

@@ -73,7 +73,11 @@ def heartbeat_grace() -> int:
 
 
 def stale_trial_ids(study: optuna.Study) -> list[int]:
-    """RUNNING trials whose worker stopped sending heartbeats (RDB storages only)."""
+    """RUNNING trials whose worker stopped sending heartbeats (RDB storages only).
+
+    Optuna's own query finds them; its `fail_stale_trials` is not used to fail them because a stale trial's
+    MLflow child run must be closed with it, in one place (Session.fail_trial), and the journal storage has
+    no heartbeat at all (hpo.liveness leases cover every storage)."""
     store = study._storage  # noqa: SLF001 - RDBStorage, or Optuna's cache around it
     if not _heartbeat_interval(store):
         return []
@@ -263,7 +267,9 @@ def fill_queue(study: optuna.Study, budget: int, grid: list[dict[str, Any]] | No
 def queue_retries(study: optuna.Study, retries: int) -> int:
     """Re-queue each failed trial's params (trainer error, dead worker, Ctrl-C) up to `retries` times.
 
-    The new trial links to the original through the user attr `hpo.retry_of`.
+    The new trial links to the original through the user attr `hpo.retry_of`. Optuna's
+    `RetryFailedTrialCallback` re-queues only trials failed for a missing heartbeat (RDB storages), so it
+    misses trainer errors, interrupts and the journal storage; this keeps its attr's meaning (`retry_of`).
     """
     if retries <= 0:
         return 0

@@ -48,7 +48,11 @@ def test_discovery_respects_cuda_visible_devices_without_touching_cuda():
     assert discover_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
     assert discover_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert discover_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
-    assert discover_gpus({}, smi="no-such-nvidia-smi") == []
+    assert discover_gpus({}, count=lambda: 0) == []
+    assert discover_gpus({}, count=lambda: 3) == ["0", "1", "2"], "NVML's count, numbered as nvidia-smi does"
+    from hpo.slots import nvml_count
+
+    assert discover_gpus({}) == [str(i) for i in range(nvml_count())]  # no driver here: none
 
 
 def test_threads_are_shared_between_workers():
