@@ -5,6 +5,7 @@ A leaf module: everything else imports these, they import nothing of hpo at run 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -316,7 +316,9 @@ class Session:
         if diskspace.free_mb(self.plan.dir) < 1:  # it died writing its log or a record
             raise diskspace.DiskFull(self.plan.dir)
         self.max_deaths = max(self.max_deaths, 2 * pool)
-        counted = self.counted()
+        trials = self.trials()  # progress: a trial that finished; a config failed for killing its worker is a death
+        counted = self.tally.count(trials).finished - sum(
+            1 for t in trials if t.state == TrialState.FAIL and storage.reason(t) == KILLS_ITS_WORKER)
         if counted != self._counted_at_death:
             self._deaths, self._counted_at_death = 0, counted
         self._deaths += 1
@@ -513,6 +515,8 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the tracking server went away: say so, exit 1, resumable
             if not diskspace.is_disk_full(exc):
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                if not tracking.unreachable(exc):
+                    raise
                 self.unclosed = HpoError(
                     f"--tracking-uri: cannot close the parent run on {storage.mask(self.plan.tracking_uri)}: "
                     f"{storage.mask_text(first)}; the trials are in the study: run the same command once it "

@@ -107,7 +107,7 @@ def shared(tmp_path_factory) -> dict:
     seen = root / "seen"
     seen.mkdir()
     env = {"SEEN_DIR": str(seen), "HOME": str(root), "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(root / "wbc"),
-           "WANDB_CACHE_DIR": str(root / "wbcache"), "HPO_RAY_NUM_CPUS": "2",
+           "WANDB_CACHE_DIR": str(root / "wbcache"),
            "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}  # `python` in run.sh: this venv's
     return {"root": root, "seen": seen, "env": env, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
 
@@ -155,16 +155,14 @@ def ray_head(shared, tmp_path_factory):
         threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()  # never a full pipe
         yield f"{ip}:{port}", {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
     finally:
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 10.0)):  # `ray start --block` is slow to go
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and [p for p in _session(head.pid) if _alive(p)]:
-                time.sleep(0.2)
-            if not [p for p in _session(head.pid) if _alive(p)]:
-                break
+                time.sleep(0.1)
         head.wait(timeout=30)
 
 
