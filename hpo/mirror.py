@@ -1,9 +1,9 @@
-"""Trials that ran on Ray or W&B, written into the sweep's Optuna study as they run.
+"""Trials in the sweep's Optuna study: the one module that writes a trial's end there, for every engine.
 
-A trial appears RUNNING when it starts (so `hpo status` and optuna-dashboard show it),
-gets its per-step values as they are reported, and ends with its value and state. Its
-params carry Optuna distributions that contain them, whatever the W&B distribution.
-Only the controller writes the mirror.
+Ray's and W&B's trials are mirrored by the controller as they run: a trial appears RUNNING when it
+starts (so `hpo status` and optuna-dashboard show it), gets its per-step values as they are reported,
+and ends with its value and state; its params carry Optuna distributions that contain them, whatever
+the W&B distribution. The Optuna engine's workers end their own trials through `finish_trial` too.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def report(study: optuna.Study, trial_id: int, step: int, value: float) -> None:
         study._storage.set_trial_intermediate_value(trial_id, int(step), float(value))  # noqa: SLF001
 
 
-def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attrs: Mapping[str, Any]) -> None:
-    """Its outcome's tags as user attrs, then its end state (and value when complete)."""
+def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attrs: Mapping[str, Any],
+                 live: optuna.Trial | None = None) -> None:
+    """The one writer of a trial's end into Optuna, for every engine: its outcome's tags as user attrs, then
+    its state and value(s). `live`: the Optuna engine's own trial, told through `study.tell` so its sampler
+    sees the result too; the other engines' trials are written into the storage."""
     store = study._storage  # noqa: SLF001
     attrs = {**user_attrs, **{k: v for k, v in outcome.tags().items() if k != keys.STATE}}
     for key, value in attrs.items():
@@ -57,8 +60,14 @@ def finish_trial(study: optuna.Study, trial_id: int, outcome: Outcome, user_attr
         values = [runtime_of(store, trial_id)]  # the sweep has no metric (run_trainer fails a trial that never reports one)
     if outcome.state == State.COMPLETE and outcome.values:  # a multi-objective trial
         values = list(outcome.values)
-    if values is not None and len(values) != len(study.directions):  # a study must never hold that trial
+    if outcome.state == State.COMPLETE and (values is None or len(values) != len(study.directions)):
         values, outcome = None, Outcome(State.FAILED, reason="no metric", error="not every objective reported")
+        for key, value in outcome.tags().items():  # a study must never hold a COMPLETE trial without its values
+            if key != keys.STATE:
+                store.set_trial_user_attr(trial_id, key, value)
+    if live is not None:
+        study.tell(live, values, state=outcome.state.optuna_state)
+        return
     try:
         store.set_trial_state_values(trial_id, state=outcome.state.optuna_state, values=values)
     except RuntimeError:  # already finished (e.g. failed as an orphan meanwhile)

@@ -377,7 +377,13 @@ class Session:
             return {}
         runs = self.tracker.client.search_runs([self.experiment_id], f"tags.`{find[0]}` = '{find[1]}'",
                                                order_by=["attributes.start_time DESC"], max_results=1)
-        return dict(runs[0].data.tags) if runs else {}
+        if not runs:
+            return {}
+        tags = dict(runs[0].data.tags)
+        if lv is not None:  # ended before it reported (a program that failed at once): link its run now
+            self.trial_updated(key, run_id=runs[0].info.run_id, worker=tags.get(keys.WORKER, ""),
+                               cuda=tags.get(keys.CUDA_VISIBLE_DEVICES, ""))
+        return tags
 
     def trial_reported(self, key: Any, step: int, value: float | None) -> None:
         lv = self.live.get(key)

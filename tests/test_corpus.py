@@ -94,10 +94,7 @@ PROGRAMS = {
 }
 ENGINES = {"optuna": [], "ray": ["--backend", "ray"], "wandb": ["--backend", "wandb", "--offline"]}
 # (program, engine) -> the hpo bug that keeps it from passing
-XFAIL: dict[tuple[str, str], str] = {
-    ("misnamed_metric", "ray"): "hpo bug: on Ray a trial that never reports the sweep's metric is mirrored into "
-                                "Optuna without hpo.mlflow_run_id (Optuna and W&B set it)",
-}
+XFAIL: dict[tuple[str, str], str] = {}  # (program, engine) -> a known hpo bug; none now
 
 
 # -- what every run shares: one HOME, one place the programs write what they saw, one Ray head ------------

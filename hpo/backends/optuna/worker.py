@@ -196,17 +196,9 @@ class _Context:
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         liveness.guard()  # stalled past its lease: the trial was failed meanwhile and belongs to nobody
-        for key, value in outcome.tags().items():
-            if key != keys.STATE:
-                trial.set_user_attr(key, value)
-        if outcome.state == State.COMPLETE and outcome.value is None:  # a sweep with no metric: its run time
-            from hpo import mirror
+        from hpo import mirror
 
-            self.study.tell(trial, mirror.runtime_of(self.study._storage, trial._trial_id))  # noqa: SLF001
-        elif outcome.state == State.COMPLETE:
-            self.study.tell(trial, list(outcome.values) if outcome.values else outcome.value)
-        else:
-            self.study.tell(trial, state=outcome.state.optuna_state)
+        mirror.finish_trial(self.study, trial._trial_id, outcome, {}, live=trial)  # noqa: SLF001
 
 
 class TrackingDown(HpoError):
