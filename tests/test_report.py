@@ -131,6 +131,27 @@ def test_optuna_dashboard_shows_the_study_in_chromium(swept, tmp_path):
 
 
 @NEEDS_CHROMIUM
+def test_optuna_dashboard_opens_a_sweep_without_a_metric_in_chromium(tmp_path):
+    """A grid sweep with no `metric:` (W&B allows it): its study page loads (it answered 500 when COMPLETE
+    trials held no value) and draws the trials, each valued by its run time (`_runtime`)."""
+    write(tmp_path / "sweep.yaml", "name: nometric\nmethod: grid\nparameters:\n  x: {values: [1, 2, 3]}\n")
+    run_hpo("run", "sweep.yaml", "--workers", "1", "--trainer", "fault_trainers:trivial", "--no-progress",
+            cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=True)
+    port = free_port()
+    proc = serve([sys.executable, "-m", "hpo", "dashboard", "sweep.yaml", "--port", str(port)], tmp_path, port,
+                 "/api/studies")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0", timeout=30) as resp:
+            assert resp.status == 200
+        _, dom = browser(tmp_path, f"http://127.0.0.1:{port}/dashboard/studies/0", 15000)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "nometric" in dom.stdout and "_runtime" in dom.stdout, dom.stdout[-3000:]
+    assert dom.stdout.count('class="main-svg"') >= 1, dom.stdout[-3000:]
+
+
+@NEEDS_CHROMIUM
 def test_the_mlflow_ui_lists_the_parent_and_its_children_in_chromium(swept, tmp_path):
     """`mlflow ui` on the sweep's store, at the runs-table link the summary prints: the parent run is
     listed with its 6 children under it (7 matching runs)."""
