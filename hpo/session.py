@@ -550,8 +550,19 @@ class Session:
         return n
 
     def _end_running_children(self, reason: str) -> None:
+        """Close the child runs still RUNNING at the sweep's end. One whose trial has already ended in the study
+        (a Ray trial that reached max_t, its worker stopped by the interrupt before it closed its own run) ends
+        as that trial did; the rest end `reason`."""
+        ended = {t.user_attrs.get(keys.MLFLOW_RUN_ID): t for t in self.trials() if t.state.is_finished()}
         for run in self.tracker.children(self.experiment_id, self.parent_run_id, running_only=True):
-            close_child(self.tracker, run.info.run_id, lost(reason))
+            t = ended.get(run.info.run_id)
+            if t is not None and t.state == TrialState.COMPLETE:
+                outcome = Outcome(State.COMPLETE, storage.primary(t))
+            elif t is not None and t.state == TrialState.PRUNED:
+                outcome = Outcome(State.PRUNED, reason=t.user_attrs.get(keys.REASON) or "pruned")
+            else:
+                outcome = lost(reason)
+            close_child(self.tracker, run.info.run_id, outcome)
 
     def summarize(self, interrupted: bool, aborted: str | None) -> Result:
         result = summary.summarize(self.plan, self.trials(), self.parent_run_id, interrupted, aborted)

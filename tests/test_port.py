@@ -332,3 +332,23 @@ def test_no_import_cycle_between_hpo_modules():
 
     cycles = sorted(m for m in mods if m in reaches(m))
     assert not cycles, f"modules in an import cycle: {cycles}"
+
+
+def test_a_trial_that_ended_before_the_interrupt_keeps_its_end_on_its_run(tmp_path):
+    """The race CI found on Ray: a trial reaches max_t and is COMPLETE in the study, Ctrl-C kills its worker before
+    the worker closed its own child run. The sweep's close ends that child as its trial ended (FINISHED,
+    complete), not `interrupted`; a child whose trial was still running ends interrupted."""
+    def script(port):
+        port.trial_started("done", 0, {"x": 1}, worker="w0")
+        port.trial_updated("done", run_id=child(port, 0))
+        port.trial_reported("done", 1, 0.5)
+        port.trial_finished("done", Outcome(State.COMPLETE), close=False)  # the worker was to close the run
+        port.trial_started("live", 1, {"x": 2}, worker="w1")
+        port.trial_updated("live", run_id=child(port, 1))
+        raise KeyboardInterrupt
+
+    result, trials, (_, _, parents, children) = play(tmp_path, script)
+    assert result.interrupted and parents[0].info.status == "KILLED"
+    ends = {c.data.tags["hpo.trial"]: (c.info.status, c.data.tags.get("hpo.state")) for c in children}
+    assert ends == {"0": ("FINISHED", "complete"), "1": ("KILLED", "interrupted")}, ends
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
