@@ -126,9 +126,9 @@ def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_
     victim = None
     while victim is None and time.monotonic() < deadline + 60:
         time.sleep(0.5)
-        victim = next((t for t in study.get_trials() if t.state == TrialState.RUNNING
-                       and t.user_attrs.get("hpo.host") == "remote-0"), None)
-    assert victim is not None, "the remote worker took a trial"
+        victim = next((t for t in study.get_trials() if t.state == TrialState.RUNNING  # mid-trial: its run made
+                       and t.user_attrs.get("hpo.host") == "remote-0" and "hpo.mlflow_run_id" in t.user_attrs), None)
+    assert victim is not None, "the remote worker took a trial and opened its run"
     remote[0].kill()
     remote[0].wait()
     out, err = ctl.communicate(timeout=240)
