@@ -10,6 +10,10 @@ only once its schema is MLflow's head revision: a kill at any instant leaves eit
 whole one (and at worst a stray `.mlflow.db.*.building` file, removed by the next start). A store
 left half-made by an older hpo is rebuilt when it holds no run; one that holds runs is left to
 MLflow's own upgrade.
+
+Running the migrations costs ~2 s of CPU per new store, so the first build also keeps an empty copy
+(`~/.cache/hpo/`, per schema revision; `HPO_CACHE_DIR` moves it) and later builds start from that copy,
+checked whole before it is used.
 """
 
 from __future__ import annotations
@@ -83,15 +87,70 @@ def ensure(uri: str) -> bool:
     return True
 
 
+def template_path() -> Path:
+    """Where an empty whole store of this MLflow's schema is kept, to copy rather than migrate again."""
+    root = os.environ.get("HPO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpo")
+    return Path(root) / f"mlflow-{head_revision()}.db"
+
+
 def _build(path: Path) -> Path:
     """A new store beside `path`, its schema complete, in rollback-journal mode (no -wal file to carry)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{BUILDING}")
+    tmp.unlink(missing_ok=True)
+    if not _from_template(tmp, path.parent / "artifacts"):
+        _migrate(tmp, path.parent / "artifacts")
+        _keep_template(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def _from_template(tmp: Path, artifacts: Path) -> bool:
+    """Copy the kept empty store to `tmp`, its default experiment pointed at `artifacts`; False if there is
+    no usable copy."""
+    template = template_path()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True, timeout=5)) as src, \
+                contextlib.closing(sqlite3.connect(tmp)) as dst:
+            src.backup(dst)
+            with dst:
+                dst.execute("update experiments set artifact_location = ? where experiment_id = 0",
+                            (f"{artifacts.resolve().as_uri()}/0",))  # where MLflow itself puts it
+    except (sqlite3.Error, OSError):
+        tmp.unlink(missing_ok=True)
+        return False
+    if is_whole(tmp) and not has_runs(tmp):
+        return True
+    tmp.unlink(missing_ok=True)
+    return False
+
+
+def _keep_template(tmp: Path) -> None:
+    """Keep an empty copy of a freshly migrated store for the next build (best effort: a read-only home
+    only costs the next build its migrations)."""
+    template = template_path()
+    part = template.with_name(f".{template.name}.{os.getpid()}{BUILDING}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(tmp)) as src, contextlib.closing(sqlite3.connect(part)) as dst:
+            src.backup(dst)
+        os.replace(part, template)
+    except (sqlite3.Error, OSError):
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+
+
+def _migrate(tmp: Path, artifacts: Path) -> None:
+    """Make MLflow's schema in `tmp` by running its migrations."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     quiet_mlflow()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{BUILDING}")
-    tmp.unlink(missing_ok=True)
     uri = f"sqlite:///{tmp}"
-    store = SqlAlchemyStore(uri, (path.parent / "artifacts").resolve().as_uri())
+    store = SqlAlchemyStore(uri, artifacts.resolve().as_uri())
     store.engine.dispose()
     SqlAlchemyStore._engine_map.pop(uri, None)  # this file is about to be renamed: no engine may keep it
     with contextlib.closing(sqlite3.connect(tmp)) as con:
@@ -99,12 +158,6 @@ def _build(path: Path) -> Path:
         con.execute("pragma journal_mode=DELETE")
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return tmp
 
 
 def _publish(tmp: Path, path: Path) -> None:

@@ -89,13 +89,20 @@ def test_a_store_that_holds_runs_is_never_rebuilt(tmp_path):
         assert not con.execute("select name from sqlite_master where name like '_alembic_tmp%'").fetchall()
 
 
-def test_a_kill_at_any_instant_leaves_no_store_or_a_whole_one(tmp_path):
+@pytest.mark.parametrize("path", ["migrations", "template"])
+def test_a_kill_at_any_instant_leaves_no_store_or_a_whole_one(tmp_path, monkeypatch, path):
     """SIGKILL the process making a new store at random instants of its life (imports, tables, the fifty
-    migrations, the rename): after each, the next start finds nothing or a whole store, never half of one."""
+    migrations or the copy of the kept empty store, the rename): after each, the next start finds nothing or
+    a whole store, never half of one."""
+    cache = tmp_path / "cache"
+    if path == "migrations":
+        cache.write_text("a file where the cache folder would be: no template can be kept")
+    monkeypatch.setenv("HPO_CACHE_DIR", str(cache))
     rng = random.Random(11)
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", ENSURE, _uri(tmp_path / "timing" / "mlflow.db")], check=True)
     whole = time.monotonic() - started
+    assert cache.is_dir() == (path == "template")
     seen = set()
     for i in range(8):
         db = tmp_path / f"r{i}" / "mlflow.db"
@@ -110,6 +117,28 @@ def test_a_kill_at_any_instant_leaves_no_store_or_a_whole_one(tmp_path):
         assert mlflow_store.is_whole(db) and _open_with_mlflow(db)
         assert not list(db.parent.glob(".*building*")), "the killed build's file is cleared"
     assert "none" in seen, seen  # some kills landed while the store was being made
+
+
+def test_a_new_store_is_copied_from_the_kept_empty_one(tmp_path, monkeypatch):
+    """The migrations run once per MLflow schema: later stores are copies of the kept empty one, each with its
+    default experiment's artifacts beside it; a damaged copy is ignored."""
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    assert mlflow_store.ensure(_uri(first))
+    template = mlflow_store.template_path()
+    assert template.parent == tmp_path / "cache" and mlflow_store.is_whole(template)
+    kept = template.stat().st_mtime_ns
+    assert mlflow_store.ensure(_uri(second))
+    assert template.stat().st_mtime_ns == kept, "copied from the kept store, not migrated (and kept again)"
+    with sqlite3.connect(second) as con:
+        assert con.execute("select artifact_location from experiments where experiment_id = 0").fetchone() == (
+            f"{(second.parent / 'artifacts').resolve().as_uri()}/0",)
+    assert mlflow_store.is_whole(second) and _open_with_mlflow(second)
+    template.write_bytes(b"not a database")
+    third = tmp_path / "c" / "mlflow.db"
+    assert mlflow_store.ensure(_uri(third))
+    assert mlflow_store.is_whole(third) and _open_with_mlflow(third)
+    assert mlflow_store.is_whole(template), "a damaged copy is replaced by a good one"
 
 
 def test_concurrent_first_starts_make_one_store(tmp_path):
