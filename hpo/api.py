@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hpo import spec as specmod
 from hpo import storage as storagemod
 from hpo import tracking, trainer_ref
 from hpo.errors import UsageError
-from hpo.plan import Plan, Result, Settings  # noqa: F401 - the API's value types (api.Settings, ...)
+from hpo.plan import Options, Plan, Result, Settings  # noqa: F401 - the API's value types (api.Settings, ...)
 from hpo.spec.yamlsafe import read_file
 
 DEFAULT_BUDGET = 20
@@ -52,8 +53,8 @@ def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str
     if raw.get("job") and not (raw.get("program") or raw.get("command")):
         raise UsageError("job: a W&B Launch job runs on W&B Launch; to run the sweep here give it a program: "
                          "or command:, or pass --trainer package.module:function")
-    found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.get("project"),
-                               missing_ok=s.inspect_only or bool(s.options.get("validate_only")))
+    found = program.from_sweep(raw, Path(s.sweep_file), sweep_dir, name, s.options.project,
+                               missing_ok=s.inspect_only or s.options.validate_only)
     return found.ref() if found else None
 
 
@@ -61,10 +62,10 @@ def _check_models(s: Settings, spec: specmod.Spec, trainer: str | None) -> None:
     """--keep-models and --register, before anything is written."""
     from hpo import program, registry
 
-    keep = s.options.get("keep_models")
+    keep = s.options.keep_models
     if keep is not None and keep < 0:
         raise UsageError(f"--keep-models: must be 0 or more (got {keep})")
-    name = s.options.get("register")
+    name = s.options.register
     if name is not None:
         registry.check_name(name)
         if not spec.metric:
@@ -104,7 +105,7 @@ def prepare(s: Settings) -> Plan:
         raise UsageError(f"--workers-per-gpu: auto packs the optuna engine's workers; with --backend {s.backend} "
                          "give a number")
     slots = slotsmod.plan(gpus, per_gpu, s.workers)
-    options = {**s.options, **({"pack_cap": cap} if cap is not None and gpus else {})}
+    options = replace(s.options, pack_cap=cap) if cap is not None and gpus else s.options
     plan = Plan(spec, name, sweep_dir, store, uri, budget(s, spec), tuple(slots), s.backend,
                 trainer, text, s.retries, s.progress, options)
     if not s.inspect_only:

@@ -75,9 +75,8 @@ def _settings(a: argparse.Namespace):
         gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
-        options={k: getattr(a, k) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project", "entity",
-                                             "offline", "no_report", "keep_models", "register")
-                 if getattr(a, k, None) is not None and getattr(a, k) is not False},
+        options={k: getattr(a, k, None) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project",
+                                                  "entity", "offline", "no_report", "keep_models", "register")},
     )
 
 
@@ -152,7 +151,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
     settings = _settings(a)
     try:
-        sw = api.prepare(replace(settings, options={**settings.options, "validate_only": True}))
+        sw = api.prepare(replace(settings, options=replace(settings.options, validate_only=True)))
     except SpecError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

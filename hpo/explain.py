@@ -10,20 +10,21 @@ from typing import Any
 
 from hpo.backends import base
 from hpo.errors import HpoError
+from hpo.plan import Options
 from hpo.spec import Spec
 
 
-def schedules(spec: Spec, options: dict | None = None) -> list[base.Schedule]:
+def schedules(spec: Spec, options: Options | None = None) -> list[base.Schedule]:
     out = []
     for name in base.ENGINES:
         try:
-            out.append(base.get(name).schedule(spec, dict(options or {})))
+            out.append(base.get(name).schedule(spec, options or Options()))
         except HpoError as exc:  # e.g. the engine's package is not installed
             out.append(base.Schedule(name, problem=str(exc), lines=(f"{name}: {exc}",)))
     return out
 
 
-def explain(spec: Spec, options: dict | None = None) -> str:
+def explain(spec: Spec, options: Options | None = None) -> str:
     goals = (f"metrics {', '.join(f'{n} ({g})' for n, g in spec.objectives)} (a Pareto front)" if spec.multi
              else f"metric {spec.metric} ({spec.goal})")
     head = f"{spec.name or 'sweep'}: method {spec.method}, {goals}, {len(spec.params)} parameters"
@@ -35,7 +36,7 @@ def explain(spec: Spec, options: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def as_json(spec: Spec, options: dict | None = None) -> dict[str, Any]:
+def as_json(spec: Spec, options: Options | None = None) -> dict[str, Any]:
     return {s.engine: {"runs": s.runs, "problem": s.problem, "rungs": list(s.rungs),
                        "stops_only_at_rungs": s.stops_only_at_rungs, "lines": list(s.lines)}
             for s in schedules(spec, options)}

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import keys, storage
+from hpo.plan import Options
 from hpo.spec import Spec
 
 COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
@@ -193,7 +194,7 @@ def rungs_for(study: optuna.Study, spec: Spec) -> list[int]:
     from hpo.backends import base
 
     engine = study.user_attrs.get(keys.BACKEND, "optuna")
-    options = {"optuna_pruner": study.user_attrs.get(keys.OPTUNA_PRUNER, "sha")}
+    options = Options(optuna_pruner=study.user_attrs.get(keys.OPTUNA_PRUNER, "sha"))
     try:
         return list(base.get(engine).schedule(spec, options).rungs)
     except Exception:  # noqa: BLE001 - an engine whose package is missing here: no rungs drawn

@@ -6,7 +6,7 @@ A leaf module: everything else imports these, they import nothing of hpo at run 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,37 @@ if TYPE_CHECKING:
     from hpo.slots import Slot
     from hpo.spec import Spec
     from hpo.storage import Counts
+
+
+@dataclass(frozen=True)
+class Options:
+    """The settings only some engines or commands read; every one has a default that means "not asked"."""
+
+    optuna_pruner: str | None = None  # --optuna-pruner: sha / hyperband (None: the default, sha)
+    ray_scheduler: str = "asha"  # --ray-scheduler
+    ray_address: str | None = None  # --ray-address: join a Ray cluster
+    ray_num_cpus: int | None = None  # a local Ray's CPUs (None: HPO_RAY_NUM_CPUS, else every core)
+    seed: int | None = None  # the Ray searcher's seed
+    project: str | None = None  # --project (W&B)
+    entity: str | None = None  # --entity (W&B)
+    offline: bool = False  # --offline (W&B)
+    online_sweep: Any = None  # the W&B server's sweep, once the backend made it (its prepare step)
+    keep_models: int | None = None  # --keep-models (None: what the sweep kept before, else 3)
+    register: str | None = None  # --register NAME
+    no_report: bool = False  # --no-report
+    pack_cap: int | None = None  # --workers-per-gpu auto:CAP on GPUs
+    gpu_reader: Any = None  # an NVML stand-in (tests)
+    validate_only: bool = False  # `hpo validate`: check, start nothing
+
+    @classmethod
+    def of(cls, given: Options | dict[str, Any] | None) -> Options:
+        """Options from a dict (the Python API's spelling); a key no option has is a TypeError naming it."""
+        if given is None or isinstance(given, Options):
+            return given or cls()
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"options: unknown {', '.join(unknown)}")
+        return cls(**{k: v for k, v in given.items() if v is not None})  # None: not given, the default
 
 
 @dataclass(frozen=True)
@@ -34,8 +65,11 @@ class Settings:
     trainer: str | None = None
     retries: int = 0
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)  # engine-specific settings (ray_address, project...)
+    options: Options = field(default_factory=Options)  # engine-specific settings (a dict is accepted)
     inspect_only: bool = False  # status / best / dashboard: read a sweep, whatever its backend
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", Options.of(self.options))
 
 
 @dataclass(frozen=True)
@@ -54,7 +88,7 @@ class Plan:
     sweep_text: str
     retries: int = 0
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Options = field(default_factory=Options)
 
     @property
     def grid(self) -> list[dict[str, Any]] | None:

@@ -83,7 +83,7 @@ class Session:
         gpus = [s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices]
         # NVML, read from this process (no CUDA context): each GPU's busy fraction, and what `auto` packs by.
         # `gpu_reader` stands in for NVML in tests on machines without a GPU.
-        reader = plan.options.get("gpu_reader") or (gpumon.open_nvml() if gpus else None)
+        reader = plan.options.gpu_reader or (gpumon.open_nvml() if gpus else None)
         self.gpus = gpumon.Monitor(gpus, reader)
         self.packing: list = []  # hpo.packing decisions of `--workers-per-gpu auto`, as they are made
 
@@ -115,7 +115,7 @@ class Session:
                       "nothing left to run (raise --trials to run more, or --study NAME for a new study)",
                       file=sys.stderr)
             else:
-                if not self.plan.options.get("no_report"):  # plotly's import (1 s) while trials run, not after
+                if not self.plan.options.no_report:  # plotly's import (1 s) while trials run, not after
                     threading.Thread(target=_import_quietly, args=("optuna.visualization",), daemon=True).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
                                          self.plan.progress)
@@ -223,8 +223,8 @@ class Session:
                 keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}", keys.BUDGET: str(plan.budget),
                 keys.STATE: "running", keys.TRAINER: trainer_label(plan.trainer) or "hpo.train:train",
                 best_models.K_TAG: str(self._keep_k(study))}
-        if plan.options.get("pack_cap"):
-            tags[keys.WORKERS_PER_GPU] = f"auto (cap {plan.options['pack_cap']}): measuring"
+        if plan.options.pack_cap:
+            tags[keys.WORKERS_PER_GPU] = f"auto (cap {plan.options.pack_cap}): measuring"
         params = {"method": self.spec.method, "metric": self.spec.metric or "", "goal": self.spec.goal,
                   "backend": plan.backend, "slots": len(plan.slots)}
         self.parent_run_id = self.tracker.start_parent(self.experiment_id, plan.name, params, tags,
@@ -512,7 +512,7 @@ class Session:
             _best_effort(best_models.evict, self.tracker, self.experiment_id, self.parent_run_id, self._keep_policy(),
                          frozenset(r for r in keep_too if r))
         self._register(result)
-        if self.plan.options.get("pack_cap") and not self.packing and self.tracker is not None:
+        if self.plan.options.pack_cap and not self.packing and self.tracker is not None:
             _best_effort(self.tracker.set_tags, self.parent_run_id, {
                 keys.WORKERS_PER_GPU: "1 (auto: the sweep ended before a worker's trials gave 1 s to measure)"})
         report = self._report()
@@ -584,7 +584,7 @@ class Session:
 
     def _keep_k(self, study: optuna.Study) -> int:
         """--keep-models, else what the sweep kept when it last ran (a resume keeps its K), else 3."""
-        k = self.plan.options.get("keep_models")
+        k = self.plan.options.keep_models
         if k is None:
             k = study.user_attrs.get(keys.KEEP_MODELS, best_models.DEFAULT_K)
         if study.user_attrs.get(keys.KEEP_MODELS) != k:
@@ -599,7 +599,7 @@ class Session:
         """`--register NAME`: the best model becomes a version of NAME (not after Ctrl-C or an abort)."""
         from hpo import registry
 
-        name = self.plan.options.get("register")
+        name = self.plan.options.register
         if not name or result.interrupted or result.aborted or self.tracker is None:
             return
         try:
@@ -617,7 +617,7 @@ class Session:
 
     def _report(self) -> str | None:
         """runs/NAME/report.html (`hpo report`), written at every end; its text goes on the parent run."""
-        if self.plan.options.get("no_report") or self.study is None:
+        if self.plan.options.no_report or self.study is None:
             return None
         try:
             from hpo import htmlreport

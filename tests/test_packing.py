@@ -120,11 +120,11 @@ def test_auto_measures_each_gpu_then_packs_it_and_records_why(tmp_path, monkeypa
 def test_a_number_packs_as_before_and_records_no_decision(tmp_path, tiny_sweep):
     plan = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="0,1", workers_per_gpu="2"))
     assert [s.name for s in plan.slots] == ["gpu0-w0", "gpu0-w1", "gpu1-w0", "gpu1-w1"]
-    assert "pack_cap" not in plan.options
+    assert plan.options.pack_cap is None
     auto = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="0,1", workers_per_gpu="auto:6"))
-    assert [s.name for s in auto.slots] == ["gpu0-w0", "gpu1-w0"] and auto.options["pack_cap"] == 6
+    assert [s.name for s in auto.slots] == ["gpu0-w0", "gpu1-w0"] and auto.options.pack_cap == 6
     cpu = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="none", workers=2, workers_per_gpu="auto"))
-    assert "pack_cap" not in cpu.options  # no GPU: nothing to pack
+    assert cpu.options.pack_cap is None  # no GPU: nothing to pack
 
 
 def test_the_monitor_reports_each_gpus_busy_fraction_and_peak_memory():

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo import journal, storage
+from hpo import api, journal, storage
 from hpo.tracking import Tracker
 from hpo.trial import State, TrialRun
 
@@ -213,7 +213,7 @@ def test_a_study_from_before_the_pruner_choice_keeps_optunas_hyperband(tmp_path)
     old = optuna.create_study(study_name="old", storage=store, direction="maximize")
     old.set_user_attr("hpo.spec", json.dumps(spec.raw))  # made by an earlier hpo run
     new = optuna.create_study(study_name="new", storage=store, direction="maximize")
-    plan = SimpleNamespace(options={}, spec=spec, name="x")
+    plan = SimpleNamespace(options=api.Options(), spec=spec, name="x")
     _record_pruner(plan, old)
     _record_pruner(plan, new)
     assert old.user_attrs["hpo.optuna_pruner"] == "hyperband"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpo.plan import Plan
+    from hpo.plan import Options, Plan
     from hpo.backends.port import SessionPort
     from hpo.spec import Spec
 
@@ -46,7 +46,7 @@ class Backend(Protocol):
     def check(self, plan: Plan) -> list[str]:
         """What this engine cannot run in the plan, one `field: what is wrong` line each (empty: it can)."""
 
-    def schedule(self, spec: Spec, options: dict) -> Schedule:
+    def schedule(self, spec: Spec, options: Options) -> Schedule:
         """The rungs at which this engine stops trials, from the code that builds its pruner/scheduler."""
 
     def begin(self, plan: Plan) -> Plan:

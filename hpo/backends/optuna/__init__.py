@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
+from hpo.plan import Options
 
 if TYPE_CHECKING:
     from hpo.plan import Plan
@@ -29,7 +30,7 @@ class OptunaBackend:
 
         return space.check(plan.spec)
 
-    def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
+    def schedule(self, spec: Spec, options: Options | None = None) -> Schedule:
         from hpo import distributions as space
 
         problems = space.check(spec)
@@ -37,7 +38,7 @@ class OptunaBackend:
             return Schedule(self.name, problem=problems[0], lines=(f"Optuna  cannot run this sweep: {problems[0]}",))
         if spec.hyperband is None:
             return Schedule(self.name, lines=("Optuna  NopPruner: every trial runs all its epochs.",))
-        rungs, lines = space.schedule_lines(spec, (options or {}).get("optuna_pruner", space.PRUNERS[0]))
+        rungs, lines = space.schedule_lines(spec, (options or Options()).optuna_pruner or space.PRUNERS[0])
         return Schedule(self.name, tuple(rungs), True, tuple(lines))
 
     def begin(self, plan: Plan) -> Plan:

@@ -30,7 +30,7 @@ def worker_argv(study: str, slot: Slot, parent_pid: int, extra: list[str] = ()) 
 
 def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
     # `auto` may grow each GPU to its cap: threads are shared as if it had.
-    threads = threads_per_worker(list(plan.slots) * plan.options.get("pack_cap", 1))
+    threads = threads_per_worker(list(plan.slots) * (plan.options.pack_cap or 1))
     base = {**os.environ, "HPO_STORAGE": plan.storage, "HPO_TRACKING_URI": plan.tracking_uri,
             "HPO_THREADS": str(threads), **(extra_env or {})}
     # Always named, so a worker loads it (and torch) before the study is ready rather than after.
@@ -49,7 +49,7 @@ def prestart(plan: Plan, port: SessionPort) -> Pool:
     _record_pruner(plan, port.study)
     port.top_up(_grid(plan))
     pool = make_pool(plan, {"HPO_LAUNCH": port.parent.launch,
-                            "HPO_KEEP_MODELS": str(plan.options.get("keep_models", best_models.DEFAULT_K))})
+                            "HPO_KEEP_MODELS": str(best_models.DEFAULT_K if plan.options.keep_models is None else plan.options.keep_models)})
     pool.start_all()
     return pool
 
@@ -69,21 +69,21 @@ def run(plan: Plan, port: SessionPort, early: Pool | None = None) -> None:
 
 def _record_pruner(plan: Plan, study: optuna.Study) -> None:
     """The workers build the pruner the study records; a study keeps the one it started with."""
-    asked = plan.options.get("optuna_pruner") or space.PRUNERS[0]
+    asked = plan.options.optuna_pruner or space.PRUNERS[0]
     kept = study.user_attrs.get(keys.OPTUNA_PRUNER)
     if kept is None and keys.SPEC in study.user_attrs:  # a study from before the choice existed
         kept = "hyperband"  # ran Optuna's HyperbandPruner: it keeps it
         study.set_user_attr(keys.OPTUNA_PRUNER, kept)
     if kept is None:
         study.set_user_attr(keys.OPTUNA_PRUNER, asked)
-    elif kept != asked and plan.spec.hyperband is not None and "optuna_pruner" in plan.options:
+    elif kept != asked and plan.spec.hyperband is not None and plan.options.optuna_pruner is not None:
         print(f"hpo: --optuna-pruner: study {plan.name!r} was started with {kept!r} and keeps it",
               file=sys.stderr)
 
 
 def _packer(plan: Plan, port: SessionPort) -> packing.Packer | None:
     """`--workers-per-gpu auto`: grows the pool once per GPU, from what NVML saw of its first worker."""
-    cap = plan.options.get("pack_cap")
+    cap = plan.options.pack_cap
     return packing.Packer(list(plan.slots), cap, port.gpus, port.packed) if cap else None
 
 

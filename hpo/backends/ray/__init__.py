@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
 from hpo.errors import MissingDependency
+from hpo.plan import Options
 
 if TYPE_CHECKING:
     from hpo.plan import Plan
@@ -45,9 +46,9 @@ class RayBackend:
                     "retrying trainer failures is on the optuna and wandb engines"]
         return []
 
-    def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
+    def schedule(self, spec: Spec, options: Options | None = None) -> Schedule:
         space = _space()
-        kind = (options or {}).get("ray_scheduler", "asha")
+        kind = (options or Options()).ray_scheduler
         if spec.hyperband is None:
             return Schedule(self.name, lines=("Ray     FIFO: every trial runs all its epochs.",))
         from hpo.spec import hyperband

@@ -41,7 +41,7 @@ class Side:
     def __init__(self, plan: Plan, port: SessionPort):
         self.plan, self.port = plan, port
         self.max_t = ray_space.max_t(plan.spec)
-        self.scheduler = plan.options.get("ray_scheduler", "asha")
+        self.scheduler = plan.options.ray_scheduler
         self.seen: dict[str, _Seen] = {}
 
     def start(self, trial) -> None:
@@ -160,7 +160,7 @@ class Abort(tune.Stopper):
 # -- Ray itself ------------------------------------------------------------------------------
 def _address(plan: Plan) -> str | None:
     """`--ray-address`, else $RAY_ADDRESS (as `ray.init` reads it); None: a local Ray of our own."""
-    return plan.options.get("ray_address") or os.environ.get("RAY_ADDRESS") or None
+    return plan.options.ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _gpu_ids(plan: Plan) -> list[str]:
@@ -188,7 +188,7 @@ def start_ray(plan: Plan) -> bool:
     if gpus:  # Ray hands out exactly these ids, one CUDA_VISIBLE_DEVICES per trial
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     try:
-        cpus = plan.options.get("ray_num_cpus") or os.environ.get("HPO_RAY_NUM_CPUS") or os.cpu_count() or 1
+        cpus = plan.options.ray_num_cpus or os.environ.get("HPO_RAY_NUM_CPUS") or os.cpu_count() or 1
         ray.init(address="local", num_cpus=int(cpus), num_gpus=len(gpus), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     finally:
@@ -234,7 +234,7 @@ def _todo_grid(plan: Plan, port: SessionPort) -> list[dict[str, Any]] | None:
 
 
 def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: list | None):
-    searcher, space, samples = ray_space.search(plan.spec, n, concurrency, plan.options.get("seed"), grid)
+    searcher, space, samples = ray_space.search(plan.spec, n, concurrency, plan.options.seed, grid)
     limit = None if isinstance(searcher, tune.search.BasicVariantGenerator) else concurrency  # it limits itself
     mode = None if not plan.spec.metric else "max" if plan.spec.direction == "maximize" else "min"
     metric = plan.spec.metric
@@ -244,7 +244,7 @@ def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: lis
         trainable, param_space=space,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=searcher,
-            scheduler=ray_space.scheduler(plan.spec, plan.options.get("ray_scheduler", "asha")),
+            scheduler=ray_space.scheduler(plan.spec, plan.options.ray_scheduler),
             num_samples=samples, max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,
                                   callbacks=[Bridge(plan.name), Quiet()], stop=Abort(plan.name),
@@ -272,7 +272,7 @@ def run(plan: Plan, port: SessionPort) -> None:
             keys.RAY_ADDRESS: _address(plan) or "local", keys.RAY_CLUSTER_RESOURCES: json.dumps(_cluster()),
             keys.RAY_TRIAL_RESOURCES: json.dumps(resources), keys.RAY_CONCURRENCY: str(concurrency)})
         ctx = TrialContext(plan.tracking_uri, port.parent.experiment_id, port.parent.run_id, plan.name,
-                           plan.spec.metric, ray_space.max_t(plan.spec), plan.options.get("ray_scheduler", "asha"),
+                           plan.spec.metric, ray_space.max_t(plan.spec), plan.options.ray_scheduler,
                            plan.trainer, git_sha() or "none", tuple(sorted(plan.spec.literal_names)),
                            tuple(ray_space.encoded_names(plan.spec)),
                            tuple(plan.spec.metric_names) if plan.spec.multi else ())

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
+from hpo.plan import Options
 from hpo.trainer_ref import PROGRAM
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class WandbBackend:
         if plan.spec.multi:
             return [MULTI_REFUSED]
         online.wandb_module()
-        if not self._offline(plan) and not plan.options.get("project"):
+        if not self._offline(plan) and not plan.options.project:
             return ["--project: required for a sweep on the W&B server (or use --offline)"]
         if (plan.trainer or "").startswith(PROGRAM) and not self._offline(plan):
             return ["program: on the W&B server, run the sweep's program with `wandb agent ENTITY/PROJECT/ID`; "
@@ -51,7 +52,7 @@ class WandbBackend:
             return ["--retries: the W&B server decides what runs next; use --offline to retry failed runs"]
         return []
 
-    def schedule(self, spec: Spec, options: dict | None = None) -> Schedule:
+    def schedule(self, spec: Spec, options: Options | None = None) -> Schedule:
         from hpo.spec import hyperband
 
         hb = spec.hyperband
@@ -72,11 +73,11 @@ class WandbBackend:
         from hpo.backends.wandb import online
 
         if self._offline(plan):
-            if not plan.options.get("offline") and os.environ.get("WANDB_MODE") not in ("offline", "dryrun"):
+            if not plan.options.offline and os.environ.get("WANDB_MODE") not in ("offline", "dryrun"):
                 print("hpo: no W&B credentials (WANDB_API_KEY or ~/.netrc): running W&B's sweep engine offline; "
                       "`wandb login` for the W&B server", file=sys.stderr)
             return plan
-        return replace(plan, options={**plan.options, "online_sweep": online.create_sweep(plan)})
+        return replace(plan, options=replace(plan.options, online_sweep=online.create_sweep(plan)))
 
     def prestart(self, plan: Plan, port: SessionPort) -> None:
         return None
@@ -84,13 +85,13 @@ class WandbBackend:
     def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         from hpo.backends.wandb import controller
 
-        controller.run(plan, port, online_sweep=plan.options.get("online_sweep"))
+        controller.run(plan, port, online_sweep=plan.options.online_sweep)
 
     @staticmethod
     def _offline(plan: Plan) -> bool:
         from hpo.backends.wandb import online
 
-        asked = plan.options.get("offline") or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+        asked = plan.options.offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
         return bool(asked) or not online.has_credentials()
 
 

@@ -116,8 +116,8 @@ class Controller:
         self.setup = {
             "study": plan.name, "tracking_uri": plan.tracking_uri, "experiment_id": port.parent.experiment_id,
             "parent_id": port.parent.run_id, "metric": plan.spec.metric, "trainer": plan.trainer,
-            "dir": str(plan.dir.resolve()), "project": plan.options.get("project") or plan.name,
-            "entity": plan.options.get("entity"), "group": plan.name, "git_sha": git_sha() or "none",
+            "dir": str(plan.dir.resolve()), "project": plan.options.project or plan.name,
+            "entity": plan.options.entity, "group": plan.name, "git_sha": git_sha() or "none",
             "mode": "online" if online_sweep else "offline", "names": [p.name for p in plan.spec.params],
             "literal": sorted(plan.spec.literal_names),
         }

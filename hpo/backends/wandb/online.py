@@ -101,8 +101,8 @@ def create_sweep(sw) -> str:
     """
     wandb_module()
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in TIMEOUTS.items()}}
-    request = json.dumps({"sweep": sweep_config(sw), "project": sw.options["project"],
-                          "entity": sw.options.get("entity")})
+    request = json.dumps({"sweep": sweep_config(sw), "project": sw.options.project,
+                          "entity": sw.options.entity})
     proc = subprocess.Popen([sys.executable, "-m", "hpo.backends.wandb.online"], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -115,7 +115,7 @@ def create_sweep(sw) -> str:
     answer = _last_json(out)
     if "error" in answer or "sweep" not in answer:
         raise HpoError(unreachable(answer.get("error") or (err.strip().splitlines() or ["no answer"])[-1]))
-    entity, project, sweep_id = answer["entity"], sw.options["project"], answer["sweep"]
+    entity, project, sweep_id = answer["entity"], sw.options.project, answer["sweep"]
     app = env.get("WANDB_BASE_URL", DEFAULT_BASE_URL).replace("://api.", "://")
     print(f"hpo: W&B sweep {entity}/{project}/{sweep_id}: {app}/{entity}/{project}/sweeps/{sweep_id}",
           file=sys.stderr)
