@@ -115,8 +115,9 @@ class Session:
                       "nothing left to run (raise --trials to run more, or --study NAME for a new study)",
                       file=sys.stderr)
             else:
-                if not self.plan.options.no_report:  # plotly's import (1 s) while trials run, not after
-                    threading.Thread(target=_import_quietly, args=("optuna.visualization",), daemon=True).start()
+                if not self.plan.options.no_report:  # the report's imports (2-3 s) while trials run, not after
+                    threading.Thread(target=_import_quietly, daemon=True,
+                                     args=("optuna.visualization", "optuna.importance", "plotly.io")).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
                                          self.plan.progress)
                 early, self.early = self.early, None  # the engine takes it over, and stops it
@@ -629,11 +630,12 @@ class Session:
             return None
 
 
-def _import_quietly(name: str) -> None:
-    try:
-        importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - the report says what is missing, later
-        pass
+def _import_quietly(*names: str) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the report says what is missing, later
+            pass
 
 
 def _best_effort(fn, *args) -> None:
