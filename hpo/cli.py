@@ -33,7 +33,8 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/NAME/mlflow.db)")
     p.add_argument("--root", default="runs", help="folder that holds one sub-folder per sweep (default: runs)")
     if with_run:
-        p.add_argument("--backend", default="optuna", choices=list(ENGINES), help="the engine (default: optuna)")
+        p.add_argument("--backend", default="optuna", metavar="{" + ",".join(ENGINES) + ",...}",
+                       help="the engine (default: optuna); other packages add engines (entry points `hpo.backends`)")
         p.add_argument("--trials", type=int, help="trial budget across all workers (default: run_cap, else 20)")
         p.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
         p.add_argument("--workers-per-gpu", default="1", metavar="N|auto|auto:CAP",

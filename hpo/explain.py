@@ -16,7 +16,7 @@ from hpo.spec import Spec
 
 def schedules(spec: Spec, options: Options | None = None) -> list[base.Schedule]:
     out = []
-    for name in base.ENGINES:
+    for name in base.engines():
         try:
             out.append(base.get(name).schedule(spec, options or Options()))
         except HpoError as exc:  # e.g. the engine's package is not installed

@@ -33,7 +33,8 @@ SESSION_ONLY = {"close_child", "end_child", "set_terminated", "fill_queue", "que
 def _engine_sources() -> list[Path]:
     """The engines' controller side (their workers and agents run trials in processes of their own)."""
     return [p for p in BACKENDS.rglob("*.py")
-            if p.name in ("__init__.py", "controller.py") and p.parent != BACKENDS]
+            if p.name in ("__init__.py", "controller.py") and p.parent != BACKENDS] + [
+        Path(__file__).parent / "engines" / "inline_engine.py"]  # the fourth engine, from outside hpo
 
 
 def test_engines_use_only_the_port():
@@ -57,7 +58,7 @@ def test_no_engine_closes_a_run_or_counts_the_budget():
     for path in _engine_sources():
         calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
                  for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
-        assert not calls & SESSION_ONLY, f"{path.relative_to(BACKENDS)} calls {sorted(calls & SESSION_ONLY)}"
+        assert not calls & SESSION_ONLY, f"{path} calls {sorted(calls & SESSION_ONLY)}"
 
 
 # -- a fourth engine, in-process ---------------------------------------------------------------
@@ -352,3 +353,46 @@ def test_a_trial_that_ended_before_the_interrupt_keeps_its_end_on_its_run(tmp_pa
     ends = {c.data.tags["hpo.trial"]: (c.info.status, c.data.tags.get("hpo.state")) for c in children}
     assert ends == {"0": ("FINISHED", "complete"), "1": ("KILLED", "interrupted")}, ends
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+ENGINES_DIR = Path(__file__).parent / "engines"
+INLINE_SWEEP = """
+name: plug
+method: random
+metric: {name: score, goal: maximize}
+parameters:
+  x: {distribution: uniform, min: 0.0, max: 1.0}
+"""
+
+
+def test_an_engine_from_another_package_registers_by_entry_point_and_runs_a_sweep(tmp_path):
+    """A fourth engine from outside hpo (tests/engines: a module and its dist-info's `hpo.backends` entry point)
+    is taken by `--backend`, listed by `hpo explain`, and its sweep is recorded as every engine's is: the budget
+    of trials in the study, one FINISHED child per trial with the trial's value, the parent FINISHED."""
+    import os
+
+    from conftest import run_hpo
+
+    sweep = write(tmp_path / "s.yaml", INLINE_SWEEP)
+    tests = str(Path(__file__).parent)
+    env = {"PYTHONPATH": os.pathsep.join([str(ENGINES_DIR), tests, os.environ.get("PYTHONPATH", "")])}
+    explained = run_hpo("explain", str(sweep), cwd=tmp_path, env=env, check=True)
+    assert "Inline  no early stopping" in explained.stdout, explained.stdout
+    typo = run_hpo("run", str(sweep), "--backend", "inlin", cwd=tmp_path, env=env)
+    assert typo.returncode == 2 and "--backend: invalid choice: 'inlin'" in typo.stderr and "'inline'" in typo.stderr
+    assert not (tmp_path / "runs").exists(), "a refused --backend writes nothing"
+    ran = run_hpo("run", str(sweep), "--backend", "inline", "--trials", "3", "--trainer", "fault_trainers:trivial",
+                  "--no-progress", cwd=tmp_path, env=env, check=True)
+    assert '"complete": 3' in ran.stdout, ran.stdout
+    study = load_study(tmp_path / "runs" / "plug", "plug")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert {t.user_attrs["hpo.backend"] for t in trials} == {"inline"}
+    assert len({t.params["x"] for t in trials}) == 3, "RandomSampler proposed three points"
+    _, _, parents, children = runs_of(tmp_path / "runs" / "plug", "plug")
+    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["hpo.backend"] == "inline"
+    by_run = {c.info.run_id: c for c in children}
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    for t in trials:
+        child = by_run[t.user_attrs["hpo.mlflow_run_id"]]
+        assert child.data.metrics["score"] == pytest.approx(t.value) == pytest.approx(t.params["x"])

@@ -4,8 +4,11 @@ An engine translates the Plan (search space, early stopping) into its own terms,
 starts trials, and reports their events to the Session. It never opens or closes
 the study or the MLflow parent run, never closes a child run of a trial it did not
 run itself, and never decides the exit code: the Session does all of that the
-same way for every engine. To add an engine: copy a package under hpo/backends/,
-fill these methods, add one line to ENGINES.
+same way for every engine. To add an engine: a package whose module holds `BACKEND` (these methods),
+named in ENGINES here or, from another distribution, under the `hpo.backends` entry-point group:
+
+    [project.entry-points."hpo.backends"]
+    myengine = "my_package.engine"      # or "my_package.engine:BACKEND"
 """
 
 from __future__ import annotations
@@ -65,10 +68,24 @@ class Backend(Protocol):
 
 # name -> module that holds `BACKEND`; imported only when asked for (Ray and wandb are heavy).
 ENGINES = {"optuna": "hpo.backends.optuna", "ray": "hpo.backends.ray", "wandb": "hpo.backends.wandb"}
+ENTRY_POINTS = "hpo.backends"  # other distributions' engines: NAME = "module[:attribute]"
+
+
+def engines() -> dict[str, str]:
+    """Every engine `--backend` takes: the built-in ones, then those other packages register."""
+    from importlib.metadata import entry_points
+
+    found = dict(ENGINES)
+    for ep in entry_points(group=ENTRY_POINTS):
+        found.setdefault(ep.name, ep.value)
+    return found
 
 
 def get(name: str) -> Backend:
     """The engine registered under `name`."""
-    if name not in ENGINES:
-        raise UsageError(f"--backend: {name!r} is not one of {', '.join(ENGINES)}")
-    return importlib.import_module(ENGINES[name]).BACKEND
+    where = ENGINES.get(name) or engines().get(name)
+    if where is None:
+        choices = ", ".join(repr(n) for n in engines())
+        raise UsageError(f"--backend: invalid choice: {name!r} (choose from {choices})")
+    module, _, attr = where.partition(":")
+    return getattr(importlib.import_module(module), attr or "BACKEND")
