@@ -86,7 +86,9 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.store, "--serve-artifacts", "--artifacts-destination", str(self.artifacts),
-             "--workers", "1"], cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--workers", "1"], cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # no job runner: MLflow 3 starts five huey consumer processes (GenAI jobs) hpo never uses
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         log.close()
         deadline = time.monotonic() + 180
         while True:

@@ -38,7 +38,7 @@ class OptunaBackend:
             return Schedule(self.name, problem=problems[0], lines=(f"Optuna  cannot run this sweep: {problems[0]}",))
         if spec.hyperband is None:
             return Schedule(self.name, lines=("Optuna  NopPruner: every trial runs all its epochs.",))
-        rungs, lines = space.schedule_lines(spec, (options or Options()).optuna_pruner or space.PRUNERS[0])
+        rungs, lines = space.schedule_lines(spec, Options.of(options).optuna_pruner or space.PRUNERS[0])
         return Schedule(self.name, tuple(rungs), True, tuple(lines))
 
     def begin(self, plan: Plan) -> Plan:

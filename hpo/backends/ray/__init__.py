@@ -48,7 +48,7 @@ class RayBackend:
 
     def schedule(self, spec: Spec, options: Options | None = None) -> Schedule:
         space = _space()
-        kind = (options or Options()).ray_scheduler
+        kind = Options.of(options).ray_scheduler  # a dict is taken too
         if spec.hyperband is None:
             return Schedule(self.name, lines=("Ray     FIFO: every trial runs all its epochs.",))
         from hpo.spec import hyperband
