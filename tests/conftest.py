@@ -115,6 +115,28 @@ def runs_of(sweep_dir: Path, name: str):
     return client, exp, parents, children
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, read from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # -- real servers on 127.0.0.1, private to a test module (tests/servers.py) -------------------------
 @pytest.fixture(scope="module")
 def postgres():

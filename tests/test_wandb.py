@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import load_study, run_hpo, runs_of, write
+from conftest import child_pids, load_study, pid_alive, run_hpo, runs_of, write
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parent.parent
@@ -281,26 +281,6 @@ def test_unreachable_wandb_server_is_one_clear_line(tmp_path, tiny_sweep):
     assert not (tmp_path / "runs" / "tiny" / "mlflow.db").exists(), "nothing runs before the sweep exists"
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _start_offline(tmp_path: Path, wandb_env: dict, sweep: Path, busy_agents: int):
     """`hpo run --backend wandb --offline` (2 agents, 4 runs) in the background, once `busy_agents` are in a run."""
     import subprocess
@@ -330,12 +310,12 @@ def test_ctrl_c_stops_every_agent_cleanly(tmp_path, wandb_env):
                   .replace("min_iter: 1", "min_iter: 4000"))
     proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=2)
     time.sleep(1)
-    agents = _children(proc.pid)
+    agents = child_pids(proc.pid)
     assert len(agents) == 2
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and json.loads(out.strip().splitlines()[-1])["interrupted"] is True
-    assert not [pid for pid in agents if _running(pid)], "every agent stopped"
+    assert not [pid for pid in agents if pid_alive(pid)], "every agent stopped"
     trials = load_study(sweep_dir, "wtiny").get_trials()
     assert len(trials) == 2 and all(t.state == TrialState.FAIL and t.user_attrs["hpo.reason"] == "interrupted"
                                     for t in trials)
@@ -375,7 +355,7 @@ def test_sigkilled_agent_fails_its_run_and_is_replaced(tmp_path, wandb_env):
                   .replace("min_iter: 1", "min_iter: 30"))
     # Both agents inside a run (each has its MLflow child), so the victim dies mid-run whichever it is.
     proc, sweep_dir = _start_offline(tmp_path, wandb_env, sweep, busy_agents=2)
-    victim = _children(proc.pid)[0]
+    victim = child_pids(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.backends.base import Schedule
@@ -69,7 +70,9 @@ class WandbBackend:
         return Schedule(self.name, tuple(steps), False, (line,))
 
     def begin(self, plan: Plan) -> Plan:
-        """Online: the sweep is created on W&B's server first; a server that cannot be reached writes nothing."""
+        """Online: the sweep is created on W&B's server first; a server that cannot be reached writes nothing.
+
+        A resumed sweep gets a new W&B sweep whose run_cap is what is left of the budget (none when nothing is)."""
         from hpo.backends.wandb import online
 
         if self._offline(plan):
@@ -77,7 +80,13 @@ class WandbBackend:
                 print("hpo: no W&B credentials (WANDB_API_KEY or ~/.netrc): running W&B's sweep engine offline; "
                       "`wandb login` for the W&B server", file=sys.stderr)
             return plan
-        return replace(plan, options=replace(plan.options, online_sweep=online.create_sweep(plan)))
+        left = runs_left(plan)
+        if left == 0:
+            return plan
+        if left < plan.budget:
+            print(f"hpo: resuming: a new W&B sweep for the {left} of {plan.budget} runs left", file=sys.stderr)
+        sweep = online.OnlineSweep(online.create_sweep(plan, left), left)
+        return replace(plan, options=replace(plan.options, online_sweep=sweep))
 
     def prestart(self, plan: Plan, port: SessionPort) -> None:
         return None
@@ -85,6 +94,8 @@ class WandbBackend:
     def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         from hpo.backends.wandb import controller
 
+        if plan.options.online_sweep is None and not self._offline(plan):
+            return  # nothing was left of the budget when the sweep began: no W&B sweep to run
         controller.run(plan, port, online_sweep=plan.options.online_sweep)
 
     @staticmethod
@@ -93,6 +104,33 @@ class WandbBackend:
 
         asked = plan.options.offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
         return bool(asked) or not online.has_credentials()
+
+
+def runs_left(plan: Plan) -> int:
+    """The budget less what an earlier `hpo run` of this sweep counted (complete, pruned, failed by the trainer).
+
+    A resumed sweep is a new sweep on W&B's server, for what is left only: the server's run_cap counts every
+    run it made, and a run a Ctrl-C interrupted does not use hpo's budget. Read before the study is opened,
+    without writing: a sweep never run has no journal, and gets the whole budget.
+    """
+    import optuna
+
+    from hpo import storage
+
+    if not storage.is_rdb(plan.storage) and not Path(plan.storage).expanduser().exists():
+        return plan.budget
+    try:
+        study = optuna.load_study(study_name=plan.name, storage=storage.open_storage(plan.storage))
+    except KeyError:
+        return plan.budget
+    return max(0, plan.budget - storage.count(study.get_trials(deepcopy=False)).finished)
+
+
+def agent_command(a: Any) -> int:
+    """`hpo agent ENTITY/PROJECT/SWEEP_ID` (online.agent_command; the CLI reaches it here)."""
+    from hpo.backends.wandb import online
+
+    return online.agent_command(a)
 
 
 BACKEND = WandbBackend()

@@ -5,8 +5,9 @@
 
 Offline, the hpo controller hands out the runs the engine proposed and says when
 to stop one; online, the W&B server does (a stop arrives from wandb.agent as an
-exception in the run). Either way each run is a wandb run, an MLflow child run
-(when a controller is connected) and, through the controller, an Optuna trial.
+exception in the run's thread; the trainer stops at its next report). Either way
+each run is a wandb run, an MLflow child run (when a controller is connected)
+and, through the controller, an Optuna trial.
 The controller's authkey comes from the environment, never argv.
 """
 
@@ -19,15 +20,17 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Client, Connection
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from hpo import keys, liveness
 from hpo import trainer_ref as trainers
 from hpo.program import TRIAL, ProgramTrainer
 from hpo.spec import unflatten
-from hpo.trial import Interrupted, Outcome, Reporter, State, close_child, lost, run_trainer
+from hpo.trial import Interrupted, Outcome, Pruned, Reporter, State, close_child, lost, run_trainer
 
 AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
+STOPPED_BY_SERVER = "stopped by the W&B sweep controller"
+POLL_S = 0.05  # how often a run's wandb.agent thread looks whether its trial ended
 
 
 def _on_sigterm(signum, frame):
@@ -39,6 +42,14 @@ def _watch_parent(pid: int) -> None:
     while os.getppid() == pid:
         time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
+    """Raise `exc` in another thread of this process, at its next bytecode (what wandb.agent does to stop a run)."""
+    import ctypes
+
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
 
 def wandb_settings() -> Any:
@@ -105,8 +116,11 @@ class Agent:
         return self.conn.recv()
 
     def trial(self, wb: Any, name: str, number: int, params: dict[str, Any],
-              tags: dict[str, str] | None = None) -> Outcome:
-        """Run the trainer once; log every epoch to the wandb run (and MLflow, and the controller)."""
+              tags: dict[str, str] | None = None, stopped: Callable[[], bool] | None = None) -> Outcome:
+        """Run the trainer once; log every epoch to the wandb run (and MLflow, and the controller).
+
+        `stopped`: online, whether the W&B server said to stop this run; the trainer stops at its next report.
+        """
         stop = [False]
 
         def on_report(step: int, metrics: Mapping[str, float]) -> None:
@@ -114,6 +128,8 @@ class Agent:
                 wb.log({"epoch": step, **metrics})
             if self.conn is not None:
                 stop[0] = self.ask("report", name, step, dict(metrics))[0] == "stop"
+            if stopped is not None and stopped():  # this report is logged everywhere first, as offline
+                raise Pruned(STOPPED_BY_SERVER)
 
         metric = self.setup.get("metric")
         run_ids: list[str] = []
@@ -137,9 +153,6 @@ class Agent:
         before = outcome
         if stop[0] and outcome.state == State.PRUNED:
             outcome = Outcome(State.PRUNED, outcome.value, reason="stopped by W&B hyperband")
-        elif self.online and outcome.error_type == "Exception" and not outcome.error:
-            # wandb.agent stops an in-process run by raising a bare Exception in its thread.
-            outcome = Outcome(State.PRUNED, outcome.value, reason="stopped by the W&B sweep controller")
         if outcome is not before and run_ids and self.trial_run is not None:
             # The child run was closed with the trainer's view; record W&B's (same as the mirror).
             close_child(self.trial_run.tracker, run_ids[-1], outcome)
@@ -182,16 +195,59 @@ class Agent:
 
         entity, project, sweep_id = sweep.split("/")
         self.online = True
-        # wandb.agent runs each run in a thread and stops cleanly on KeyboardInterrupt.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # wandb.agent (its in-process pyagent) calls one_run in a thread of its own for each run, and stops a
+        # run by raising a bare Exception in that thread (PyThreadState_SetAsyncExc) wherever it happens to
+        # be: in the trainer, or in hpo's own bookkeeping (an MLflow write, a message to the controller, the
+        # wandb run's finish), where it would end the trial wrongly or leave the controller's pipe half read.
+        # So the trial runs in a thread wandb does not know; wandb's thread only waits for it, and a stop that
+        # lands there is passed on: the trainer stops at its next report, PRUNED, as an offline stop does.
+        trials: list[threading.Thread] = []
+        interrupted = threading.Event()
+
+        def on_signal(signum, frame):
+            # Ctrl-C / SIGTERM: the trial ends "interrupted" where it is (as offline, where SIGTERM raises
+            # Interrupted in the trial's thread); wandb.agent stops on the KeyboardInterrupt.
+            if not interrupted.is_set():
+                interrupted.set()
+                for t in list(trials):
+                    _raise_in(t, Interrupted)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
 
         def one_run() -> None:
-            wb = wandb.init(settings=wandb_settings())
-            params = flat_params(dict(wb.config), self.setup.get("names"))
-            number = self.ask("begin", wb.id, params)[1] if self.conn is not None else wb.id
-            self.trial(wb, wb.id, number, params)
+            stop, ended = threading.Event(), []
+
+            def work() -> None:
+                error = None
+                try:
+                    wb = wandb.init(settings=wandb_settings())
+                    params = flat_params(dict(wb.config), self.setup.get("names"))
+                    number = self.ask("begin", wb.id, params)[1] if self.conn is not None else wb.id
+                    self.trial(wb, wb.id, number, params, stopped=stop.is_set)
+                except BaseException as exc:  # noqa: BLE001 - handed to wandb's thread below
+                    error = exc
+                finally:
+                    ended.append(error)
+
+            t = threading.Thread(target=work, name="hpo-trial", daemon=True)
+            trials.append(t)
+            t.start()
+            while True:
+                try:
+                    while not ended:  # plain bytecode only: wandb's exception can land anywhere in here
+                        time.sleep(POLL_S)
+                    break
+                except Exception:  # noqa: BLE001 - wandb.agent stopping this run (or stopping on Ctrl-C)
+                    stop.set()
+            trials.remove(t)
+            if isinstance(ended[0], Exception):  # wandb.init failed, say: wandb.agent reports the run errored
+                raise ended[0]
 
         wandb.agent(sweep_id, function=one_run, entity=entity, project=project, count=count)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

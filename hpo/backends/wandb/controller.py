@@ -94,7 +94,7 @@ class Server:
 class Controller:
     """Hands out the engine's runs, applies its stops, reports every run's events to the Session."""
 
-    def __init__(self, plan: Plan, port: SessionPort, online_sweep: str | None = None):
+    def __init__(self, plan: Plan, port: SessionPort, online_sweep: Any = None):
         from hpo.backends.wandb.online import launch_plan
 
         self.plan, self.port, self.study = plan, port, port.study
@@ -106,8 +106,8 @@ class Controller:
         self.workers: dict[Connection, str] = {}
         self.server = Server()
         launches = {p.slot.index: p for p in launch_plan(
-            list(plan.slots), connect=self.server.address, sweep=online_sweep,
-            count=plan.budget if online_sweep else None, trainer=plan.trainer, parent_pid=os.getpid(),
+            list(plan.slots), connect=self.server.address, sweep=str(online_sweep) if online_sweep else None,
+            count=_run_cap(online_sweep, plan.budget), trainer=plan.trainer, parent_pid=os.getpid(),
             extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
                          lambda s: dict(launches[s.index].env), plan.dir / "logs")
@@ -238,7 +238,14 @@ def previous_runs(study: optuna.Study, metric: str | None):
                reason in INFRA_REASONS)
 
 
-def run(plan: Plan, port: SessionPort, online_sweep: str | None = None) -> None:
+def _run_cap(online_sweep: Any, budget: int) -> int | None:
+    """Each online agent's --count: at most the runs its W&B sweep may make (the server holds the total)."""
+    if not online_sweep:
+        return None
+    return getattr(online_sweep, "run_cap", budget)
+
+
+def run(plan: Plan, port: SessionPort, online_sweep: Any = None) -> None:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
     ctl = Controller(plan, port, online_sweep)
     interrupted = False

@@ -84,15 +84,26 @@ def wandb_module():
     return wandb
 
 
-def sweep_config(sw) -> dict:
+def sweep_config(sw, run_cap: int | None = None) -> dict:
     """sweep.yaml as W&B's server takes it, with run_cap = the budget (it holds across agents)."""
-    return {**sw.spec.raw, "run_cap": sw.budget}
+    return {**sw.spec.raw, "run_cap": sw.budget if run_cap is None else run_cap}
+
+
+@dataclass(frozen=True)
+class OnlineSweep:
+    """The sweep `hpo run` made on W&B's server: ENTITY/PROJECT/SWEEP_ID, and the runs it may make."""
+
+    path: str
+    run_cap: int
+
+    def __str__(self) -> str:
+        return self.path
 
 
 CREATE_DEADLINE_S = 90  # wandb.sweep + default_entity, each request bounded by WANDB_HTTP_TIMEOUT
 
 
-def create_sweep(sw) -> str:
+def create_sweep(sw, run_cap: int | None = None) -> str:
     """wandb.sweep, in a child process; returns ENTITY/PROJECT/SWEEP_ID and prints the id and URL.
 
     In a child because wandb's service process can outlive a failed request: its
@@ -101,7 +112,7 @@ def create_sweep(sw) -> str:
     """
     wandb_module()
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in TIMEOUTS.items()}}
-    request = json.dumps({"sweep": sweep_config(sw), "project": sw.options.project,
+    request = json.dumps({"sweep": sweep_config(sw, run_cap), "project": sw.options.project,
                           "entity": sw.options.entity})
     proc = subprocess.Popen([sys.executable, "-m", "hpo.backends.wandb.online"], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
