@@ -77,6 +77,18 @@ def _check_models(s: Settings, spec: specmod.Spec, trainer: str | None) -> None:
             raise UsageError("--register: needs a kept model; --keep-models 0 keeps none")
 
 
+def _check_builtin_settings(spec: specmod.Spec) -> None:
+    """hpo's trainer takes DEFAULTS' keys only: a sweep parameter it would ignore (a typo, another trainer's
+    setting) is refused here, as `python -m hpo.train` refuses an unknown flag."""
+    from hpo.train_args import DEFAULTS
+
+    for p in spec.params:
+        top = p.name.split(".")[0]
+        if top not in DEFAULTS:
+            raise UsageError(f"parameters.{p.name}: hpo's trainer (hpo.train) has no setting {top!r}; it takes "
+                             f"{', '.join(DEFAULTS)} (or pass --trainer for your own)")
+
+
 def prepare(s: Settings) -> Plan:
     """Validate the sweep file and every setting; raise UsageError on the first problem."""
     from hpo.backends import base
@@ -87,20 +99,29 @@ def prepare(s: Settings) -> Plan:
     name = study_name(spec, s.study)
     if Path(s.root).exists() and not Path(s.root).is_dir():
         raise UsageError(f"--root: {s.root} is a file, not a folder")
-    sweep_dir = Path(s.root) / name
+    if s.storage and "://" in s.storage and not storagemod.is_rdb(s.storage):
+        raise UsageError(f"--storage: unknown scheme in {storagemod.mask(s.storage)}; use a file path or an RDB URL")
+    # A journal file the user names holds the sweep's folder (logs, report, the default MLflow store): a sweep
+    # never writes into the folder of another sweep that has the same name:.
+    journal = s.storage and not storagemod.is_rdb(s.storage)
+    sweep_dir = Path(s.storage).parent if journal else Path(s.root) / name
     store = s.storage or str(sweep_dir / "optuna.log")
-    if "://" in store and not storagemod.is_rdb(store):
-        raise UsageError(f"--storage: unknown scheme in {storagemod.mask(store)}; use a file path or an RDB URL")
     uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(sweep_dir)
     trainer_ref.check(s.trainer)
     trainer = s.trainer or _program(spec, s, sweep_dir, name)
     gpus = slotsmod.parse_gpus(s.gpus)
-    if s.workers is not None and gpus and s.gpus != "auto":
+    if s.workers is not None and gpus and s.gpus is not None:
         raise UsageError("--workers: for CPU workers; with --gpus use --workers-per-gpu")
     if s.retries < 0:
         raise UsageError(f"--retries: must be 0 or more (got {s.retries})")
     _check_models(s, spec, trainer)
+    if (trainer or trainer_ref.BUILTIN) == trainer_ref.BUILTIN and (spec.raw.get("program") or spec.raw.get("command")
+                                                                    or trainer):
+        _check_builtin_settings(spec)
     per_gpu, cap = packing.parse(s.workers_per_gpu)
+    if cap is not None and not gpus and not s.inspect_only:
+        raise UsageError("--workers-per-gpu: auto packs workers onto GPUs, and there is none here; give --workers N "
+                         "for CPU workers")
     if cap is not None and s.backend != "optuna":
         raise UsageError(f"--workers-per-gpu: auto packs the optuna engine's workers; with --backend {s.backend} "
                          "give a number")

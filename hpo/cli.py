@@ -36,7 +36,7 @@ def _sweep_args(p: argparse.ArgumentParser, with_run: bool = True) -> None:
         p.add_argument("--backend", default="optuna", metavar="{" + ",".join(ENGINES) + ",...}",
                        help="the engine (default: optuna); other packages add engines (entry points `hpo.backends`)")
         p.add_argument("--trials", type=int, help="trial budget across all workers (default: run_cap, else 20)")
-        p.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
+        p.add_argument("--gpus", help="auto | none | 0,2,3 (default: every GPU found, else CPU workers)")
         p.add_argument("--workers-per-gpu", default="1", metavar="N|auto|auto:CAP",
                        help="workers sharing each GPU (default 1); auto: start one, measure its first trials (NVML), then pack up to CAP (default 4) per GPU")
         p.add_argument("--workers", type=int, help="CPU workers when there is no GPU (default: cores, at most 4)")
@@ -73,7 +73,7 @@ def _settings(a: argparse.Namespace):
     return Settings(
         sweep_file=a.sweep_file, space=a.space, backend=getattr(a, "backend", "optuna"), study=a.study,
         storage=a.storage, tracking_uri=a.tracking_uri, root=a.root, trials=getattr(a, "trials", None),
-        gpus=getattr(a, "gpus", "auto"), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
+        gpus=getattr(a, "gpus", None), workers_per_gpu=getattr(a, "workers_per_gpu", 1),
         workers=getattr(a, "workers", None), trainer=getattr(a, "trainer", None),
         retries=getattr(a, "retries", 0) or 0, progress=not getattr(a, "no_progress", False),
         options={k: getattr(a, k, None) for k in ("ray_address", "ray_scheduler", "optuna_pruner", "project",
@@ -89,6 +89,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     started = time.monotonic()
     plan = api.prepare(_settings(a))
     result = api.run(plan)
+    if result.interrupted:
+        print(f"hpo: interrupted at {result.counts.finished}/{plan.budget}; run the same command to resume",
+              file=sys.stderr)
     if sys.stdout.isatty() and not a.json:  # a person reads this; scripts get the JSON line
         from hpo.summary import text
 
@@ -100,6 +103,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(json.dumps({"study": result.study, "best_value": result.best_value, "best_trial": result.best_trial,
                       "best_params": result.best_params, "best_run_id": result.best_run_id,
                       "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "retried": c.retried,
+                      "interrupted_trials": c.interrupted,
                       "parent_run_id": result.parent_run_id, "interrupted": result.interrupted,
                       "registered": result.extra.get("registered"),
                       **{k: result.extra[k] for k in ("pareto", "gpus", "packing") if k in result.extra}}, default=str))
@@ -114,7 +118,9 @@ def _dashboard_command(a: argparse.Namespace) -> str:
     flags = [f"--study {a.study}"] if a.study else []
     flags += [f"--storage {mask(a.storage)}"] if a.storage else []
     flags += [f"--root {a.root}"] if a.root != "runs" else []
-    return " ".join(["hpo dashboard", a.sweep_file, *flags])
+    from hpo.summary import command
+
+    return " ".join([command("hpo"), "dashboard", a.sweep_file, *flags])
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -185,7 +191,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     from hpo import status
 
-    print(status.status_text(*status.open_existing(_settings(a))))
+    study, metric = status.open_existing(_settings(a))
+    print(json.dumps(status.status(study, metric), default=str) if a.json else status.status_text(study, metric))
     return 0
 
 
@@ -203,13 +210,29 @@ def cmd_best(a: argparse.Namespace) -> int:
                          "run_id holds its trial's model (hpo.model_uri) when it kept one")
     if a.model:
         found.update(status.best_model(study, found.get("mlflow_run_id"), a.tracking_uri))
-    if "pareto" in found and sys.stdout.isatty() and not a.json:  # a person reads the front as a table
-        from hpo.summary import pareto_table
-
-        print(f"{study.study_name}: Pareto front, {len(found['pareto'])} trial(s)\n{pareto_table(found['pareto'])}")
+    if sys.stdout.isatty() and not a.json:  # a person reads a table; a pipe or --json gets JSON
+        print(best_text(found, metric))
         return 0
     print(json.dumps(found, default=str))
     return 0
+
+
+def best_text(found: dict, metric: str) -> str:
+    """`hpo best` on a terminal: the front as a table, or the best trial, its params one per line, its run."""
+    from hpo.summary import pareto_table
+
+    if "pareto" in found:
+        return f"{found['study']}: Pareto front, {len(found['pareto'])} trial(s)\n{pareto_table(found['pareto'])}"
+    if found.get("best_trial") is None:
+        return f"{found['study']}: no best trial yet"
+    width = max(map(len, [*found["params"], "MLflow run"]))
+    lines = [f"{found['study']}: best trial {found['best_trial']}, {metric} {found[metric]:.6g}"]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in found["params"].items()]
+    lines += [f"  {'MLflow run'.ljust(width)}  {found['mlflow_run_id']}"] if found.get("mlflow_run_id") else []
+    lines += [f"  {k.ljust(width)}  {found[k]}" for k in ("model_uri",) if found.get(k)]
+    lines += [f"  {'registered'.ljust(width)}  {r['uri']}" + (f" (@{', @'.join(r['aliases'])})" if r.get("aliases") else "")
+              for r in found.get("registered") or ()]
+    return "\n".join(lines)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -237,13 +260,16 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hpo", description="Hyperparameter sweeps from a W&B sweep.yaml on Optuna, Ray or W&B.")
+    from hpo import __version__
+
+    parser.add_argument("--version", action="version", version=f"hpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands: dict[str, tuple[Callable, str]] = {
         "run": (cmd_run, "run a sweep to its budget"),
         "validate": (cmd_validate, "check a sweep file; exit 0 or 2"),
         "explain": (cmd_explain, "what each engine's early termination will do"),
         "status": (cmd_status, "counts and what runs now"),
-        "best": (cmd_best, "the best trial as JSON"),
+        "best": (cmd_best, "the best trial: a table on a terminal, JSON in a pipe or with --json"),
         "report": (cmd_report, "write runs/NAME/report.html: the sweep's plots in one offline file"),
         "dashboard": (cmd_dashboard, "optuna-dashboard for the sweep's storage"),
     }
@@ -253,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         if name == "explain":
             p.add_argument("--json", action="store_true", help="one JSON object: each engine's rungs")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="one JSON object: counts, budget, best, running trials")
         if name == "best":
             p.add_argument("--model", action="store_true",
                            help="also the best trial's MLflow model URI and its registered versions")
             p.add_argument("--json", action="store_true",
-                           help="JSON also on a terminal (a multi-objective sweep's front is a table there)")
+                           help="JSON also on a terminal (where it prints a table; a pipe always gets JSON)")
         if name == "dashboard":
             p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             p.add_argument("--port", type=int, default=8080)
@@ -275,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_worker)
     ag = sub.add_parser("agent", help="W&B agents, one per GPU slot, for an existing W&B sweep")
     ag.add_argument("sweep_id", help="ENTITY/PROJECT/SWEEP_ID")
-    ag.add_argument("--gpus", default="auto", help="auto | none | 0,2,3")
+    ag.add_argument("--gpus", help="auto | none | 0,2,3 (default: every GPU found, else CPU agents)")
     ag.add_argument("--workers-per-gpu", type=int, default=1)
     ag.add_argument("--workers", type=int, help="CPU agents when there is no GPU")
     ag.add_argument("--count", type=int, help="runs per agent (default: until the sweep ends)")
@@ -294,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hpo status | head -1`: the reader left; no traceback, as `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def exit_fast(code: int) -> None:

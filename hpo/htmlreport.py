@@ -170,7 +170,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;te
 section{{margin-bottom:2em}}</style></head><body>
 <h1>{title}</h1>
 <p>{html.escape(spec.method)} search, {html.escape(metric)} ({html.escape(spec.goal)});
-{c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.retried} retried; written
+{c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.retried} retried, {c.interrupted} interrupted; written
 {datetime.now().strftime('%Y-%m-%d %H:%M')}.</p>
 {''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
 {''.join(parts)}

@@ -59,7 +59,7 @@ class Settings:
     tracking_uri: str | None = None
     root: str | Path = "runs"
     trials: int | None = None
-    gpus: str = "auto"
+    gpus: str | None = None  # None: every GPU found, else CPU workers; "auto": every GPU found, at least one
     workers_per_gpu: int | str = 1  # N, or `auto` / `auto:CAP` (hpo.packing; the optuna engine)
     workers: int | None = None
     trainer: str | None = None
@@ -128,7 +128,7 @@ class Result:
         c = self.counts
         if self.extra.get("register_error") and not self.aborted and c.complete:
             return str(self.extra["register_error"])
-        head = f"no trial finished ({c.failed} failed, {c.retried} lost to dead workers or interrupts)"
+        head = f"no trial finished ({c.failed} failed, {c.retried + c.interrupted} lost to dead workers or interrupts)"
         if self.aborted:
             head = self.aborted
         if not self.failures:

@@ -28,12 +28,13 @@ class Progress:
     """A rich Live view on a terminal; one line per finished trial elsewhere (logs, CI); nothing with
     --no-progress. Each update reads the trials once: a line costs no recount of the study."""
 
-    def __init__(self, title: str, budget: int, metric: str | None, direction: str, enabled: bool = True):
+    def __init__(self, title: str, budget: int, metric: str | None, direction: str, enabled: bool = True,
+                 finished_before: Iterable[int] = ()):
         self.title, self.budget, self.metric, self.enabled = title, budget, metric, enabled
         self.direction = direction
         self.console = Console(stderr=True)
         self.live: Live | None = None
-        self._seen: set[int] = set()
+        self._seen: set[int] = set(finished_before)  # a resume's earlier trials: not printed again
         self._started = time.monotonic()
         self._done_at_start: int | None = None  # trials finished before this run (a resume): not in the rate
         if enabled and self.console.is_terminal:
@@ -80,8 +81,7 @@ class Progress:
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
         if done and len(done[0].values) > 1:  # several objectives: no one best
             best_txt = "multi-objective: `hpo best` shows the Pareto front"
-        counts = Text(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed"
-                      f"{f', {c.retried} retried' if c.retried else ''}  {best_txt}",
+        counts = Text(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed{c.lost}  {best_txt}",
                       overflow="ellipsis", no_wrap=True)
         parts: list = [line, counts]
         if final:

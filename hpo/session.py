@@ -106,20 +106,13 @@ class Session:
         signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
         signal.signal(signal.SIGTSTP, _ctrl_z)
         interrupted, error = False, None
-        plan = self.plan
-        print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {len(plan.slots)} worker(s) "
-              f"[{', '.join(s.name for s in plan.slots)}]; writing {plan.dir}/", file=sys.stderr)
         try:
-            if self.nothing_left():
-                print(f"hpo: sweep {self.plan.name!r} has {self.counted()}/{self.plan.budget} trials finished; "
-                      "nothing left to run (raise --trials to run more, or --study NAME for a new study)",
-                      file=sys.stderr)
-            else:
+            if not self.nothing_left():  # else `open` said so
                 if not self.plan.options.no_report:  # the report's imports (2-3 s) while trials run, not after
                     threading.Thread(target=_import_quietly, daemon=True,
                                      args=("optuna.visualization", "optuna.importance", "plotly.io")).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
-                                         self.plan.progress)
+                                         self.plan.progress, [t.number for t in self.trials() if t.state.is_finished()])
                 early, self.early = self.early, None  # the engine takes it over, and stops it
                 self.backend.run(self.plan, self, early)
         except KeyboardInterrupt:
@@ -175,6 +168,7 @@ class Session:
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(names)  # optuna-dashboard: val_acc, not Objective 0
+        self._announce()  # the first line, before MLflow loads (seconds)
         if not self.nothing_left():
             self.early = self.backend.prestart(plan, self)
         try:
@@ -194,6 +188,19 @@ class Session:
             if self.backend.mirrored:
                 self._end_running_children("worker died")
             _best_effort(self._mark_orphan_children)
+
+    def _announce(self) -> None:
+        plan, done = self.plan, self.counted()
+        cpu = "" if any(s.cuda_visible_devices for s in plan.slots) else " (no GPU used)"
+        workers = f"{len(plan.slots)} worker(s) [{', '.join(s.name for s in plan.slots)}]{cpu}; writing {plan.dir}/"
+        if self.nothing_left():
+            print(f"hpo: sweep {plan.name!r}: {done} trials done, budget {plan.budget}: nothing left to run "
+                  f"(--trials above {done} runs more; --study NAME starts a new study)", file=sys.stderr)
+        elif done:
+            print(f"hpo: resuming sweep {plan.name!r} on {plan.backend}: {done}/{plan.budget} trials done, the rest "
+                  f"over {workers}", file=sys.stderr)
+        else:
+            print(f"hpo: sweep {plan.name!r} on {plan.backend}: {plan.budget} trials over {workers}", file=sys.stderr)
 
     def _check_resume(self, old: optuna.Study) -> None:
         attrs, where = old.user_attrs, f"{self.plan.name!r} in {storage.mask(self.plan.storage)}"
@@ -221,7 +228,8 @@ class Session:
             uid = uuid.uuid4().hex
             study.set_user_attr(tracking.STUDY_UID_TAG, uid)
         tags = {keys.BACKEND: plan.backend, keys.STUDY: plan.name, tracking.STUDY_UID_TAG: uid, keys.STORAGE: storage.mask(plan.storage),
-                keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}", keys.BUDGET: str(plan.budget),
+                keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}",
+                keys.BUDGET: str(study.user_attrs.get(keys.BUDGET, plan.budget) if self.nothing_left() else plan.budget),
                 keys.STATE: "running", keys.TRAINER: trainer_label(plan.trainer) or "hpo.train:train",
                 best_models.K_TAG: str(self._keep_k(study))}
         if plan.options.pack_cap:
@@ -241,6 +249,8 @@ class Session:
             keys.PARENT_RUN_ID: self.parent_run_id,  # a joining `hpo worker` waits for it
             keys.CONTROLLER: self.launch,  # last: the workers this run started wait for it
         }
+        if self.nothing_left():  # `--trials 10` after 30 done runs nothing and leaves the budget as it was
+            attrs.pop(keys.BUDGET)
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)

@@ -47,18 +47,36 @@ def nvml_count() -> int:
         pynvml.nvmlShutdown()
 
 
-def parse_gpus(value: str, discovered: Callable[[], list[str]] = discover_gpus) -> list[str]:
-    """`auto` (every GPU found), `none`, or a list such as `0,2,3`."""
-    value = (value or "auto").strip()
-    if value == "auto":
+def _found(ids: list[str], env: Mapping[str, str] = os.environ) -> str:
+    """`NVML sees GPUs 0, 1` / `CUDA_VISIBLE_DEVICES='' gives no GPU`: where the GPUs came from, for an error."""
+    where = (f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r} gives" if "CUDA_VISIBLE_DEVICES" in env
+             else "NVML sees")
+    return f"{where} {'GPUs ' + ', '.join(ids) if ids else 'no GPU'}"
+
+
+def parse_gpus(value: str | None, discovered: Callable[[], list[str]] = discover_gpus) -> list[str]:
+    """None (not given): every GPU found, else CPU workers; `auto` (asked for): every GPU found, at least one;
+    `none`; or a list such as `0,2,3` of GPUs that exist here (a wrong index would train on the CPU, 10-100x
+    slower, without a word)."""
+    if value is None:
         return discovered()
+    value = value.strip()
     if value in ("none", ""):
         return []
+    found = discovered()
+    if value == "auto":
+        if not found:
+            raise UsageError(f"--gpus: auto found no GPU ({_found(found)}); leave --gpus out or give --gpus none "
+                             "for CPU workers")
+        return found
     ids = [g.strip() for g in value.split(",")]
     if any(not g.isdigit() for g in ids):
         raise UsageError(f"--gpus: expected auto, none or GPU indices such as 0,2 (got {value!r})")
     if len(set(ids)) != len(ids):
         raise UsageError(f"--gpus: GPU listed twice in {value!r}")
+    missing = [g for g in ids if g not in found]
+    if missing and all(g.isdigit() for g in found):  # UUIDs or MIG names in CUDA_VISIBLE_DEVICES: not checked
+        raise UsageError(f"--gpus: no GPU {missing[0]} here; {_found(found)}")
     return ids
 
 

@@ -39,22 +39,39 @@ def best(study: optuna.Study, metric: str) -> dict[str, Any]:
             "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID)}
 
 
-def status_text(study: optuna.Study, metric: str) -> str:
+def status(study: optuna.Study, metric: str) -> dict[str, Any]:
+    """`hpo status --json`: the counts, the budget, the best trial (or front) and what runs now."""
     trials = study.get_trials(deepcopy=False)
     c = storage.count(trials)
-    budget = study.user_attrs.get(keys.BUDGET, "?")
-    lines = [f"{study.study_name}: {c.finished}/{budget} finished - {c.complete} complete, {c.pruned} pruned, "
-             f"{c.failed} failed, {c.retried} retried; {c.running} running, {c.waiting} queued"]
-    b = best(study, metric)
+    running = [{"trial": t.number, "worker": t.user_attrs.get(keys.WORKER),
+                "gpu": t.user_attrs.get(keys.CUDA_VISIBLE_DEVICES) or None,
+                "step": max(t.intermediate_values) if t.intermediate_values else None}
+               for t in trials if t.state == TrialState.RUNNING]
+    return {"study": study.study_name, "budget": study.user_attrs.get(keys.BUDGET), "finished": c.finished,
+            **{k: getattr(c, k) for k in ("complete", "pruned", "failed", "retried", "interrupted", "running")},
+            "queued": c.waiting, "best": best(study, metric), "running_trials": running}
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """`lr=0.003 hidden=64`: parameters for a person."""
+    return " ".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def status_text(study: optuna.Study, metric: str) -> str:
+    s = status(study, metric)
+    done, budget = s["finished"], s["budget"]
+    of = f"{done}/{budget} finished" if budget is None or done <= int(budget) else f"{done} finished (budget {budget})"
+    lost = "".join(f", {s[k]} {k}" for k in ("retried", "interrupted") if s[k])
+    lines = [f"{s['study']}: {of} - {s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed{lost}; "
+             f"{s['running']} running, {s['queued']} queued"]
+    b = s["best"]
     if "pareto" in b:
-        lines.append(f"Pareto front: {len(b['pareto'])} trial(s) on {', '.join(b['metrics'])}")
+        lines.append(f"Pareto front: {len(b['pareto'])} trial(s) on {', '.join(b['metrics'])} (hpo best shows it)")
     elif b.get("best_trial") is not None:
-        lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g} {b['params']}")
-    for t in trials:
-        if t.state == TrialState.RUNNING:
-            step = max(t.intermediate_values) if t.intermediate_values else "-"
-            lines.append(f"running: trial {t.number} on {t.user_attrs.get(keys.WORKER, '?')} "
-                         f"(gpu {t.user_attrs.get(keys.CUDA_VISIBLE_DEVICES) or 'none'}), step {step}")
+        lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g}  {params_text(b['params'])}")
+    for r in s["running_trials"]:
+        lines.append(f"running: trial {r['trial']} on {r['worker'] or '?'} (gpu {r['gpu'] or 'none'}), "
+                     f"step {'-' if r['step'] is None else r['step']}")
     return "\n".join(lines)
 
 

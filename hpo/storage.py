@@ -145,13 +145,19 @@ class Counts:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
-    retried: int = 0  # infrastructure failures (dead worker, Ctrl-C): re-run, not counted
+    retried: int = 0  # infrastructure failures (a dead or hung worker): re-run, not counted
     running: int = 0
     waiting: int = 0
+    interrupted: int = 0  # stopped by Ctrl-C (or a stop): the same command runs them again, not counted
 
     @property
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
+
+    @property
+    def lost(self) -> str:
+        """", 2 retried, 1 interrupted": the trials that did not use the budget, for a line of counts."""
+        return "".join(f", {n} {what}" for n, what in ((self.retried, "retried"), (self.interrupted, "interrupted")) if n)
 
 
 def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
@@ -159,13 +165,20 @@ def retried_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
     return {t.user_attrs[keys.RETRY_OF] for t in trials if keys.RETRY_OF in t.user_attrs}
 
 
+def _failed_as(t: FrozenTrial, retried: set[int]) -> str:
+    """Which count a FAIL trial is in: failed (used the budget), interrupted, or retried (run again)."""
+    if counts_toward_budget(t) and t.number not in retried:
+        return "failed"
+    return "interrupted" if reason(t) == "interrupted" else "retried"
+
+
 def count(trials: Iterable[FrozenTrial]) -> Counts:
     trials = list(trials)
     retried = retried_numbers(trials)
-    c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
+    c = dict.fromkeys(("complete", "pruned", "failed", "retried", "running", "waiting", "interrupted"), 0)
     for t in trials:
         if t.state == TrialState.FAIL:
-            c["failed" if counts_toward_budget(t) and t.number not in retried else "retried"] += 1
+            c[_failed_as(t, retried)] += 1
         else:
             c[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
@@ -198,7 +211,7 @@ class Tally:
             if keys.RETRY_OF in trials[i].user_attrs:
                 self._retried.add(trials[i].user_attrs[keys.RETRY_OF])
         self._seen, still = len(trials), []
-        c = {"complete": 0, "pruned": 0, "failed": 0, "retried": 0, "running": 0, "waiting": 0}
+        c = dict.fromkeys(("failed", "retried", "running", "waiting", "interrupted"), 0)
         for i in check:
             t = trials[i]
             if t.state == TrialState.COMPLETE:
@@ -208,7 +221,7 @@ class Tally:
             else:
                 still.append(i)
                 if t.state == TrialState.FAIL:
-                    c["failed" if counts_toward_budget(t) and t.number not in self._retried else "retried"] += 1
+                    c[_failed_as(t, self._retried)] += 1
                 else:
                     c[{TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
         self._open = still

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,6 +49,22 @@ def summarize(plan: Plan, trials: list[FrozenTrial], parent_run_id: str, interru
                   best.user_attrs.get(keys.MLFLOW_RUN_ID), interrupted, aborted, failures(trials))
 
 
+def command(name: str) -> str:
+    """`mlflow` / `hpo` as the user can paste it: the bare name when this environment's copy is the one on PATH,
+    else its path (`.venv/bin/mlflow` after `make sweep`, whose venv is not active in the user's shell)."""
+    import os
+    import shutil
+
+    here = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not here.exists() or (found and Path(found).resolve() == here.resolve()):
+        return name
+    try:
+        return os.path.relpath(here) if not os.path.relpath(here).startswith("..") else str(here)
+    except ValueError:  # another drive (Windows)
+        return str(here)
+
+
 def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     """The end of `hpo run` for a person: counts, best trial, and where to look next."""
     from hpo.storage import mask
@@ -55,7 +72,7 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     c, metric = result.counts, plan.spec.metric or "value"
     how = "interrupted" if result.interrupted else "stopped" if result.aborted else "done"
     lines = [f"{plan.name}: {how} in {seconds:.1f} s: {c.complete} complete, {c.pruned} pruned, {c.failed} failed"
-             + (f", {c.retried} retried" if c.retried else "")]
+             + c.lost]
     front = result.extra.get("pareto")
     if front:
         lines.append(f"Pareto front: {len(front)} trial(s)")
@@ -69,7 +86,7 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
         lines.append(f"model:     {reg['uri']} ({reg['note']}); load it with mlflow.pyfunc.load_model")
     uri, exp = plan.tracking_uri, result.extra.get("experiment_id")
     if uri.startswith(("sqlite:", "file:", "/")):
-        lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        lines.append(f"MLflow:    {command('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1")
         lines.append(f"           then http://127.0.0.1:5000/#/experiments/{exp}/runs  (the runs table)")
     else:
         lines.append(f"MLflow:    {mask(uri).rstrip('/')}/#/experiments/{exp}/runs")
@@ -104,7 +121,7 @@ def close_parent(tracker: Tracker, plan: Plan, result: Result, artifacts: dict[s
     """Best value and params, counts, sweep.yaml and best.json as artifacts, and the end status."""
     c, metric = result.counts, plan.spec.metric or "value"
     metrics = {"trials_complete": c.complete, "trials_pruned": c.pruned, "trials_failed": c.failed,
-               "trials_retried": c.retried}
+               "trials_retried": c.retried, "trials_interrupted": c.interrupted}
     for gpu, g in result.extra.get("gpus", {}).items():  # NVML, sampled by the controller (hpo.gpumon)
         key = "".join(ch if ch.isalnum() else "_" for ch in gpu)
         metrics.update({f"gpu{key}_busy": g["busy"], f"gpu{key}_mem_used_peak_mb": g["mem_used_peak_mb"]})

@@ -22,34 +22,18 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-import torch
-from torch import nn
+from hpo.train_args import CHOICES, DEFAULTS, parse_args  # noqa: F401 - the trainer's settings, here too
 
-from hpo import data, models
-from hpo.train_step import Step
+if __name__ == "__main__":  # `--help` and a bad flag answer before torch loads (2-3 s)
+    parse_args(sys.argv[1:])
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hpo import data, models  # noqa: E402
+from hpo.train_step import Step  # noqa: E402
 
 Report = Callable[[int, Mapping[str, float]], None]
-
-# Defaults that make `python -m hpo.train` a sensible run on a laptop CPU.
-DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",  # digits | mnist | fashion_mnist | cifar10 | synthetic_cifar10
-    "data_dir": "data",  # where torchvision sets are downloaded
-    "model": "mlp",  # mlp | cnn | resnet18
-    "hidden": 128,
-    "dropout": 0.1,
-    "optimizer": "adam",  # sgd | adam | adamw
-    "lr": 3e-3,
-    "momentum": 0.9,  # sgd only
-    "weight_decay": 1e-4,
-    "batch_size": 64,
-    "epochs": 10,
-    "seed": 0,
-    "amp": True,  # mixed precision: CUDA only, and only for the convolutional models (models.step_plan)
-    "cuda_graphs": True,  # CUDA: replay each full batch's step from one captured graph (hpo.train_step)
-    "max_train_samples": 0,  # 0: the whole training split; N: its first N rows (quick runs, CPU benchmarks)
-    "max_eval_samples": 0,  # the same for the validation split
-}
-
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,26 +130,6 @@ def train(config: Mapping[str, Any], report: Report | None = None) -> dict[str, 
         keep(models.RawInput(model, ds.shape, ds.scale, ds.channels_last), input_example=ds.raw(x_val[:5]),
              validation=(ds.raw(x_val), y_val.numpy(), [str(c) for c in range(ds.num_classes)]))
     return metrics
-
-
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """`--name=value` / `--name value` pairs (what W&B's ${args} writes) -> typed config."""
-    import yaml
-
-    config: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise SystemExit(f"hpo.train: expected --name=value, got {arg!r}")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise SystemExit(f"hpo.train: --{key} needs a value")
-            i, value = i + 1, argv[i + 1]
-        config[key.replace("-", "_")] = yaml.safe_load(value) if value else value
-        i += 1
-    return config
 
 
 def _print_report(step: int, metrics: Mapping[str, float]) -> None:

@@ -45,7 +45,9 @@ class State(str, Enum):
 
     @property
     def mlflow_status(self) -> str:
-        return {"complete": "FINISHED", "failed": "FAILED"}.get(self.value, "KILLED")
+        """A pruned trial ran as asked and stopped where the schedule said: FINISHED (its `hpo.state` tag says
+        pruned), as Ray Tune shows an early-stopped trial TERMINATED, not an error; only an interrupt is KILLED."""
+        return {"failed": "FAILED", "interrupted": "KILLED"}.get(self.value, "FINISHED")
 
     @property
     def optuna_state(self) -> Any:

@@ -43,6 +43,40 @@ def test_best_and_status(finished):
     assert status.startswith("tools: 6/6 finished - 6 complete, 0 pruned, 0 failed")
 
 
+def test_status_json_counts_what_the_study_holds(finished):
+    tmp, sweep, out = finished
+    got = json.loads(run_hpo("status", str(sweep), "--json", cwd=tmp, check=True).stdout)
+    last = json.loads(out.stdout.splitlines()[-1])
+    assert {k: got[k] for k in ("study", "budget", "finished", "complete", "failed", "running", "queued")} == {
+        "study": "tools", "budget": 6, "finished": 6, "complete": 6, "failed": 0, "running": 0, "queued": 0}
+    assert got["best"]["best_trial"] == last["best_trial"] and got["best"]["score"] == last["best_value"]
+
+
+def test_best_is_a_table_on_a_terminal_and_json_in_a_pipe(finished):
+    from test_terminal import run_on_a_terminal
+
+    tmp, sweep, out = finished
+    last = json.loads(out.stdout.splitlines()[-1])
+    piped = json.loads(run_hpo("best", str(sweep), cwd=tmp, check=True).stdout)
+    code, shown = run_on_a_terminal("best", str(sweep), cwd=tmp)
+    assert code == 0 and not shown.lstrip().startswith("{"), shown
+    lines = shown.strip().splitlines()
+    assert lines[0] == f"tools: best trial {last['best_trial']}, score {last['best_value']:.6g}", shown
+    assert lines[1].split() == ["x", str(piped["params"]["x"])] and lines[2].split() == [
+        "MLflow", "run", piped["mlflow_run_id"]], shown
+    code, shown = run_on_a_terminal("best", str(sweep), "--json", cwd=tmp)
+    assert code == 0 and json.loads(shown) == piped
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(finished):
+    """`hpo status | head -1`: the pipe closes before hpo writes (`true` reads nothing and leaves at once)."""
+    tmp, sweep, _ = finished
+    out = subprocess.run(f"{sys.executable} -m hpo status {sweep} | true; echo $?; "
+                         f"{sys.executable} -m hpo --version", shell=True, cwd=tmp, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stderr == "" and out.stdout.startswith("0\nhpo "), out  # then `--version` prints `hpo X.Y.Z`
+
+
 def test_inspecting_a_missing_sweep_is_a_usage_error(tmp_path, finished):
     _, sweep, _ = finished
     out = run_hpo("best", str(sweep), cwd=tmp_path)

@@ -62,7 +62,7 @@ HYPERBAND = {"type": "hyperband", "min_iter": 1, "eta": 3}
 # hpo: Optuna's SuccessiveHalving / Hyperband and Ray's ASHA promote at min_iter * eta**k = 1, 3 (9 is the
 # last epoch); W&B's sweeps engine compares history[band] for bands 1, 3, i.e. the 2nd and 4th report.
 RUNGS = {"optuna": [1, 3], "ray": [1, 3], "wandb": [2, 4]}
-STATUS_OF = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+STATUS_OF = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}  # pruned: FINISHED + hpo.state
 
 # Safety limits only (a hung sweep fails instead of blocking the suite); nothing here is timed.
 RUN_TIMEOUT = 300
@@ -426,7 +426,7 @@ def test_a_multi_objective_sweep_records_its_pareto_front(engine, tmp_path):
 
 def test_one_child_run_per_trial_with_its_end_status(finished, engine):
     """Every trial is one child of the parent, tagged with the engine, none left RUNNING; its status
-    follows its state (complete FINISHED, pruned KILLED, failed FAILED) and matches the Optuna trial."""
+    follows its state (complete and pruned FINISHED, failed FAILED; hpo.state says which) and matches the Optuna trial."""
     sw, ran = finished
     ok(ran)
     _, parents, children = sw.mlflow()
@@ -607,6 +607,7 @@ def test_ray_rerun_into_a_new_storage_runs_or_refuses(tmp_path):
     ok(sw.run("--trials", "2", "--trainer", "contract_trainers:curve"))
     new = tmp_path / "elsewhere"
     new.mkdir()
+    first = {p: p.stat().st_mtime_ns for p in sw.dir.rglob("*") if p.is_file() and ".alive" not in p.name}
     again = sw.run("--trials", "2", "--trainer", "contract_trainers:curve",
                    "--storage", str(new / "optuna.log"), "--tracking-uri", f"sqlite:///{new / 'mlflow.db'}")
     assert not again.timed_out, again.describe()
@@ -615,6 +616,9 @@ def test_ray_rerun_into_a_new_storage_runs_or_refuses(tmp_path):
         return
     ok(again)
     assert (new / "optuna.log").is_file(), f"exit 0 but nothing in the new storage\n{again.describe()}"
+    assert (new / "report.html").is_file() and list((new / "ray").glob("tune-*")), "the sweep's folder is the storage's"
+    after = {p: p.stat().st_mtime_ns for p in sw.dir.rglob("*") if p.is_file() and ".alive" not in p.name}
+    assert after == first, "the second sweep wrote into the first one's folder"
     trials = load_study(new / "optuna.log", "rayagain").get_trials()
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 2, _states(trials)
 

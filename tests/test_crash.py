@@ -124,7 +124,7 @@ def check_invariants(sweep_dir: Path, name: str, budget: int) -> None:
     linked = {t.user_attrs["hpo.mlflow_run_id"]: t for t in trials if t.user_attrs.get("hpo.mlflow_run_id")}
     assert len(linked) == len([t for t in trials if t.user_attrs.get("hpo.mlflow_run_id")]), "one run per trial"
     assert set(by_run) == set(linked), "every child run belongs to exactly one trial, and back"
-    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
     counted = []
     for run_id, t in linked.items():
         run = by_run[run_id]

@@ -150,7 +150,7 @@ def test_an_error_that_quotes_a_secret_is_masked_in_the_trials_tags_and_the_clis
 def test_one_state_vocabulary_maps_to_every_tool():
     from optuna.trial import TrialState
 
-    assert [s.mlflow_status for s in State] == ["FINISHED", "KILLED", "FAILED", "KILLED"]
+    assert [s.mlflow_status for s in State] == ["FINISHED", "FINISHED", "FAILED", "KILLED"]
     assert [s.optuna_state for s in State] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                                                TrialState.FAIL]
     assert [s.wandb_state for s in State] == ["finished", "killed", "failed", "crashed"]

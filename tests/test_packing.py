@@ -49,7 +49,7 @@ def test_the_flag_takes_a_number_auto_or_auto_with_a_cap():
 
 def test_auto_on_another_engine_is_one_line_and_writes_nothing(tmp_path, tiny_sweep):
     out = run_hpo("run", str(tiny_sweep), "--backend", "ray", "--gpus", "0", "--workers-per-gpu", "auto",
-                  cwd=tmp_path)
+                  cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "--workers-per-gpu: auto packs the optuna engine's workers; with --backend ray give a number"]
@@ -86,6 +86,7 @@ parameters:
 def test_auto_measures_each_gpu_then_packs_it_and_records_why(tmp_path, monkeypatch):
     sweep = write(tmp_path / "sweep.yaml", SWEEP)
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the GPUs FakeNvml stands in for
     settings = api.Settings(sweep, root=tmp_path / "runs", trials=24, gpus="0,1", workers_per_gpu="auto",
                             trainer="contract_trainers:curve", progress=False,
                             options={"gpu_reader": FakeNvml(), "keep_models": 0, "no_report": True})
@@ -117,14 +118,18 @@ def test_auto_measures_each_gpu_then_packs_it_and_records_why(tmp_path, monkeypa
     assert parent.data.metrics["gpu0_mem_used_peak_mb"] == 2_500.0
 
 
-def test_a_number_packs_as_before_and_records_no_decision(tmp_path, tiny_sweep):
+def test_a_number_packs_as_before_and_records_no_decision(tmp_path, tiny_sweep, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs as far as hpo can tell
     plan = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="0,1", workers_per_gpu="2"))
     assert [s.name for s in plan.slots] == ["gpu0-w0", "gpu0-w1", "gpu1-w0", "gpu1-w1"]
     assert plan.options.pack_cap is None
     auto = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="0,1", workers_per_gpu="auto:6"))
     assert [s.name for s in auto.slots] == ["gpu0-w0", "gpu1-w0"] and auto.options.pack_cap == 6
-    cpu = api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="none", workers=2, workers_per_gpu="auto"))
-    assert cpu.options.pack_cap is None  # no GPU: nothing to pack
+    with pytest.raises(UsageError, match="^--workers-per-gpu: auto packs workers onto GPUs, and there is none here"):
+        api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="none", workers=2, workers_per_gpu="auto"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UsageError, match="^--gpus: no GPU 1 here; CUDA_VISIBLE_DEVICES='' gives no GPU$"):
+        api.prepare(api.Settings(tiny_sweep, root=tmp_path / "runs", gpus="1"))
 
 
 def test_the_monitor_reports_each_gpus_busy_fraction_and_peak_memory():

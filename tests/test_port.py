@@ -105,10 +105,9 @@ def play(tmp_path: Path, script: Callable[[Any], None], trials: int = 3):
         metric: {name: score, goal: maximize}
         parameters:
           x: {values: [1, 2, 3, 4, 5, 6, 7, 8]}
-        command: [python, -m, hpo.train, "${args}"]
     """)
     plan = api.prepare(api.Settings(sweep, trials=trials, workers=1, root=tmp_path / "runs", progress=False,
-                                    options={"no_report": True}))
+                                    trainer="fault_trainers:trivial", options={"no_report": True}))
     plan = replace(plan, backend="scripted")
     session = Session(plan, Scripted(script))
     try:

@@ -139,7 +139,7 @@ def test_name_value_program_is_stopped_by_hyperband_and_nothing_is_left_running(
         steps = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, "score"))
         assert [v for _, v in steps] == pytest.approx([lr * s for s, _ in steps], abs=1e-6)
         if child in pruned:
-            assert steps[-1][0] < 9 and child.info.status == "KILLED"
+            assert steps[-1][0] < 9 and child.info.status == "FINISHED"
             assert float(child.data.metrics["score"]) == pytest.approx(lr * steps[-1][0], abs=1e-6)
         else:
             assert steps[-1][0] == 9 and child.data.metrics["loss"] == pytest.approx(1 - lr * 9, abs=1e-6)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 pytestmark = pytest.mark.slow
 
 RAY_ENV = {"HPO_RAY_NUM_CPUS": "2", "CUDA_VISIBLE_DEVICES": "", "RAY_ADDRESS": ""}
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 ASHA = """
     name: rt
@@ -106,7 +106,7 @@ def test_gpu_fractions_on_logical_gpus(tmp_path):
           batch_size: {value: 128}
     """)
     run_hpo("run", str(sweep), "--backend", "ray", "--gpus", "0,1", "--workers-per-gpu", "2", "--trials", "4",
-            "--no-progress", cwd=tmp_path, env=RAY_ENV, check=True)
+            "--no-progress", cwd=tmp_path, env={**RAY_ENV, "CUDA_VISIBLE_DEVICES": "0,1"}, check=True)
     sweep_dir = tmp_path / "runs" / "gpus"
     _, _, parents, children = runs_of(sweep_dir, "gpus")
     tags = parents[0].data.tags

@@ -34,12 +34,14 @@ def test_cpu_slots_hide_every_gpu():
 
 
 def test_gpu_choice_parsing():
-    assert parse_gpus("0,2,3") == ["0", "2", "3"]
+    four = lambda: ["0", "1", "2", "3"]  # noqa: E731 - what NVML or CUDA_VISIBLE_DEVICES shows
+    assert parse_gpus("0,2,3", discovered=four) == ["0", "2", "3"]
     assert parse_gpus("none") == []
     assert parse_gpus("auto", discovered=lambda: ["5", "7"]) == ["5", "7"]
-    for bad in ("a,b", "0,0", "1;rm"):
+    assert parse_gpus(None, discovered=lambda: []) == []  # not given: CPU workers when there is no GPU
+    for bad in ("a,b", "0,0", "1;rm", "4", "auto"):
         with pytest.raises(UsageError, match="^--gpus:"):
-            parse_gpus(bad)
+            parse_gpus(bad, discovered=four if bad != "auto" else lambda: [])
     with pytest.raises(UsageError, match="^--workers-per-gpu:"):
         plan(["0"], 0)
 

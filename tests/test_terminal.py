@@ -26,11 +26,11 @@ SWEEP = """
 ARGS = ["run", "sweep.yaml", "--workers", "1", "--trainer", "trivial:train", "--no-progress"]
 
 
-def run_on_a_terminal(*args: str, cwd: Path, stderr_too: bool = False) -> tuple[int, str]:
+def run_on_a_terminal(*args: str, cwd: Path, stderr_too: bool = False, path: str | None = None) -> tuple[int, str]:
     """`hpo ARGS` with stdout (and stderr, if asked) on an 80-column pseudo-terminal; returns (exit code, what
-    the terminal got)."""
+    the terminal got). `path`: the shell's $PATH."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(BENCH.parent / "tests")]),
-           "TERM": "xterm-256color"}
+           "TERM": "xterm-256color", **({"PATH": path} if path is not None else {})}
     for name in ("MLFLOW_TRACKING_URI", "COLUMNS", "LINES"):
         env.pop(name, None)
     main, sub = pty.openpty()
@@ -53,8 +53,9 @@ def run_on_a_terminal(*args: str, cwd: Path, stderr_too: bool = False) -> tuple[
 
 
 def test_a_terminal_gets_a_summary(tmp_path):
+    """...and its next steps work as printed from a shell where the venv is not active (after `make sweep`)."""
     write(tmp_path / "sweep.yaml", SWEEP)
-    code, shown = run_on_a_terminal(*ARGS, cwd=tmp_path)
+    code, shown = run_on_a_terminal(*ARGS, cwd=tmp_path, path="/usr/bin:/bin")
     assert code == 0, shown
     lines = shown.strip().splitlines()
     assert lines[0].startswith("term: done in ") and "3 complete, 0 pruned, 0 failed" in lines[0], shown
@@ -62,9 +63,16 @@ def test_a_terminal_gets_a_summary(tmp_path):
     assert "  x = 0.75" in lines, shown
     at = next(i for i, line in enumerate(lines) if line.startswith("MLflow:"))
     db = (tmp_path / "runs" / "term" / "mlflow.db").resolve()
-    assert lines[at].endswith(f"mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1")
+    venv = Path(sys.executable).parent
+    assert lines[at] == f"MLflow:    {venv / 'mlflow'} ui --backend-store-uri sqlite:///{db} --host 127.0.0.1", shown
     assert lines[at + 1].strip() == "then http://127.0.0.1:5000/#/experiments/1/runs  (the runs table)"
-    assert lines[-1] == "dashboard: hpo dashboard sweep.yaml"
+    assert lines[-1] == f"dashboard: {venv / 'hpo'} dashboard sweep.yaml"
+    for printed in (lines[at].split()[1], lines[-1].split()[1]):  # each runs from that shell as printed
+        out = subprocess.run(f"{printed} --version", shell=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (printed, out.stderr)
+    code, shown = run_on_a_terminal(*ARGS, "--study", "onpath", cwd=tmp_path, path=f"{venv}:/usr/bin:/bin")
+    assert code == 0 and shown.strip().splitlines()[-1] == "dashboard: hpo dashboard sweep.yaml --study onpath"
     assert not any(line.lstrip().startswith("{") for line in lines)  # no JSON for a person
 
 

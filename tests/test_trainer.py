@@ -23,8 +23,28 @@ def test_five_epochs_on_digits_reach_ninety_percent(tmp_path):
 def test_wandb_style_arguments_are_typed():
     cfg = parse_args(["--lr=0.01", "--hidden=64", "--optimizer=sgd", "--amp=false", "--epochs", "3"])
     assert cfg == {"lr": 0.01, "hidden": 64, "optimizer": "sgd", "amp": False, "epochs": 3}
+    assert parse_args(["--batch-size=32", "--hidden=64.0", "--amp=True"]) == {"batch_size": 32, "hidden": 64,
+                                                                               "amp": True}
     with pytest.raises(SystemExit):
         parse_args(["lr=0.01"])
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--lr", "abc"], "hpo.train: --lr: invalid float value: 'abc'"),
+    (["--lrr=0.1"], "hpo.train: unrecognized arguments: --lrr=0.1"),  # a typo is refused, not ignored
+    (["--optimizer=rmsprop"], "hpo.train: --optimizer: invalid choice: 'rmsprop' (choose from 'sgd', 'adam', 'adamw')"),
+    (["--epochs=2.5"], "hpo.train: --epochs: invalid int value: '2.5'"),
+])
+def test_bad_arguments_are_one_line_and_exit_2_as_an_argparse_program(args, line):
+    out = subprocess.run([sys.executable, "-m", "hpo.train", *args], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines(), out.stdout) == (2, [line], "")
+
+
+def test_help_lists_every_setting_and_its_default():
+    out = subprocess.run([sys.executable, "-m", "hpo.train", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for key, default in DEFAULTS.items():
+        assert f"--{key}" in out.stdout and f"default: {default}" in out.stdout, key
 
 
 def test_report_is_called_once_per_epoch_and_can_stop_training():

@@ -153,7 +153,7 @@ def check_run_is_trial(run: dict, trial, child, epochs: int = EPOCHS) -> None:
     if trial.state == TrialState.PRUNED:
         assert run["stop_sent"], "only the server's stop prunes a run"
         assert trial.user_attrs["hpo.reason"] == STOPPED
-        assert child.info.status == "KILLED" and child.data.tags["hpo.state"] == "pruned"
+        assert child.info.status == "FINISHED" and child.data.tags["hpo.state"] == "pruned"
         assert child.data.tags["hpo.reason"] == STOPPED and "hpo.error" not in child.data.tags
         assert run["history_at_stop"] <= len(scores(run)) <= epochs, "it stopped at a report after the stop"
     else:  # (a stop that reached the agent after the trainer's last report does not undo the run)
