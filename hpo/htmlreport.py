@@ -25,6 +25,9 @@ from hpo.spec import Spec
 COLOURS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
            "WAITING": "#bbbbbb"}
 IMPORTANCE = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, Optuna 5's default)"
+# PED-ANOVA compares the top 10 % of trials with all of them: below 10 complete trials that top is one trial,
+# and its "importance" is that trial's parameters. Not drawn then (nor is optuna.importance, 1-2 s, loaded).
+IMPORTANCE_MIN = 10
 
 
 def _last(t: FrozenTrial) -> float | None:
@@ -140,6 +143,9 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
         try:
             if len(complete) < 2:
                 raise ValueError("fewer than 2 complete trials")
+            if name == "importance" and len(complete) < IMPORTANCE_MIN:
+                raise ValueError(f"{len(complete)} complete trials; PED-ANOVA compares the top 10 % with the rest, "
+                                 f"which takes at least {IMPORTANCE_MIN}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 figs.append((name, make(study, **on[name]), why))

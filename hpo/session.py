@@ -109,8 +109,11 @@ class Session:
         try:
             if not self.nothing_left():  # else `open` said so
                 if not self.plan.options.no_report:  # the report's imports (2-3 s) while trials run, not after
-                    threading.Thread(target=_import_quietly, daemon=True,
-                                     args=("optuna.visualization", "optuna.importance", "plotly.io")).start()
+                    from hpo.htmlreport import IMPORTANCE_MIN
+
+                    names = ["optuna.visualization", "plotly.io"] + (
+                        ["optuna.importance"] if self.plan.budget >= IMPORTANCE_MIN else [])
+                    threading.Thread(target=_import_quietly, daemon=True, args=names).start()
                 self.progress = Progress(self.plan.name, self.plan.budget, self.spec.metric, self.spec.direction,
                                          self.plan.progress, [t.number for t in self.trials() if t.state.is_finished()])
                 early, self.early = self.early, None  # the engine takes it over, and stops it
