@@ -379,6 +379,8 @@ class Session:
                 close_child(self.tracker, lv.run_id, Outcome(State.INTERRUPTED, reason="paused"))
             lv.run_id, lv.values = run_id, {}
             self.study._storage.set_trial_user_attr(lv.trial_id, keys.MLFLOW_RUN_ID, run_id)  # noqa: SLF001
+            if lv.worker and not worker:  # the run was made where the engine placed it: name the slot it holds
+                _best_effort(self.tracker.set_tags, run_id, {keys.WORKER: lv.worker})
         lv.worker, lv.cuda = worker or lv.worker, cuda or lv.cuda
 
     def trial_tags(self, key: Any, find: tuple[str, str] | None = None) -> dict[str, str]:

@@ -55,6 +55,8 @@ def test_asha_eight_trials_mlflow_and_mirror(tmp_path):
                   cwd=tmp_path, env=RAY_ENV, check=True)
     sweep_dir = tmp_path / "runs" / "rt"
     assert "Trial status" not in out.stdout + out.stderr, "Ray's console table is off"
+    assert "Token authentication" not in out.stderr  # Ray's notices go to its log, not into the view
+    assert "Token authentication is enabled" in (sweep_dir / "logs" / "ray.log").read_text()
 
     trials = ray_trials(sweep_dir)
     assert len(trials) == 8 and {t.status for t in trials} == {"TERMINATED"}
@@ -89,6 +91,8 @@ def test_asha_eight_trials_mlflow_and_mirror(tmp_path):
         assert sorted(m.intermediate_values) == list(range(1, iters[tid] + 1))
         assert m.params == configs[tid]
         assert m.user_attrs["hpo.mlflow_run_id"] == by_ray[tid].info.run_id
+        # named by the slot it held, as on the other engines (not Ray's host-pid), in the trial and its run
+        assert m.user_attrs["hpo.worker"] in ("cpu0", "cpu1") and by_ray[tid].data.tags["hpo.worker"] == m.user_attrs["hpo.worker"]
     assert summary(out)["pruned"] == len(stopped)
     assert parents[0].data.metrics["best_val_acc"] == pytest.approx(study.best_value)
 

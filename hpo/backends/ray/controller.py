@@ -43,10 +43,25 @@ class Side:
         self.max_t = ray_space.max_t(plan.spec)
         self.scheduler = plan.options.ray_scheduler
         self.seen: dict[str, _Seen] = {}
+        # Ray places trials itself; each running trial still gets one of the sweep's slot names (cpu0, gpu1-w0,
+        # as the other engines' workers are named), the lowest free one, so the view and the timeline read alike.
+        self.free = [s.name for s in plan.slots]
+        self.slot_of: dict[str, str] = {}
+
+    def _take_slot(self, trial_id: str) -> str:
+        if trial_id not in self.slot_of:
+            self.slot_of[trial_id] = self.free.pop(0) if self.free else f"ray{len(self.slot_of)}"
+        return self.slot_of[trial_id]
+
+    def _free_slot(self, trial_id: str) -> None:
+        names = [s.name for s in self.plan.slots]
+        slot = self.slot_of.pop(trial_id, None)
+        if slot in names:
+            self.free = sorted([*self.free, slot], key=names.index)
 
     def start(self, trial) -> None:
         params = {k: plain(v) for k, v in trial.config.items()}
-        self.port.trial_started(trial.trial_id, trial_number(trial.trial_id), params,
+        self.port.trial_started(trial.trial_id, trial_number(trial.trial_id), params, worker=self._take_slot(trial.trial_id),
                                 attrs={keys.RAY_TRIAL_ID: trial.trial_id})
         self.seen[trial.trial_id] = _Seen()
 
@@ -57,14 +72,14 @@ class Side:
             s.run_id, s.reports = run_id, 0
         s.reports += 1
         s.stopped = bool(result.get("done"))  # Tune marks the result on which its scheduler stops a trial
-        self.port.trial_updated(trial.trial_id, run_id=run_id, cuda=str(result.get(CUDA, "")),
-                                worker=f"{result.get('hostname', '')}-{result.get('pid', '')}")
+        self.port.trial_updated(trial.trial_id, run_id=run_id, cuda=str(result.get(CUDA, "")))
         if STEP in result:
             self.port.trial_reported(trial.trial_id, int(result[STEP]), result.get(self.plan.spec.metric))
         self.port.refresh(len(self.seen))
 
     def complete(self, trial) -> None:
         s = self.seen.pop(trial.trial_id, _Seen())
+        self._free_slot(trial.trial_id)
         tags = self.port.trial_tags(trial.trial_id, find=(keys.RAY_TRIAL_ID, trial.trial_id))
         if tags.get(keys.STATE) == "failed":  # the trainer failed: its run says why
             outcome = Outcome(State.FAILED, reason=tags.get(keys.REASON, "error"),
@@ -88,6 +103,7 @@ class Side:
         """Its worker (a Ray actor) died: the attempt is failed; Ray may run the trial's config again."""
         detail_text = _death_of(trial)
         self.seen.pop(trial.trial_id, None)
+        self._free_slot(trial.trial_id)
         self.port.trial_lost(trial.trial_id, "worker died", detail_text)
         try:
             self.port.worker_exited(f"worker died ({detail_text})", "")
@@ -165,6 +181,30 @@ def _address(plan: Plan) -> str | None:
 
 def _gpu_ids(plan: Plan) -> list[str]:
     return list(dict.fromkeys(s.cuda_visible_devices for s in plan.slots if s.cuda_visible_devices))
+
+
+class _RayLog:
+    """Ray's own log records go to runs/NAME/logs/ray.log while the sweep runs, not into the live view: its "ray"
+    logger writes to stderr, and `ray.init` (configure_logging=False) leaves it none, so Python's last-resort
+    handler prints them (the token-auth notice of a new local Ray, ...)."""
+
+    NAMES = ("ray", "ray._private.authentication.authentication_token_setup")  # the second logs inside ray.init
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.before = {n: (logging.getLogger(n).handlers, logging.getLogger(n).propagate) for n in self.NAMES}
+        self.attach()
+
+    def attach(self) -> None:  # again after ray.init, which empties the "ray" logger's handlers
+        for name in self.NAMES:
+            logging.getLogger(name).handlers, logging.getLogger(name).propagate = [self.handler], False
+
+    def detach(self) -> None:
+        for name, (handlers, propagate) in self.before.items():
+            logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
+        self.handler.close()
 
 
 def start_ray(plan: Plan) -> bool:
@@ -261,7 +301,13 @@ def run(plan: Plan, port: SessionPort) -> None:
     for key, value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
                        ("TUNE_DISABLE_SIGINT_HANDLER", "1"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
         os.environ.setdefault(key, value)
-    started = start_ray(plan)
+    ray_log = _RayLog(plan.dir / "logs" / "ray.log")
+    try:
+        started = start_ray(plan)
+    except BaseException:
+        ray_log.detach()
+        raise
+    ray_log.attach()
     tune_log = logging.getLogger("ray.tune")
     level = tune_log.level
     tune_log.setLevel(logging.CRITICAL)  # hpo's progress shows the trials
@@ -295,5 +341,6 @@ def run(plan: Plan, port: SessionPort) -> None:
     finally:
         _sides.pop(plan.name, None)
         tune_log.setLevel(level)
+        ray_log.detach()
         if started:  # local: no trial writes after this; a cluster keeps running
             ray.shutdown()
