@@ -252,10 +252,11 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
     if not 1 <= a.port <= 65535:
         raise UsageError(f"--port: must be 1-65535 (got {a.port})")
-    store = a.storage or prepare(replace(_settings(a), inspect_only=True)).storage
+    plan = prepare(replace(_settings(a), inspect_only=True))
+    store = a.storage or plan.storage
     storage.require_existing(store)
     return dashboard.serve(store, a.host, a.port, [h for h in (a.allowed_hosts or "").split(",") if h.strip()],
-                           a.writable)
+                           a.writable, plan.name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,8 +49,8 @@ def _refuse(start_response: Callable, why: str) -> list[bytes]:
 
 
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, allowed_hosts: Iterable[str] = (),
-          writable: bool = False) -> int:
-    """Run optuna-dashboard in the foreground until Ctrl-C."""
+          writable: bool = False, study: str | None = None) -> int:
+    """Run optuna-dashboard in the foreground until Ctrl-C; the address printed opens `study`'s page."""
     try:
         from bottle import run
         from optuna_dashboard import wsgi
@@ -60,8 +60,15 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, allowed_hosts: It
         print(f"hpo: warning: the dashboard on {host} has no authentication; anyone who can reach "
               f"port {port} can read{' and change' if writable else ''} the study", file=sys.stderr)
     names = {*LOCAL, *allowed_hosts, *([host] if host not in ("0.0.0.0", "::") else [])}
-    app = guard(wsgi(storage.open_storage(url)), names, writable)
-    print(f"hpo: optuna-dashboard for {storage.mask(url)} at http://{host}:{port}/"
+    store = storage.open_storage(url)
+    app = guard(wsgi(store), names, writable)
+    page = ""
+    if study:
+        try:
+            page = f"dashboard/studies/{store.get_study_id_from_name(study)}"
+        except KeyError:  # another study name: the list of studies
+            page = ""
+    print(f"hpo: optuna-dashboard for {storage.mask(url)} at http://{host}:{port}/{page}"
           f"{'' if writable else ' (read-only; --writable to edit)'}", file=sys.stderr)
     try:
         run(app, host=host, port=port, quiet=True)

@@ -108,14 +108,44 @@ def timeline(trials: list[FrozenTrial]) -> tuple[Any, dict[str, float]]:
                        for t in ts],
                     base=[(t.datetime_start - start).total_seconds() for t in ts],
                     x=[(t.datetime_complete - t.datetime_start).total_seconds() for t in ts],
-                    text=[f"trial {t.number}" for t in ts], hovertemplate="%{text}<br>%{base:.1f}s + %{x:.1f}s")
+                    text=[f"trial {t.number}" for t in ts], textposition="inside", insidetextanchor="middle",
+                    hovertemplate="%{text}<br>%{base:.1f}s + %{x:.1f}s")
+    # a label that does not fit its bar is hidden, not drawn over its neighbours (hover still names the trial)
+    fig.update_layout(uniformtext={"minsize": 9, "mode": "hide"})
     fig.update_layout(title="Timeline per worker slot (gaps are idle time)", barmode="overlay",
                       xaxis_title="seconds since the first trial started", yaxis={"categoryorder": "category ascending"})
     return fig, busy
 
 
+def _cell(c: Any) -> str:
+    """A table cell: text, escaped; a (text, url) pair is a link."""
+    if isinstance(c, tuple):
+        text, url = c
+        return f'<a href="{html.escape(url)}">{html.escape(str(text))}</a>' if url else html.escape(str(text))
+    return html.escape(f"{c:.6g}" if isinstance(c, float) else str(c))
+
+
+def varied(trials: list[FrozenTrial]) -> list[str]:
+    """The parameters that take more than one value among these trials (a `value:` constant says nothing in a
+    plot: it is left out of the parallel coordinates, the importances and the top-trials table)."""
+    seen: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in storage.trainer_params(t).items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return [k for k, values in seen.items() if len(values) > 1]
+
+
+def run_link(study: optuna.Study, run_id: str) -> str | None:
+    """The MLflow UI's page of a run: on the tracking server, or `mlflow ui`'s default address for a local store."""
+    uri, exp = study.user_attrs.get(keys.TRACKING_URI, ""), study.user_attrs.get(keys.EXPERIMENT_ID)
+    if not run_id or exp is None:
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{exp}/runs/{run_id}"
+
+
 def _table(rows: list[list[Any]], head: list[str]) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    cells = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>")
 
 
@@ -132,23 +162,31 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
     notes = []
     plots = [("parallel", vis.plot_parallel_coordinate, ""),
              ("importance", vis.plot_param_importances, f"Importance evaluator: {IMPORTANCE}.")]
-    on: dict[str, dict[str, Any]] = {"parallel": {}, "importance": {}, "pareto": {"target_names": spec.metric_names}}
+    shown = [p for p in varied(complete) if p in {k for t in complete for k in t.params}]  # no constants
+    on: dict[str, dict[str, Any]] = {"parallel": {"params": shown, "target_name": metric},
+                                     "importance": {"params": shown, "target_name": metric},
+                                     "pareto": {"target_names": spec.metric_names}}
     if spec.multi:  # the front first; the other plots show the first objective
         plots.insert(0, ("pareto", vis.plot_pareto_front,
                          "Pareto front: the trials no other trial beats on every objective."))
         sign = -1.0 if direction == "maximize" else 1.0  # PED-ANOVA ranks what makes a custom target low
-        on["parallel"] = {"target": storage.primary, "target_name": metric}
-        on["importance"] = {"target": lambda t: sign * storage.primary(t), "target_name": metric}
+        on["parallel"] = {"params": shown, "target": storage.primary, "target_name": metric}
+        on["importance"] = {"params": shown, "target": lambda t: sign * storage.primary(t), "target_name": metric}
     for name, make, why in plots:
         try:
             if len(complete) < 2:
                 raise ValueError("fewer than 2 complete trials")
+            if name in ("parallel", "importance") and not shown:
+                raise ValueError("no parameter took more than one value")
             if name == "importance" and len(complete) < IMPORTANCE_MIN:
                 raise ValueError(f"{len(complete)} complete trials; PED-ANOVA compares the top 10 % with the rest, "
                                  f"which takes at least {IMPORTANCE_MIN}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                figs.append((name, make(study, **on[name]), why))
+                fig = make(study, **on[name])
+                if name == "importance":  # Optuna titles it "Hyperparameter Importance" whatever the target
+                    fig.update_layout(xaxis_title=f"importance for {metric}")
+                figs.append((name, fig, why))
         except Exception as exc:  # noqa: BLE001 - e.g. one parameter value only: say so, keep the rest
             notes.append(f"{name}: not drawn ({exc})")
     tl, busy = timeline(trials)
@@ -161,9 +199,10 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                      + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
         first = False
     best = sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10]
-    top = _table([[t.number, f"{storage.primary(t):.6g}", t.user_attrs.get(keys.MLFLOW_RUN_ID, ""),
-                   json.dumps(storage.trainer_params(t), default=str)] for t in best],
-                 ["trial", metric, "MLflow run", "params"])
+    columns = varied(complete) or sorted({k for t in best for k in storage.trainer_params(t)})
+    top = _table([[t.number, storage.primary(t), *(storage.trainer_params(t).get(k, "") for k in columns),
+                   (t.user_attrs.get(keys.MLFLOW_RUN_ID, ""), run_link(study, t.user_attrs.get(keys.MLFLOW_RUN_ID, "")))]
+                  for t in best], ["trial", metric, *columns, "MLflow run"])
     failed = [t for t in trials if t.state == TrialState.FAIL]
     fails = _table([[t.number, t.user_attrs.get(keys.REASON, ""), str(t.user_attrs.get(keys.ERROR, ""))[:300]]
                     for t in failed], ["trial", "reason", "error"]) if failed else "<p>None.</p>"

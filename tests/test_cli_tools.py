@@ -122,10 +122,13 @@ def test_dashboard_binds_loopback_and_serves_the_study(finished):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as resp:
             studies = json.loads(resp.read())["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tools"]
+        study_id = studies[0]["study_id"]
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "no authentication" not in err
+    # the address it prints opens the sweep's own study, not the list of studies
+    assert f"at http://127.0.0.1:{port}/dashboard/studies/{study_id} (read-only" in err, err
 
 
 def _request(port: int, method: str, path: str, host: str | None = None, body: dict | None = None):

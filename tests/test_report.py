@@ -6,6 +6,7 @@ skipped and says so.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -50,6 +51,21 @@ def test_a_run_ends_with_a_self_contained_report(swept):
     best = max(y for trace in history["data"] if trace["name"] == "complete" for y in trace["y"])
     assert best == pytest.approx(float(out.stdout.split('"best_value": ')[1].split(",")[0]))
     assert "PED-ANOVA" in page  # says which importance evaluator (Optuna 5's default)
+    # constants (epochs, batch_size: `value:`) are left out; the metric names the axis and the colour bar
+    parallel = figure(page, "parallel")
+    assert parallel["layout"]["xaxis"]["ticktext"] == ["val_acc", "hidden", "lr", "optimizer"]
+    assert [t["marker"]["colorbar"]["title"]["text"] for t in parallel["data"] if "colorbar" in t.get("marker", {})] == ["val_acc"]
+    importance = figure(page, "importance")
+    assert {y for t in importance["data"] for y in t["y"]} == {"hidden", "lr", "optimizer"}
+    assert "val_acc" in json.dumps(importance["layout"]["xaxis"]["title"])
+    # the top trials: one column per parameter that varied, each MLflow run a link to its page in the MLflow UI
+    head = re.search(r"<h2>Top trials</h2><table><tr>(.*?)</tr>", page)[1]
+    assert re.findall(r"<th>(.*?)</th>", head) == ["trial", "val_acc", "hidden", "lr", "optimizer", "MLflow run"]
+    links = re.findall(r'<a href="http://127.0.0.1:5000/#/experiments/1/runs/(\w+)">\1</a>', page)
+    assert len(links) == 10, links
+    # one copy on disk: the file beside the sweep and the parent run's artifact are the same file (a hard link)
+    (artifact,) = (tmp / "runs" / "tiny" / "artifacts").rglob("report.html")
+    assert artifact.stat().st_ino == (tmp / "runs" / "tiny" / "report.html").stat().st_ino
 
 
 def test_hpo_report_rewrites_it_and_prints_where(swept):
