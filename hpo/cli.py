@@ -196,6 +196,28 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trials(a: argparse.Namespace) -> int:
+    import csv
+
+    from hpo import status
+
+    study, metric = status.open_existing(_settings(a))
+    rows = status.trial_rows(study, metric)
+    if a.sort:
+        goal = study.directions[0].name.lower() if a.sort == metric and len(study.directions) == 1 else None
+        rows = status.sort_rows(rows, a.sort, goal)
+    if a.json:
+        print(json.dumps(rows, default=str))
+    elif a.csv:
+        if rows:
+            out = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+            out.writeheader()
+            out.writerows(rows)
+    else:
+        print(status.rows_text(rows))
+    return 0
+
+
 def cmd_best(a: argparse.Namespace) -> int:
     from hpo import status
 
@@ -271,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explain": (cmd_explain, "what each engine's early termination will do"),
         "status": (cmd_status, "counts and what runs now"),
         "best": (cmd_best, "the best trial: a table on a terminal, JSON in a pipe or with --json"),
+        "trials": (cmd_trials, "every trial: one column per parameter and metric (--json, --csv, --sort COLUMN)"),
         "report": (cmd_report, "write runs/NAME/report.html: the sweep's plots in one offline file"),
         "dashboard": (cmd_dashboard, "optuna-dashboard for the sweep's storage"),
     }
@@ -282,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="one JSON object: each engine's rungs")
         if name == "status":
             p.add_argument("--json", action="store_true", help="one JSON object: counts, budget, best, running trials")
+        if name == "trials":
+            out = p.add_mutually_exclusive_group()
+            out.add_argument("--json", action="store_true", help="a JSON list, one object per trial")
+            out.add_argument("--csv", action="store_true", help="CSV with a header row")
+            p.add_argument("--sort", metavar="COLUMN", help="sort by a column: the metric best first, others ascending")
         if name == "best":
             p.add_argument("--model", action="store_true",
                            help="also the best trial's MLflow model URI and its registered versions")

@@ -75,6 +75,52 @@ def status_text(study: optuna.Study, metric: str) -> str:
     return "\n".join(lines)
 
 
+def trial_rows(study: optuna.Study, metric: str) -> list[dict[str, Any]]:
+    """`hpo trials`: one row per trial, one column per parameter and objective (as Ray's trial table and W&B's
+    run table), in trial order."""
+    names = study.metric_names or ([metric] if len(study.directions) == 1 else
+                                   [f"objective_{i}" for i in range(len(study.directions))])
+    if names == [mirror.NO_METRIC]:
+        names = ["run_seconds"]
+    trials = study.get_trials(deepcopy=False)
+    params = list(dict.fromkeys(k for t in trials for k in storage.trainer_params(t)))
+    rows = []
+    for t in trials:
+        seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                   if t.datetime_start and t.datetime_complete else None)
+        values = t.values or [None] * len(names)
+        rows.append({"trial": t.number, "state": t.state.name.lower(), **dict(zip(names, values)),
+                     "step": max(t.intermediate_values) if t.intermediate_values else None,
+                     **{p: storage.trainer_params(t).get(p) for p in params},
+                     "worker": t.user_attrs.get(keys.WORKER), "seconds": seconds,
+                     "reason": t.user_attrs.get(keys.REASON), "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID)})
+    return rows
+
+
+def sort_rows(rows: list[dict[str, Any]], column: str, goal: str | None) -> list[dict[str, Any]]:
+    """By `column`, empty cells last; the metric best first (its goal), any other column ascending."""
+    if rows and column not in rows[0]:
+        raise UsageError(f"--sort: no column {column!r}; the columns are {', '.join(rows[0])}")
+    desc = goal == "maximize"
+    filled = [r for r in rows if r.get(column) is not None]
+    key = (lambda r: r[column]) if all(isinstance(r[column], (int, float)) for r in filled) else (lambda r: str(r[column]))
+    return sorted(filled, key=key, reverse=desc) + [r for r in rows if r.get(column) is None]
+
+
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """A plain table, columns padded to their widest cell; floats to 4 significant digits."""
+    if not rows:
+        return "(no trials)"
+
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = list(rows[0])
+    cells = [head] + [[cell(r[k]) for k in head] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
 def best_model(study: optuna.Study, run_id: str | None, tracking_uri: str | None = None) -> dict[str, Any]:
     """`hpo best --model`: the best trial's logged model URI and the registered versions made from it."""
     import os

@@ -68,6 +68,28 @@ def test_best_is_a_table_on_a_terminal_and_json_in_a_pipe(finished):
     assert code == 0 and json.loads(shown) == piped
 
 
+def test_trials_is_one_row_per_trial_with_a_column_per_parameter_and_metric(finished):
+    import csv
+    import io
+
+    from conftest import load_study
+
+    tmp, sweep, _ = finished
+    study = load_study(tmp / "runs" / "tools", "tools")
+    rows = json.loads(run_hpo("trials", str(sweep), "--json", cwd=tmp, check=True).stdout)
+    assert [(r["trial"], r["state"], r["x"], r["score"], r["mlflow_run_id"]) for r in rows] == [
+        (t.number, "complete", t.params["x"], t.value, t.user_attrs["hpo.mlflow_run_id"]) for t in study.trials]
+    ranked = json.loads(run_hpo("trials", str(sweep), "--json", "--sort", "score", cwd=tmp, check=True).stdout)
+    assert [r["score"] for r in ranked] == sorted((t.value for t in study.trials), reverse=True)  # best first
+    table = list(csv.DictReader(io.StringIO(run_hpo("trials", str(sweep), "--csv", cwd=tmp, check=True).stdout)))
+    assert [float(r["x"]) for r in table] == [t.params["x"] for t in study.trials]
+    text = run_hpo("trials", str(sweep), cwd=tmp, check=True).stdout.splitlines()
+    assert text[0].split() == ["trial", "state", "score", "step", "x", "worker", "seconds", "reason", "mlflow_run_id"]
+    assert len(text) == 1 + len(study.trials)
+    bad = run_hpo("trials", str(sweep), "--sort", "nope", cwd=tmp)
+    assert bad.returncode == 2 and bad.stderr.startswith("--sort: no column 'nope'; the columns are trial, state")
+
+
 def test_a_reader_that_leaves_early_gets_no_traceback(finished):
     """`hpo status | head -1`: the pipe closes before hpo writes (`true` reads nothing and leaves at once)."""
     tmp, sweep, _ = finished
