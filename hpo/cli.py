@@ -257,6 +257,24 @@ def best_text(found: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_control(a: argparse.Namespace) -> int:
+    """hpo pause | resume | stop: what the sweep's controller and workers do next, through its storage."""
+    from hpo import control, status
+
+    study, _ = status.open_existing(_settings(a))
+    want = {"pause": control.PAUSED, "resume": None, "stop": control.STOPPED}[a.command]
+    was = control.state(study)
+    if a.command == "pause" and study.user_attrs.get(keys.BACKEND, "optuna") != "optuna":
+        raise UsageError(f"pause: the {study.user_attrs[keys.BACKEND]} engine cannot hold its trials; `hpo stop`, "
+                         "then the same `hpo run` resumes it")
+    control.set_state(study, want)
+    what = {"pause": "paused: running trials finish, no new one starts until `hpo resume`",
+            "resume": "running" + (" again" if was else " (it was not paused)"),
+            "stop": "stopping: running trials end interrupted; the same `hpo run` resumes it"}[a.command]
+    print(f"{study.study_name}: {what}")
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from hpo import htmlreport, status
     from hpo.api import prepare
@@ -293,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         "explain": (cmd_explain, "what each engine's early termination will do"),
         "status": (cmd_status, "counts and what runs now"),
         "best": (cmd_best, "the best trial: a table on a terminal, JSON in a pipe or with --json"),
+        "pause": (cmd_control, "running trials finish, no new one starts (optuna engine), on every machine"),
+        "resume": (cmd_control, "undo pause"),
+        "stop": (cmd_control, "stop the sweep as Ctrl-C would (resumable: run the same command)"),
         "trials": (cmd_trials, "every trial: one column per parameter and metric (--json, --csv, --sort COLUMN)"),
         "report": (cmd_report, "write runs/NAME/report.html: the sweep's plots in one offline file"),
         "dashboard": (cmd_dashboard, "optuna-dashboard for the sweep's storage"),

@@ -12,6 +12,7 @@ BACKEND = "hpo.backend"
 BEST_RUN_ID = "hpo.best_run_id"
 BEST_TRIAL = "hpo.best_trial"
 BUDGET = "hpo.budget"
+CONTROL = "hpo.control"  # `hpo pause` / `hpo stop`: "paused" or "stopped"; absent: running
 CONTROLLER = "hpo.controller"
 CUDA = "hpo.cuda"
 CUDA_VISIBLE_DEVICES = "hpo.cuda_visible_devices"

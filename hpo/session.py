@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import best_models, diskspace, gpumon, keys, mirror, mlflow_store, orphans, storage, summary, tracking
+from hpo import best_models, control, diskspace, gpumon, keys, mirror, mlflow_store, orphans, storage, summary, tracking
 from hpo.plan import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.folder_lock import folder_lock
@@ -106,6 +106,7 @@ class Session:
         signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
         signal.signal(signal.SIGTSTP, _ctrl_z)
         interrupted, error = False, None
+        watch = control.Watch(self.study, self._stopped_by_control)  # `hpo stop`, from any machine
         try:
             if not self.nothing_left():  # else `open` said so
                 if not self.plan.options.no_report:  # the report's imports (2-3 s) while trials run, not after
@@ -131,6 +132,7 @@ class Session:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            watch.close()
             self.stop_early()
             try:
                 result = self.close(interrupted, str(error) if error else self.aborting)
@@ -171,6 +173,11 @@ class Session:
             with warnings.catch_warnings():  # "experimental" since Optuna 3.2: not the user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(names)  # optuna-dashboard: val_acc, not Objective 0
+        was = control.state(self.study)
+        if was:  # running the sweep again is its resume
+            control.set_state(self.study, None)
+            print(f"hpo: sweep {plan.name!r} was {was} (hpo {'pause' if was == control.PAUSED else 'stop'}); "
+                  "running it again", file=sys.stderr)
         self._announce()  # the first line, before MLflow loads (seconds)
         if not self.nothing_left():
             self.early = self.backend.prestart(plan, self)
@@ -191,6 +198,10 @@ class Session:
             if self.backend.mirrored:
                 self._end_running_children("worker died")
             _best_effort(self._mark_orphan_children)
+
+    def _stopped_by_control(self) -> None:
+        print(f"hpo: sweep {self.plan.name!r} stopped (hpo stop): its running trials end interrupted", file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGINT)  # exactly Ctrl-C: every engine stops its trials and ends resumable
 
     def _announce(self) -> None:
         plan, done = self.plan, self.counted()

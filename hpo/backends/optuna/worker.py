@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import keys, spec as specmod
-from hpo import liveness, storage, tracking, trainer_ref
+from hpo import control, liveness, storage, tracking, trainer_ref
 from hpo import distributions as space
 from hpo.diskspace import DiskFull, is_disk_full
 from hpo.errors import HpoError, UsageError
@@ -133,7 +133,7 @@ def serve(cfg: WorkerConfig) -> int:
     ))
     done = 0
     try:
-        while (trial := storage.claim(study)) is not None:
+        while control.wait_while_paused(study) and (trial := storage.claim(study)) is not None:
             try:
                 with storage.Heartbeat(study, trial._trial_id):  # noqa: SLF001
                     ctx.run(trial)
