@@ -131,6 +131,31 @@ def test_engine_hands_out_what_sweeps_next_run_proposes(tmp_path):
     assert sorted(handed) == sorted((h, lr) for h in (8, 16, 32) for lr in (0.01, 0.001))
 
 
+def test_bayes_proposals_print_no_scikit_learn_warnings(tmp_path, recwarn):
+    """W&B's bayes fits scikit-learn's Gaussian process in the controller; its ConvergenceWarnings (about a
+    length scale at its bound) are the engine's business and used to tear the live view."""
+    import warnings
+
+    from hpo import spec as specmod
+    from hpo.backends.wandb.engine import Engine
+
+    spec = specmod.load(write(tmp_path / "b.yaml", """
+        name: b
+        method: bayes
+        metric: {name: score, goal: maximize}
+        parameters:
+          x: {distribution: uniform, min: 0.0, max: 1.0}
+          y: {distribution: uniform, min: 0.0, max: 1.0}
+    """))
+    engine = Engine(spec, budget=14)
+    warnings.simplefilter("always")
+    for i in range(14):  # the same values each time: the fit's length scale runs into its bound
+        assert engine.propose(f"r{i}") is not None
+        engine.report(f"r{i}", {"score": 0.5})
+        engine.end(f"r{i}", "complete")
+    assert not [str(w.message) for w in recwarn.list], [str(w.message)[:120] for w in recwarn.list]
+
+
 def test_engine_stops_what_sweeps_stop_runs_marks(tmp_path):
     from hpo import spec as specmod
     from hpo.backends.wandb.engine import Engine

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -92,7 +93,9 @@ class Engine:
         if self.counted() >= self.budget:
             return None
         sweeps = _sweeps()
-        run = sweeps.next_run(self.config, self.seen(), validate=False)
+        with warnings.catch_warnings():  # bayes fits scikit-learn's GP here: its ConvergenceWarnings would tear
+            warnings.simplefilter("ignore")  # the live view, and are W&B's engine's business, not the user's
+            run = sweeps.next_run(self.config, self.seen(), validate=False)
         if run is None:
             return None
         run.name, run.state, run.config = name, sweeps.RunState.running, plain(run.config)
