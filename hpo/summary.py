@@ -91,6 +91,8 @@ def text(plan: Plan, result: Result, seconds: float, dashboard: str) -> str:
     else:
         lines.append(f"MLflow:    {mask(uri).rstrip('/')}/#/experiments/{exp}/runs")
     lines.append(f"dashboard: {dashboard}")
+    if plan.backend == "wandb" and plan.options.offline and (plan.dir / "wandb").is_dir():
+        lines.append(f"W&B:       {command('wandb')} sync {plan.dir / 'wandb'}/offline-run-*  (uploads the offline runs)")
     return "\n".join(lines)
 
 

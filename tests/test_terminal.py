@@ -71,8 +71,14 @@ def test_a_terminal_gets_a_summary(tmp_path):
         out = subprocess.run(f"{printed} --version", shell=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (printed, out.stderr)
-    code, shown = run_on_a_terminal(*ARGS, "--study", "onpath", cwd=tmp_path, path=f"{venv}:/usr/bin:/bin")
-    assert code == 0 and shown.strip().splitlines()[-1] == "dashboard: hpo dashboard sweep.yaml --study onpath"
+    # with the venv on PATH, bare names; an offline W&B sweep ends with the `wandb sync` line for its runs
+    code, shown = run_on_a_terminal(*ARGS, "--study", "onpath", "--backend", "wandb", "--offline", cwd=tmp_path,
+                                    path=f"{venv}:/usr/bin:/bin")
+    last = shown.strip().splitlines()[-2:]
+    assert code == 0 and last[0] == "dashboard: hpo dashboard sweep.yaml --study onpath", shown
+    sync = f"W&B:       wandb sync {Path('runs') / 'onpath' / 'wandb'}/offline-run-*  (uploads the offline runs)"
+    assert last[1] == sync, shown
+    assert len(list((tmp_path / "runs" / "onpath" / "wandb").glob("offline-run-*"))) == 3  # what it uploads
     assert not any(line.lstrip().startswith("{") for line in lines)  # no JSON for a person
 
 
