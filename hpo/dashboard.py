@@ -8,13 +8,18 @@ so nobody can create, rename, delete or tell a study's trials while a sweep writ
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from typing import Any, Callable, Iterable
 
-from hpo import storage
+from hpo import keys, storage
 from hpo.errors import MissingDependency
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
+# The study attributes a person reads in the dashboard; hpo's other `hpo.*` ones (the sweep file as JSON, the
+# controller's launch record, ...) are its bookkeeping and stay out of "Study User Attributes".
+SHOWN = (keys.BACKEND, keys.BUDGET, keys.TRAINER, keys.GIT_SHA, keys.EXPERIMENT_ID, keys.PARENT_RUN_ID)
 READS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -42,6 +47,28 @@ def guard(app: Callable, allowed_hosts: Iterable[str], writable: bool) -> Callab
     return guarded
 
 
+def without_bookkeeping(app: Callable) -> Callable:
+    """A WSGI app whose study page (GET /api/studies/N) lists the study's own attributes and hpo's SHOWN ones."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "GET" or not re.fullmatch(r"/api/studies/\d+", environ.get("PATH_INFO", "")):
+            return app(environ, start_response)
+        said: dict[str, Any] = {}
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: said.update(status=status, headers=headers)))
+        try:
+            data = json.loads(body)
+            data["user_attrs"] = [a for a in data.get("user_attrs", [])
+                                  if not str(a.get("key", "")).startswith(keys.PREFIX) or a.get("key") in SHOWN]
+            body = json.dumps(data).encode()
+        except (ValueError, AttributeError, TypeError):  # not the JSON it serves: passed on as it came
+            pass
+        headers = [(k, v) for k, v in said.get("headers", []) if k.lower() != "content-length"]
+        start_response(said.get("status", "200 OK"), [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    return wrapped
+
+
 def _refuse(start_response: Callable, why: str) -> list[bytes]:
     body = why.encode()
     start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -61,7 +88,7 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, allowed_hosts: It
               f"port {port} can read{' and change' if writable else ''} the study", file=sys.stderr)
     names = {*LOCAL, *allowed_hosts, *([host] if host not in ("0.0.0.0", "::") else [])}
     store = storage.open_storage(url)
-    app = guard(wsgi(store), names, writable)
+    app = guard(without_bookkeeping(wsgi(store)), names, writable)
     page = ""
     if study:
         try:

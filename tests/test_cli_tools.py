@@ -145,6 +145,9 @@ def test_dashboard_binds_loopback_and_serves_the_study(finished):
             studies = json.loads(resp.read())["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tools"]
         study_id = studies[0]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=30) as resp:
+            shown = {a["key"] for a in json.loads(resp.read())["user_attrs"]}
+        assert {"hpo.budget", "hpo.backend"} <= shown and "hpo.spec" not in shown, shown  # bookkeeping stays out
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
