@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 HPO    := $(VENV)/bin/hpo
 ARGS   ?=
 
-.PHONY: setup sweep test test-fast stress bench dashboard mlflow-ui clean constraints
+.PHONY: setup sweep test test-fast stress bench bench-quality dashboard mlflow-ui clean constraints
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ sweep: setup
 	$(HPO) run sweep.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra $(ARGS)
+	$(PY) -m pytest -q -ra --durations=25 $(ARGS)
 
 # The long randomized fault loops (thirty power cuts: 6 min); `make test` runs their deterministic cases.
 stress: setup
@@ -41,6 +41,11 @@ bench: setup
 	$(PY) bench/bench_multi.py
 	$(PY) bench/bench_ops.py
 	$(PY) bench/bench_gpu.py
+
+# Search quality (issue 25): every contender on 6 LCBench tasks + Hartmann-6 (YAHPO's surrogate data in
+# $YAHPO_DATA, default ../shared/data/yahpo_data); ARGS: a work folder (finished runs there are skipped).
+bench-quality: setup
+	YAHPO_DATA=$${YAHPO_DATA:-../shared/data/yahpo_data} PY=$(PY) bench/quality/run_full.sh $(ARGS)
 
 dashboard: setup
 	$(HPO) dashboard sweep.yaml
