@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpo import distributions
 from hpo.backends import base
 from hpo.errors import HpoError
 from hpo.plan import Options
@@ -29,6 +30,11 @@ def explain(spec: Spec, options: Options | None = None) -> str:
              else f"metric {spec.metric} ({spec.goal})")
     head = f"{spec.name or 'sweep'}: method {spec.method}, {goals}, {len(spec.params)} parameters"
     lines = [head]
+    if spec.method == "bayes" and not spec.multi:  # what proposes the trials (W&B's own GP: --backend wandb)
+        tpe = distributions.sampler(spec)
+        lines.append(f"search: Optuna TPESampler(constant_liar={tpe._constant_liar}, "  # noqa: SLF001
+                     f"multivariate={tpe._multivariate}) on optuna and ray (bench/search_quality.py chose it); "  # noqa: SLF001
+                     "W&B's Gaussian process on wandb")
     if spec.hyperband is None:
         lines.append("no early_terminate: every trial runs all its epochs on every engine.")
     for s in schedules(spec, options):

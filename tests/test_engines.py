@@ -61,6 +61,9 @@ def test_bayes_is_tpe_with_constant_liar():
     assert sampler._constant_liar is True
     # independent TPE (Optuna 5 defaults to multivariate): the lower regret in bench/RESULTS.md "Search quality"
     assert sampler._multivariate is False
+    from hpo import explain
+
+    assert "search: Optuna TPESampler(constant_liar=True, multivariate=False)" in explain.explain(make(method="bayes"))
 
 
 def test_optuna_schedule_lists_the_pruners_rungs():
