@@ -178,12 +178,14 @@ class Session:
             control.set_state(self.study, None)
             print(f"hpo: sweep {plan.name!r} was {was} (hpo {'pause' if was == control.PAUSED else 'stop'}); "
                   "running it again", file=sys.stderr)
-        self._announce()  # the first line, before MLflow loads (seconds)
-        if not self.nothing_left():
+        c = self.counts()  # one read of the study for the first line, the workers and the parent run
+        left = self.nothing_left(c)
+        self._announce(c.finished, left)  # the first line, before MLflow loads (seconds)
+        if not left:
             self.early = self.backend.prestart(plan, self)
         try:
             with folder_lock(plan.dir):  # two controllers starting one new sweep make one experiment, one parent
-                self._open_parent()
+                self._open_parent(left)
         except HpoError:
             self.stop_early()
             raise
@@ -203,11 +205,11 @@ class Session:
         print(f"hpo: sweep {self.plan.name!r} stopped (hpo stop): its running trials end interrupted", file=sys.stderr)
         os.kill(os.getpid(), signal.SIGINT)  # exactly Ctrl-C: every engine stops its trials and ends resumable
 
-    def _announce(self) -> None:
-        plan, done = self.plan, self.counted()
+    def _announce(self, done: int, left: bool) -> None:
+        plan = self.plan
         cpu = "" if any(s.cuda_visible_devices for s in plan.slots) else " (no GPU used)"
         workers = f"{len(plan.slots)} worker(s) [{', '.join(s.name for s in plan.slots)}]{cpu}; writing {plan.dir}/"
-        if self.nothing_left():
+        if left:
             print(f"hpo: sweep {plan.name!r}: {done} trials done, budget {plan.budget}: nothing left to run "
                   f"(--trials above {done} runs more; --study NAME starts a new study)", file=sys.stderr)
         elif done:
@@ -232,8 +234,10 @@ class Session:
                 raise UsageError(f"{changed[0]}: study {where} was made with a different sweep "
                                  f"({'; '.join(changed)}); use --study NAME for a new study")
 
-    def _open_parent(self) -> None:
+    def _open_parent(self, nothing_left: bool = False) -> None:
         plan, study = self.plan, self.study
+        # `--trials 10` after 30 done runs nothing and leaves the recorded budget as it was
+        budget = study.user_attrs.get(keys.BUDGET, plan.budget) if nothing_left else plan.budget
         mlflow_store.ensure(plan.tracking_uri)  # a new SQLite store appears whole or not at all
         self.tracker = Tracker(plan.tracking_uri)
         self.experiment_id = self.tracker.experiment(plan.name, artifact_dir=self._artifact_dir())
@@ -243,7 +247,7 @@ class Session:
             study.set_user_attr(tracking.STUDY_UID_TAG, uid)
         tags = {keys.BACKEND: plan.backend, keys.STUDY: plan.name, tracking.STUDY_UID_TAG: uid, keys.STORAGE: storage.mask(plan.storage),
                 keys.CONTROLLER: f"{socket.gethostname()}:{os.getpid()}",
-                keys.BUDGET: str(study.user_attrs.get(keys.BUDGET, plan.budget) if self.nothing_left() else plan.budget),
+                keys.BUDGET: str(budget),
                 keys.STATE: "running", keys.TRAINER: trainer_label(plan.trainer) or "hpo.train:train",
                 best_models.K_TAG: str(self._keep_k(study))}
         if plan.options.pack_cap:
@@ -259,12 +263,10 @@ class Session:
             keys.SPEC: json.dumps(self.spec.raw), keys.EXPERIMENT_ID: self.experiment_id,
             keys.TRACKING_URI: plan.tracking_uri if storage.mask(plan.tracking_uri) == plan.tracking_uri else "",
             keys.GIT_SHA: git_sha() or "", keys.TRAINER: plan.trainer or "", keys.BACKEND: plan.backend,
-            keys.BUDGET: plan.budget,
+            keys.BUDGET: budget,
             keys.PARENT_RUN_ID: self.parent_run_id,  # a joining `hpo worker` waits for it
             keys.CONTROLLER: self.launch,  # last: the workers this run started wait for it
         }
-        if self.nothing_left():  # `--trials 10` after 30 done runs nothing and leaves the budget as it was
-            attrs.pop(keys.BUDGET)
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
@@ -325,8 +327,8 @@ class Session:
         c = self.counts()
         return max(0, self.plan.budget - c.finished - c.running - c.waiting)
 
-    def nothing_left(self) -> bool:
-        c = self.counts()
+    def nothing_left(self, counts: storage.Counts | None = None) -> bool:
+        c = counts or self.counts()
         if c.finished < self.plan.budget or c.running or c.waiting:
             return False
         return not (self.plan.retries and storage.retry_candidates(self.trials(), self.plan.retries))

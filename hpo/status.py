@@ -88,10 +88,10 @@ def trial_rows(study: optuna.Study, metric: str) -> list[dict[str, Any]]:
     for t in trials:
         seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
                    if t.datetime_start and t.datetime_complete else None)
-        values = t.values or [None] * len(names)
+        values, given = t.values or [None] * len(names), storage.trainer_params(t)
         rows.append({"trial": t.number, "state": t.state.name.lower(), **dict(zip(names, values)),
                      "step": max(t.intermediate_values) if t.intermediate_values else None,
-                     **{p: storage.trainer_params(t).get(p) for p in params},
+                     **{p: given.get(p) for p in params},
                      "worker": t.user_attrs.get(keys.WORKER), "seconds": seconds,
                      "reason": t.user_attrs.get(keys.REASON), "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID)})
     return rows
