@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from hpo import forkserver
 from hpo.liveness import ALIVE_ENV
 from hpo.slots import Slot
 
@@ -18,7 +19,7 @@ from hpo.slots import Slot
 @dataclass
 class Worker:
     slot: Slot
-    proc: subprocess.Popen
+    proc: subprocess.Popen | forkserver.Forked
     started: float = field(default_factory=time.monotonic)
 
 
@@ -54,13 +55,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def pause_workers() -> list[int]:
-    """Ctrl-Z: SIGSTOP every local worker and everything below it (they run in sessions of their own, so the
-    terminal's SIGTSTP reaches only the controller). Returns the pids to continue."""
+    """Ctrl-Z: SIGSTOP every local worker and everything below it, and the pool's fork server (they run in
+    sessions of their own, so the terminal's SIGTSTP reaches only the controller). Returns the pids to
+    continue."""
     stopped = []
     for pool in list(_pools):
-        for w in list(pool.workers.values()):
-            if w.proc.poll() is None:
-                for pid in (w.proc.pid, *descendants(w.proc.pid)):
+        procs = [w.proc for w in pool.workers.values()] + ([pool.server.proc] if pool.server else [])
+        for proc in procs:
+            if proc.poll() is None:
+                for pid in (proc.pid, *descendants(proc.pid)):
                     try:
                         os.kill(pid, signal.SIGSTOP)
                         stopped.append(pid)
@@ -89,10 +92,16 @@ class Pool:
     """One process per slot; reports exits so the controller can fail and replace."""
 
     def __init__(self, slots: list[Slot], argv: Callable[[Slot], list[str]],
-                 env: Callable[[Slot], dict[str, str]], log_dir: Path):
+                 env: Callable[[Slot], dict[str, str]], log_dir: Path, preload: list[str] | None = None,
+                 server: forkserver.ForkServer | None = None):
+        """`preload`: modules a fork server imports once for every worker of the pool (hpo.forkserver);
+        None starts each worker with `subprocess.Popen`. `server`: a fork server of the caller's own."""
         self.slots, self._argv, self._env, self.log_dir = slots, argv, env, log_dir
         self.workers: dict[int, Worker] = {}
         self.restarts_at: dict[int, float] = {}  # slot index -> when its worker last started
+        if server is None and preload is not None and forkserver.enabled():
+            server = forkserver.ForkServer(preload)
+        self.server = server
         _pools.add(self)
 
     def alive_file(self, slot: Slot) -> Path:
@@ -104,9 +113,14 @@ class Pool:
         alive = self.alive_file(slot)
         alive.unlink(missing_ok=True)  # the last worker's: not judged until the new one renews it
         env = {**self._env(slot), ALIVE_ENV: str(alive.resolve())}
-        with open(self.log_dir / f"{slot.name}.log", "ab") as log:
+        argv, log_path = self._argv(slot), self.log_dir / f"{slot.name}.log"
+        if self.server is not None and self.server.can_start(argv, env):
+            self.workers[slot.index] = Worker(slot, self.server.spawn(argv, env, log_path))
+            self.restarts_at[slot.index] = time.monotonic()
+            return self.workers[slot.index]
+        with open(log_path, "ab") as log:
             # Own session: Ctrl-C reaches the controller only, which stops workers in order.
-            proc = subprocess.Popen(self._argv(slot), env=env, stdout=log,
+            proc = subprocess.Popen(argv, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         self.workers[slot.index] = Worker(slot, proc)
@@ -150,4 +164,12 @@ class Pool:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-        return self.reap()
+        out = self.reap()
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """End the fork server (its workers are the controller's children and go on without it)."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()

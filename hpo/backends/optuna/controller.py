@@ -36,7 +36,16 @@ def make_pool(plan: Plan, extra_env: dict[str, str] | None = None) -> Pool:
     # Always named, so a worker loads it (and torch) before the study is ready rather than after.
     extra = ["--trainer", plan.trainer or trainer_ref.BUILTIN]
     return Pool(list(plan.slots), lambda s: worker_argv(plan.name, s, os.getpid(), extra),
-                lambda s: slot_env(s, base, threads), plan.dir / "logs")
+                lambda s: slot_env(s, base, threads), plan.dir / "logs", preload=preload(plan))
+
+
+def preload(plan: Plan) -> list[str]:
+    """What every worker imports before its first trial, imported once by the pool's fork server. Torch for
+    hpo's own trainer (imported, never initialised on a GPU); a user's trainer module is not: its import
+    may start threads or open files, which a fork would share."""
+    mods = ["optuna", "mlflow", "mlflow.tracking", "mlflow.store.db.utils", "hpo.cli", "hpo.backends.optuna.worker",
+            "hpo.tracking"]
+    return mods + (["torch"] if (plan.trainer or trainer_ref.BUILTIN) == trainer_ref.BUILTIN else [])
 
 
 def _grid(plan: Plan) -> list[dict] | None:
