@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import assert_optuna_reads
+from conftest import assert_optuna_reads, pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -524,8 +524,13 @@ def test_a_crash_loop_ends_the_sweep_as_failed(engine, tmp_path):
 
 
 def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_path):
-    """SIGINT while trials run: exit 130, parent KILLED, no child RUNNING. The same command again:
-    exit 0, the budget met, and the same MLflow parent run (reopened, not a second one)."""
+    """SIGINT while trials run: exit 130, every process of the sweep gone, parent KILLED, the running trials
+    FAIL `interrupted` in Optuna and KILLED in MLflow, nothing RUNNING. The same command again: exit 0, the
+    same MLflow parent run (reopened, not a second one), and each grid point finished exactly once: what
+    finished before Ctrl-C is not run again, and the study's finished trials are the finished child runs."""
+    from hpo.worker_pool import descendants
+    from optuna.trial import TrialState
+
     # No early termination here: every trial takes 9 x 0.5 s, so Ctrl-C lands while trials run.
     sw = Sweep.make(engine, tmp_path, "intr", extra={"sleep": {"value": 0.5}}, early_terminate=None)
     args = sw.run_args("--trials", "4", "--trainer", "contract_trainers:curve")
@@ -538,6 +543,7 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
             time.sleep(0.1)
         assert proc.poll() is None, f"the sweep ended before any trial started: exit {proc.returncode}"
         assert child_runs_in_db(db), "no trial started within 180 s"
+        below = descendants(proc.pid)  # workers, agents, Ray's processes
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     except BaseException:
@@ -547,12 +553,21 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
     first = Ran(tuple(args), proc.returncode, out, err)
     assert first.code == 130, first.describe()
     assert first.summary["interrupted"] is True, first.summary
+    assert "Traceback" not in err, err
+    assert below and _all_gone(below), f"processes of the sweep left after Ctrl-C: {_alive(below)}"
     _, parents, children = sw.mlflow()
     assert len(parents) == 1 and parents[0].info.status == "KILLED", [p.info.status for p in parents]
     parent_id = parents[0].info.run_id
     assert not [c for c in children if c.info.status == "RUNNING"]
+    done_first = {c.info.run_id for c in children if c.data.tags.get("hpo.state") in ("complete", "pruned")}
+    cut = [c for c in children if c.info.run_id not in done_first]
+    assert cut and {c.data.tags.get("hpo.state") for c in cut} == {"interrupted"}, [c.data.tags for c in cut]
+    assert {c.info.status for c in cut} == {"KILLED"}, [c.info.status for c in cut]
     trials = sw.study().get_trials()
     assert not running(trials), f"Optuna trials left RUNNING after Ctrl-C: {running(trials)}"
+    cut_trials = [t for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)]
+    assert cut_trials and all(t.state == TrialState.FAIL and t.user_attrs.get("hpo.reason") == "interrupted"
+                              for t in cut_trials), [(t.state, t.user_attrs.get("hpo.reason")) for t in cut_trials]
 
     again = sw.run("--trials", "4", "--trainer", "contract_trainers:curve")
     ok(again)
@@ -563,8 +578,26 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
     assert [p.info.run_id for p in parents] == [parent_id]
     assert parents[0].info.status == "FINISHED"
     assert not [c for c in children if c.info.status == "RUNNING"]
+    finished = [c for c in children if c.data.tags.get("hpo.state") in ("complete", "pruned")]
+    per_point = Counter(c.data.params["x"] for c in finished)
+    assert len(per_point) == 4 and set(per_point.values()) == {1}, f"each grid point finished once: {per_point}"
+    assert done_first <= {c.info.run_id for c in finished}, "a trial finished before Ctrl-C was run again"
     trials = sw.study().get_trials()
     assert not running(trials), f"Optuna trials left RUNNING after the resume: {running(trials)}"
+    kept = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted(t.user_attrs.get("hpo.mlflow_run_id") for t in kept) == sorted(c.info.run_id for c in finished)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if pid_alive(pid)]
+
+
+def _all_gone(pids: list[int], within: float = 30) -> bool:
+    """Every pid gone (or a zombie nobody reaps yet) within `within` s: Ray's daemons take a moment."""
+    deadline = time.monotonic() + within
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _alive(pids)
 
 
 def test_a_sweep_whose_trials_all_fail_fails(engine, tmp_path):

@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -151,59 +146,3 @@ def test_distributions_optuna_has_no_form_for(tmp_path):
     mirrored = load_study(sweep_dir, "normal").get_trials()
     assert len(mirrored) == 4 and all(m.state == TrialState.COMPLETE for m in mirrored)
     assert all(m.distributions["lr"].low <= m.params["lr"] <= m.distributions["lr"].high for m in mirrored)
-
-
-SLOW_TRAINER = '''
-import time
-from hpo.train import train as _train
-
-def train(config, report):
-    def slow(step, metrics):
-        time.sleep(0.6)
-        report(step, metrics)
-    return _train(config, slow)
-'''
-
-
-def test_interrupt_then_resume_skips_finished_trials(tmp_path):
-    sweep = write(tmp_path / "sweep.yaml", ASHA.replace("name: rt", "name: resume"))
-    (tmp_path / "slow_trainer.py").write_text(SLOW_TRAINER)
-    env = {**RAY_ENV, "PYTHONPATH": str(tmp_path)}
-    args = ["run", str(sweep), "--backend", "ray", "--workers", "2", "--trials", "8", "--no-progress",
-            "--trainer", "slow_trainer:train"]
-    sweep_dir = tmp_path / "runs" / "resume"
-
-    proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (sweep_dir / "optuna.log").exists() and sum(
-                t.state.is_finished() for t in load_study(sweep_dir, "resume").get_trials()) >= 2:
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert json.loads(stdout.strip().splitlines()[-1])["interrupted"] is True
-    _, _, _, first = runs_of(sweep_dir, "resume")
-    done_first = {c.data.params["lr"]: c.info.run_id for c in first
-                  if c.data.tags["hpo.state"] in ("complete", "pruned")}
-    assert 2 <= len(done_first) < 8
-    assert all(c.info.status != "RUNNING" for c in first)
-    assert {c.data.tags["hpo.state"] for c in first if c.info.run_id not in done_first.values()} <= {"interrupted"}
-
-    out = run_hpo(*args, cwd=tmp_path, env=env, check=True)
-    assert summary(out)["complete"] + summary(out)["pruned"] == 8
-    _, _, parents, children = runs_of(sweep_dir, "resume")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    finished = [c for c in children if c.data.tags["hpo.state"] in ("complete", "pruned")]
-    per_point = Counter(c.data.params["lr"] for c in finished)
-    assert len(per_point) == 8 and set(per_point.values()) == {1}, "each grid point finished exactly once"
-    for lr, run_id in done_first.items():  # finished before Ctrl-C: not run again
-        assert [c.info.run_id for c in children if c.data.params["lr"] == lr] == [run_id]
-    assert all(c.info.status == STATUS[c.data.tags["hpo.state"]] for c in children)
-    mirrored = load_study(sweep_dir, "resume").get_trials()
-    kept = [m for m in mirrored if m.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert sorted(m.user_attrs["hpo.mlflow_run_id"] for m in kept) == sorted(c.info.run_id for c in finished)
-    assert all(m.user_attrs["hpo.reason"] == "interrupted" for m in mirrored if m not in kept)
