@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,22 +27,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 1, 36, 37
+# What every worker and agent of hpo imports before its first trial (~2 s of CPU each, mostly MLflow's).
+COMMON = ["optuna", "mlflow", "mlflow.tracking", "mlflow.store.db.utils", "hpo.tracking", "hpo.trial"]
+_in_flight = 0  # requests of every server of this process whose worker may not be re-parented yet
 
 
-def enabled() -> bool:
-    return os.environ.get("HPO_FORKSERVER", "1") != "0" and sys.platform == "linux"
-
-
-def _prctl(option: int, value: int) -> bool:
+def _prctl(option: int, value: Any) -> bool:
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
 
-def _subreaper(on: bool) -> bool:
-    return _prctl(PR_SET_CHILD_SUBREAPER, int(on))
+def _in_flight_add(n: int) -> None:
+    """A subreaper only while a request is in flight: other orphans of the controller's tree go to init."""
+    global _in_flight
+    before, _in_flight = _in_flight, max(0, _in_flight + n)
+    if (before == 0) != (_in_flight == 0):
+        _prctl(PR_SET_CHILD_SUBREAPER, int(_in_flight > 0))
+
+
+def enabled() -> bool:
+    """Linux, not turned off, and this process may be a subreaper (its workers must come back to it: a worker
+    stops when its parent is no longer its controller)."""
+    return (os.environ.get("HPO_FORKSERVER", "1") != "0" and sys.platform == "linux"
+            and _prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(ctypes.c_int())))
 
 
 class Forked:
@@ -116,8 +127,7 @@ class ForkServer:
 
     def spawn(self, argv: list[str], env: dict[str, str], log: Path) -> Forked:
         request = {"argv": argv, "env": env, "log": str(log.resolve()), "cwd": os.getcwd()}
-        if not self._pending:
-            _subreaper(True)
+        _in_flight_add(1)
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
         handle = Forked(self)
@@ -129,11 +139,13 @@ class ForkServer:
         handle = self._pending.pop(0)
         if not line:  # the server is gone: what it was asked never started
             handle._pid, handle.returncode = -1, 1
+            _in_flight_add(-1 - len(self._pending))
+            for h in self._pending:
+                h._pid, h.returncode = -1, 1
             self._pending.clear()
         else:
             handle._pid = json.loads(line)["pid"]
-        if not self._pending:
-            _subreaper(False)
+            _in_flight_add(-1)
 
     def close(self) -> None:
         while self._pending:
@@ -151,11 +163,15 @@ class ForkServer:
 
 
 # -- the server ---------------------------------------------------------------------------------
-def _child(request: dict[str, Any]) -> None:
+def _child(request: dict[str, Any], middle: int) -> None:
     """In the worker: its own session, its log as stdout and stderr, its environment; then run its module
     as `python -m MODULE` would. Never returns: the process ends with the module's exit code."""
     import runpy
 
+    deadline = time.monotonic() + 10
+    while os.getppid() == middle and time.monotonic() < deadline:  # until re-parented to the controller: a
+        time.sleep(0.001)  # worker watches its parent pid to stop with its controller
+    _title(shlex.join(request["argv"]))  # `ps` and `top` show the worker's own command, not the server's
     os.setsid()
     os.chdir(request["cwd"])
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -184,6 +200,14 @@ def _child(request: dict[str, Any]) -> None:
     sys.exit(0)  # a module that returns instead of exiting: exit 0, as the interpreter would
 
 
+def _title(text: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(text)
+
+
 def _serve() -> None:
     # Killed with the controller even while stopped (a Ctrl-Z, a test's SIGSTOP), which a closed stdin
     # cannot do; the workers it forked do not inherit this.
@@ -197,6 +221,7 @@ def _serve() -> None:
         except Exception:  # noqa: BLE001 - what fails to import here fails again, with its message, in a worker
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller ends us by closing our stdin
+    _title(f"{sys.executable} -m hpo.forkserver")  # here, while the environment is still the one exec'd
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     for line in requests:
         request = json.loads(line)
@@ -204,10 +229,11 @@ def _serve() -> None:
         middle = os.fork()
         if middle == 0:
             os.close(r)
+            middle = os.getpid()
             worker = os.fork()
             if worker == 0:
                 os.close(w)
-                _child(request)
+                _child(request, middle)
             os.write(w, str(worker).encode())
             os._exit(0)
         os.close(w)

@@ -116,16 +116,17 @@ def runs_of(sweep_dir: Path, name: str):
 
 
 def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is `pid`, read from /proc."""
+    """The processes whose parent is `pid`, read from /proc: a controller's workers or agents (its fork
+    server, hpo.forkserver, is not one of them)."""
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and b"hpo.forkserver" not in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
     return out
 
 

@@ -50,7 +50,12 @@ def _has_output(path: Path) -> bool:
 
 
 def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def _exec_env(pid: int) -> bytes:
+    """The environment `pid` was exec'd with: a forked worker keeps its server's (hpo sets its own in-process)."""
+    return Path(f"/proc/{pid}/environ").read_bytes()
 
 
 def test_forked_workers_are_this_processs_children_with_their_own_session_env_log_and_exit_code(tmp_path, monkeypatch):
@@ -62,7 +67,8 @@ def test_forked_workers_are_this_processs_children_with_their_own_session_env_lo
         deadline = time.monotonic() + 60
         while not _has_output(tmp_path / "w2.log") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "fork_probe" not in _cmdline(sleeper.pid), "forked from the server, not a new interpreter"
+        assert b"PROBE=" not in _exec_env(sleeper.pid), "forked from the server, not a new interpreter"
+        assert _cmdline(sleeper.pid) == f"{sys.executable} -m fork_probe sleep", "ps shows the worker's command"
         sleeper.kill()
         codes = _reap_all(pool)
     finally:
@@ -90,7 +96,7 @@ def test_what_the_server_cannot_start_exactly_is_started_by_popen(tmp_path, monk
         deadline = time.monotonic() + 60
         while not all(_has_output(tmp_path / f"w{i}.log") for i in (0, 1)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "fork_probe" in _cmdline(popened.pid) and "fork_probe" not in _cmdline(forked.pid)
+        assert b"PROBE=w1" in _exec_env(popened.pid) and b"PROBE=" not in _exec_env(forked.pid)
     finally:
         pool.stop(grace=1)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import best_models, keys, packing, trainer_ref
+from hpo import best_models, forkserver, keys, packing, trainer_ref
 from hpo import distributions as space
 from hpo.worker_pool import Pool
 from hpo.slots import Slot, slot_env, threads_per_worker
@@ -43,8 +43,7 @@ def preload(plan: Plan) -> list[str]:
     """What every worker imports before its first trial, imported once by the pool's fork server. Torch for
     hpo's own trainer (imported, never initialised on a GPU); a user's trainer module is not: its import
     may start threads or open files, which a fork would share."""
-    mods = ["optuna", "mlflow", "mlflow.tracking", "mlflow.store.db.utils", "hpo.cli", "hpo.backends.optuna.worker",
-            "hpo.tracking"]
+    mods = [*forkserver.COMMON, "hpo.cli", "hpo.backends.optuna.worker"]
     return mods + (["torch"] if (plan.trainer or trainer_ref.BUILTIN) == trainer_ref.BUILTIN else [])
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from hpo import keys, storage
+from hpo import forkserver, keys, storage
 from hpo.backends.wandb.engine import Engine
 from hpo.worker_pool import Pool
 from hpo.supervisor import Supervisor
@@ -110,7 +110,8 @@ class Controller:
             count=_run_cap(online_sweep, plan.budget), trainer=plan.trainer, parent_pid=os.getpid(),
             extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
-                         lambda s: dict(launches[s.index].env), plan.dir / "logs")
+                         lambda s: dict(launches[s.index].env), plan.dir / "logs",
+                         preload=[*forkserver.COMMON, "hpo.program"])  # not wandb: W&B's own state stays per agent
         self.supervisor = Supervisor(self.pool, port, on_gone=self._gone, restart=lambda slot: self._more())
         self.cuda = {s.name: s.cuda_visible_devices for s in plan.slots}
         self.setup = {
