@@ -17,8 +17,7 @@ from typing import Any
 from hpo import packing
 from hpo import slots as slotsmod
 from hpo import spec as specmod
-from hpo import storage as storagemod
-from hpo import tracking, trainer_ref
+from hpo import redact, tracking, trainer_ref
 from hpo.errors import UsageError
 from hpo.plan import Options, Plan, Result, Settings  # noqa: F401 - the API's value types (api.Settings, ...)
 from hpo.spec.yamlsafe import read_file
@@ -60,13 +59,15 @@ def _program(spec: specmod.Spec, s: Settings, sweep_dir: Path, name: str) -> str
 
 def _check_models(s: Settings, spec: specmod.Spec, trainer: str | None) -> None:
     """--keep-models and --register, before anything is written."""
-    from hpo import program, registry
+    from hpo import program
 
     keep = s.options.keep_models
     if keep is not None and keep < 0:
         raise UsageError(f"--keep-models: must be 0 or more (got {keep})")
     name = s.options.register
     if name is not None:
+        from hpo import registry  # it loads Optuna: only for --register
+
         registry.check_name(name)
         if not spec.metric:
             raise UsageError("--register: the sweep has no metric: to rank its models; add metric: {name, goal}")
@@ -99,11 +100,11 @@ def prepare(s: Settings) -> Plan:
     name = study_name(spec, s.study)
     if Path(s.root).exists() and not Path(s.root).is_dir():
         raise UsageError(f"--root: {s.root} is a file, not a folder")
-    if s.storage and "://" in s.storage and not storagemod.is_rdb(s.storage):
-        raise UsageError(f"--storage: unknown scheme in {storagemod.mask(s.storage)}; use a file path or an RDB URL")
+    if s.storage and "://" in s.storage and not redact.is_rdb(s.storage):
+        raise UsageError(f"--storage: unknown scheme in {redact.mask(s.storage)}; use a file path or an RDB URL")
     # A journal file the user names holds the sweep's folder (logs, report, the default MLflow store): a sweep
     # never writes into the folder of another sweep that has the same name:.
-    journal = s.storage and not storagemod.is_rdb(s.storage)
+    journal = s.storage and not redact.is_rdb(s.storage)
     sweep_dir = Path(s.storage).parent if journal else Path(s.root) / name
     store = s.storage or str(sweep_dir / "optuna.log")
     uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_uri(sweep_dir)

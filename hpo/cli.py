@@ -9,7 +9,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from hpo import keys, redact
 
@@ -189,19 +189,26 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from hpo import status
+    from hpo import existing
 
-    study, metric = status.open_existing(_settings(a))
-    print(json.dumps(status.status(study, metric), default=str) if a.json else status.status_text(study, metric))
+    found = existing.cached(_settings(a))  # the controller's status.json, when it may answer (without Optuna)
+    if found:
+        s, metric = found[0]["status"], found[1]
+    else:
+        from hpo import status
+
+        study, metric = existing.open_study(_settings(a))
+        s = status.status(study, metric)
+    print(json.dumps(s, default=str) if a.json else status_text(s, metric))
     return 0
 
 
 def cmd_trials(a: argparse.Namespace) -> int:
     import csv
 
-    from hpo import status
+    from hpo import existing, status
 
-    study, metric = status.open_existing(_settings(a))
+    study, metric = existing.open_study(_settings(a))
     rows = status.trial_rows(study, metric)
     if a.sort:
         goal = study.directions[0].name.lower() if a.sort == metric and len(study.directions) == 1 else None
@@ -219,24 +226,56 @@ def cmd_trials(a: argparse.Namespace) -> int:
 
 
 def cmd_best(a: argparse.Namespace) -> int:
-    from hpo import status
+    from hpo import existing
 
-    study, metric = status.open_existing(_settings(a))
-    raw = json.loads(study.user_attrs.get(keys.SPEC) or "{}")
+    cached = None if a.model else existing.cached(_settings(a))
+    if cached:
+        (data, metric), study = cached, None
+        name, raw, found = data["status"]["study"], json.loads(data.get("spec") or "{}"), data["best"]
+    else:
+        study, metric = existing.open_study(_settings(a))
+        name, raw, found = study.study_name, json.loads(study.user_attrs.get(keys.SPEC) or "{}"), None
     if raw and not raw.get("metric") and not raw.get("metrics"):
-        print(f"hpo: {study.study_name} has no metric (a {json.loads(study.user_attrs[keys.SPEC])['method']} "
-              "sweep records its trials; add metric: to rank them)", file=sys.stderr)
-    found = status.best(study, metric)
+        print(f"hpo: {name} has no metric (a {raw['method']} sweep records its trials; add metric: to rank them)",
+              file=sys.stderr)
+    if found is None:
+        from hpo import status
+
+        found = status.best(study, metric)
     if a.model and "pareto" in found:
         raise UsageError("--model: a metrics: sweep has a Pareto front, not one best model; each front entry's "
                          "run_id holds its trial's model (hpo.model_uri) when it kept one")
     if a.model:
+        from hpo import status
+
         found.update(status.best_model(study, found.get("mlflow_run_id"), a.tracking_uri))
     if sys.stdout.isatty() and not a.json:  # a person reads a table; a pipe or --json gets JSON
         print(best_text(found, metric))
         return 0
     print(json.dumps(found, default=str))
     return 0
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """`lr=0.003 hidden=64`: parameters for a person."""
+    return " ".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def status_text(s: dict[str, Any], metric: str) -> str:
+    done, budget = s["finished"], s["budget"]
+    of = f"{done}/{budget} finished" if budget is None or done <= int(budget) else f"{done} finished (budget {budget})"
+    lost = "".join(f", {s[k]} {k}" for k in ("retried", "interrupted") if s[k])
+    lines = [f"{s['study']}: {of} - {s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed{lost}; "
+             f"{s['running']} running, {s['queued']} queued"]
+    b = s["best"]
+    if "pareto" in b:
+        lines.append(f"Pareto front: {len(b['pareto'])} trial(s) on {', '.join(b['metrics'])} (hpo best shows it)")
+    elif b.get("best_trial") is not None:
+        lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g}  {params_text(b['params'])}")
+    for r in s["running_trials"]:
+        lines.append(f"running: trial {r['trial']} on {r['worker'] or '?'} (gpu {r['gpu'] or 'none'}), "
+                     f"step {'-' if r['step'] is None else r['step']}")
+    return "\n".join(lines)
 
 
 def best_text(found: dict, metric: str) -> str:
@@ -259,9 +298,9 @@ def best_text(found: dict, metric: str) -> str:
 
 def cmd_control(a: argparse.Namespace) -> int:
     """hpo pause | resume | stop: what the sweep's controller and workers do next, through its storage."""
-    from hpo import control, status
+    from hpo import control, existing
 
-    study, _ = status.open_existing(_settings(a))
+    study, _ = existing.open_study(_settings(a))
     want = {"pause": control.PAUSED, "resume": None, "stop": control.STOPPED}[a.command]
     was = control.state(study)
     if a.command == "pause" and study.user_attrs.get(keys.BACKEND, "optuna") != "optuna":
@@ -276,10 +315,10 @@ def cmd_control(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from hpo import htmlreport, status
+    from hpo import existing, htmlreport
     from hpo.api import prepare
 
-    study, _ = status.open_existing(_settings(a))
+    study, _ = existing.open_study(_settings(a))
     plan = prepare(replace(_settings(a), inspect_only=True))
     print(htmlreport.write_for(study, plan.spec, plan.dir))
     return 0

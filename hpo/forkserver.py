@@ -29,7 +29,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 1, 36, 37
 # What every worker and agent of hpo imports before its first trial (~2 s of CPU each, mostly MLflow's).
-COMMON = ["optuna", "mlflow", "mlflow.tracking", "mlflow.store.db.utils", "hpo.tracking", "hpo.trial"]
+COMMON = ["optuna", "mlflow", "mlflow.tracking", "mlflow.store.db.utils", "hpo.tracking"]
 _in_flight = 0  # requests of every server of this process whose worker may not be re-parented yet
 
 

@@ -27,8 +27,6 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
-from optuna.trial import TrialState
-
 from hpo import keys
 from hpo.errors import UsageError
 from hpo.slots import Slot
@@ -125,6 +123,8 @@ class Packer:
     def _probe_trials(self, trials: list[FrozenTrial], worker: str) -> list[FrozenTrial]:
         """The finished trials of this run's first process in the slot: not a resumed sweep's older trials (their
         slot names repeat), nor those of a worker started again in its place (it pays CUDA's start-up again)."""
+        from optuna.trial import TrialState  # here: `hpo status` plans a sweep without loading Optuna
+
         mine = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                        and t.user_attrs.get(keys.WORKER) == worker and t.user_attrs.get(keys.HOST) == self.host
                        and t.datetime_start and t.datetime_complete

@@ -18,6 +18,14 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|API_KEY|ACCESS_KEY|PRIVA
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
+RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
+
+
+def is_rdb(url: str) -> bool:
+    """Whether a storage URL names a database (else: a journal file path)."""
+    return bool(re.match(rf"^({'|'.join(RDB_SCHEMES)})(\+\w+)?://", url))
+
+
 def mask(url: str) -> str:
     """The URL with any password replaced by ***, safe to print, log or tag. (SQLAlchemy's
     `URL.render_as_string(hide_password=True)` masks only database URLs it can parse; this takes any

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import best_models, control, diskspace, gpumon, keys, mirror, mlflow_store, orphans, storage, summary, tracking
+from hpo import best_models, control, diskspace, gpumon, keys, mirror, mlflow_store, orphans, status, status_file, storage, summary, tracking
 from hpo.plan import Plan, Result
 from hpo.errors import HpoError, UsageError
 from hpo.folder_lock import folder_lock
@@ -71,6 +71,7 @@ class Session:
         self.progress: Progress | None = None
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
         self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
+        self._published, self._published_at, self._store_print = "", 0.0, None  # status.json (_publish)
         self.keep_k = best_models.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it
@@ -356,18 +357,41 @@ class Session:
 
     def refresh(self, workers: int, trials: list[FrozenTrial] | None = None,
                 counts: storage.Counts | None = None) -> None:
-        """Redraw progress (running trials of mirrored engines included); `trials` and `counts` when the
-        engine has just read them."""
+        """Redraw progress (running trials of mirrored engines included) and keep `status.json`; `trials` and
+        `counts` when the engine has just read them."""
         if self.progress is None:
             return
         if trials is None or counts is None:
             trials = self.trials()
             counts = self.tally.count(trials)
+        self._publish(trials, counts)
         running = [SimpleNamespace(number=lv.number, state=TrialState.RUNNING, intermediate_values=lv.values,
                                    user_attrs={keys.WORKER: lv.worker, keys.CUDA_VISIBLE_DEVICES: lv.cuda})
                    for lv in self.live.values()]
         trials = [t for t in trials if not (self.backend.mirrored and t.state == TrialState.RUNNING)]
         self.progress.update([*trials, *running], workers, counts)
+
+    def _publish(self, trials: list[FrozenTrial], counts: storage.Counts, final: bool = False) -> None:
+        """`status.json` for `hpo status` and `hpo best` (hpo.status_file): rewritten when it changes, at most
+        every second (every 5 s at 100,000 trials: building it reads them all); at the end with the store's
+        fingerprint taken before that last read, so a later write to the study makes it stale."""
+        if not status_file.enabled() or (not final and time.monotonic() < self._published_at
+                                         + max(1.0, len(trials) / 20000)):
+            return
+        self._published_at = time.monotonic()
+        metric = self.spec.metric or "value"
+        state = status.status(self.study, metric, trials, counts)
+        text = json.dumps(state, default=str, sort_keys=True)
+        if text == self._published and not final:
+            return
+        self._published = text
+        _best_effort(status_file.write, self.plan.dir / status_file.NAME, state, state["best"],
+                     self._store_print if final else None, final, self.study.user_attrs.get(keys.SPEC))
+
+    def _publish_final(self) -> None:
+        self._store_print = status_file.fingerprint(self.plan.storage, self.plan.name)
+        trials = self.study.get_trials(deepcopy=False)
+        self._publish(trials, storage.count(trials), final=True)
 
     # -- events of mirrored engines (Ray, W&B): the Session writes their Optuna trials --------
     def trial_started(self, key: Any, number: int | str, params: Mapping[str, Any], worker: str = "",
@@ -559,6 +583,7 @@ class Session:
                     f"{storage.mask_text(first)}; the trials are in the study: run the same command once it "
                     "answers, to close it")
         _best_effort(tracking.checkpoint, self.plan.tracking_uri)
+        _best_effort(self._publish_final)
         return result
 
     def _one_report_file(self) -> None:

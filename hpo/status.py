@@ -1,78 +1,44 @@
-"""Read-only views of an existing sweep: status and best trial."""
+"""Read-only views of a sweep's study: status, best trial, trial table."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo import keys, mirror, storage
 from hpo.errors import UsageError
-from hpo.api import prepare
-from hpo.plan import Settings
 
 
-def open_existing(s: Settings) -> tuple[optuna.Study, str]:
-    """The sweep's study, without creating anything."""
-    sw = prepare(replace(s, inspect_only=True))
-    storage.require_existing(sw.storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=sw.name, storage=storage.open_storage(sw.storage))
-    except KeyError:
-        raise UsageError(f"--study: no study named {sw.name!r} in {storage.mask(sw.storage)}") from None
-    return study, sw.spec.metric or "value"
-
-
-def best(study: optuna.Study, metric: str) -> dict[str, Any]:
+def best(study: optuna.Study, metric: str, trials: list[FrozenTrial] | None = None) -> dict[str, Any]:
+    """`hpo best`: the best trial, or a metrics: sweep's Pareto front; from `trials` when the caller has read them."""
     if len(study.directions) > 1:  # several objectives: the Pareto front
         names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
         return {"study": study.study_name, "metrics": names,
                 "goals": [d.name.lower() for d in study.directions], "pareto": storage.pareto(study, names)}
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
-    if not done or study.metric_names == [mirror.NO_METRIC]:  # no metric: each value is a run time, none is best
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    t = storage.best_trial(trials, study.direction.name.lower())
+    if t is None or study.metric_names == [mirror.NO_METRIC]:  # no metric: each value is a run time, none is best
         return {"study": study.study_name, "best_trial": None}
-    t = study.best_trial
     return {"study": study.study_name, "best_trial": t.number, metric: t.value, "params": storage.trainer_params(t),
             "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID)}
 
 
-def status(study: optuna.Study, metric: str) -> dict[str, Any]:
-    """`hpo status --json`: the counts, the budget, the best trial (or front) and what runs now."""
-    trials = study.get_trials(deepcopy=False)
-    c = storage.count(trials)
+def status(study: optuna.Study, metric: str, trials: list[FrozenTrial] | None = None,
+           counts: storage.Counts | None = None) -> dict[str, Any]:
+    """`hpo status --json`: the counts, the budget, the best trial (or front) and what runs now; from `trials`
+    and their `counts` when the caller has read them."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    c = counts or storage.count(trials)
     running = [{"trial": t.number, "worker": t.user_attrs.get(keys.WORKER),
                 "gpu": t.user_attrs.get(keys.CUDA_VISIBLE_DEVICES) or None,
                 "step": max(t.intermediate_values) if t.intermediate_values else None}
                for t in trials if t.state == TrialState.RUNNING]
     return {"study": study.study_name, "budget": study.user_attrs.get(keys.BUDGET), "finished": c.finished,
             **{k: getattr(c, k) for k in ("complete", "pruned", "failed", "retried", "interrupted", "running")},
-            "queued": c.waiting, "best": best(study, metric), "running_trials": running}
-
-
-def params_text(params: dict[str, Any]) -> str:
-    """`lr=0.003 hidden=64`: parameters for a person."""
-    return " ".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in params.items())
-
-
-def status_text(study: optuna.Study, metric: str) -> str:
-    s = status(study, metric)
-    done, budget = s["finished"], s["budget"]
-    of = f"{done}/{budget} finished" if budget is None or done <= int(budget) else f"{done} finished (budget {budget})"
-    lost = "".join(f", {s[k]} {k}" for k in ("retried", "interrupted") if s[k])
-    lines = [f"{s['study']}: {of} - {s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed{lost}; "
-             f"{s['running']} running, {s['queued']} queued"]
-    b = s["best"]
-    if "pareto" in b:
-        lines.append(f"Pareto front: {len(b['pareto'])} trial(s) on {', '.join(b['metrics'])} (hpo best shows it)")
-    elif b.get("best_trial") is not None:
-        lines.append(f"best: trial {b['best_trial']} {metric}={b[metric]:.6g}  {params_text(b['params'])}")
-    for r in s["running_trials"]:
-        lines.append(f"running: trial {r['trial']} on {r['worker'] or '?'} (gpu {r['gpu'] or 'none'}), "
-                     f"step {'-' if r['step'] is None else r['step']}")
-    return "\n".join(lines)
+            "queued": c.waiting, "best": best(study, metric, trials), "running_trials": running}
 
 
 def trial_rows(study: optuna.Study, metric: str) -> list[dict[str, Any]]:

@@ -10,8 +10,6 @@ machines) gives exactly 7 trials, and a worker stops when the queue is empty.
 from __future__ import annotations
 
 import json
-import os
-import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -26,15 +24,8 @@ from hpo import keys
 from hpo.errors import HpoError, MissingDependency, UsageError
 from hpo.journal import FlockLock, SafeJournalFileBackend
 from hpo.storage_outage import PatientRDBStorage
-from hpo.redact import mask, mask_text  # noqa: F401 - re-exported: callers import them from here
+from hpo.redact import RDB_SCHEMES, is_rdb, mask, mask_text  # noqa: F401 - re-exported: callers import them from here
 from hpo.trial import INFRA_REASONS, KILLS_ITS_WORKER
-
-RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "oracle", "mssql")
-
-
-def is_rdb(url: str) -> bool:
-    return bool(re.match(rf"^({'|'.join(RDB_SCHEMES)})(\+\w+)?://", url))
-
 
 def open_storage(url: str) -> BaseStorage:
     """A journal file path (default, safe for many local processes) or an RDB URL."""
