@@ -364,6 +364,7 @@ class Session:
         if trials is None or counts is None:
             trials = self.trials()
             counts = self.tally.count(trials)
+        trials = self.tally.view(trials, self.spec.direction)  # grows with the running trials, not the study
         self._publish(trials, counts)
         running = [SimpleNamespace(number=lv.number, state=TrialState.RUNNING, intermediate_values=lv.values,
                                    user_attrs={keys.WORKER: lv.worker, keys.CUDA_VISIBLE_DEVICES: lv.cuda})
@@ -375,8 +376,8 @@ class Session:
         """`status.json` for `hpo status` and `hpo best` (hpo.status_file): rewritten when it changes, at most
         every second (every 5 s at 100,000 trials: building it reads them all); at the end with the store's
         fingerprint taken before that last read, so a later write to the study makes it stale."""
-        if not status_file.enabled() or (not final and time.monotonic() < self._published_at
-                                         + max(1.0, len(trials) / 20000)):
+        size = counts.finished + counts.running + counts.waiting + counts.retried + counts.interrupted
+        if not status_file.enabled() or (not final and time.monotonic() < self._published_at + max(1.0, size / 20000)):
             return
         self._published_at = time.monotonic()
         metric = self.spec.metric or "value"

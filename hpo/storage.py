@@ -190,6 +190,31 @@ class Tally:
         self._open: list[int] = []  # indexes of trials not yet COMPLETE or PRUNED
         self._settled = {"complete": 0, "pruned": 0}
         self._retried: set[int] = set()  # numbers of failed trials that a later trial re-runs
+        self.settled: list[int] = []  # indexes that became COMPLETE or PRUNED since the last `view`
+        self.whole = True  # the count started again: the next `view` is of every trial
+        self.best: FrozenTrial | None = None  # the best COMPLETE trial so far (`view`)
+        self._any_done: FrozenTrial | None = None
+
+    def view(self, trials: list[FrozenTrial], direction: str) -> list[FrozenTrial]:
+        """What a live view needs of `trials` (as last counted), in time that grows with the running trials, not
+        the study: every trial not yet COMPLETE or PRUNED, those that became so since the last view, and the best
+        so far (a finished trial never changes). Every trial when the count had to start again."""
+        whole, self.whole = self.whole, False
+        settled, self.settled = self.settled, []
+        if whole or len(trials) < self._seen:
+            self.best = best_trial(trials, direction)
+            self._any_done = next((t for t in trials if t.state == TrialState.COMPLETE and t.values), None)
+            return trials
+        changed = [trials[i] for i in (*self._open, *settled)]
+        self.best = best_trial([t for t in (self.best, *changed) if t is not None], direction)
+        if self._any_done is None:  # one complete trial: a live view tells a multi-objective sweep by it
+            self._any_done = next((t for t in changed if t.state == TrialState.COMPLETE and t.values), None)
+        shown = {t.number for t in changed}
+        for t in (self.best, self._any_done):
+            if t is not None and t.number not in shown:
+                changed.append(t)
+                shown.add(t.number)
+        return changed
 
     def count(self, trials: list[FrozenTrial]) -> Counts:
         if len(trials) < self._seen:
@@ -198,6 +223,7 @@ class Tally:
         if any(trials[i].number != i for i in check):
             self.__init__()
             return count(trials)
+        self.whole = self.whole or self._seen == 0
         for i in range(self._seen, len(trials)):
             if keys.RETRY_OF in trials[i].user_attrs:
                 self._retried.add(trials[i].user_attrs[keys.RETRY_OF])
@@ -207,8 +233,10 @@ class Tally:
             t = trials[i]
             if t.state == TrialState.COMPLETE:
                 self._settled["complete"] += 1
+                self.settled.append(i)
             elif t.state == TrialState.PRUNED:
                 self._settled["pruned"] += 1
+                self.settled.append(i)
             else:
                 still.append(i)
                 if t.state == TrialState.FAIL:
