@@ -28,6 +28,34 @@ IMPORTANCE = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, Optuna 5
 # PED-ANOVA compares the top 10 % of trials with all of them: below 10 complete trials that top is one trial,
 # and its "importance" is that trial's parameters. Not drawn then (nor is optuna.importance, 1-2 s, loaded).
 IMPORTANCE_MIN = 10
+# Past this many trials a figure draws the best half of them and an even spread of the rest (a 100,000-trial
+# study stays a report of a few MB that opens and is written in seconds); the note under it says so.
+CAP = 1000
+TIMELINE_CAP = 2000  # bars, each a trial, the latest ones
+
+
+def capped(trials: list[FrozenTrial], direction: str, cap: int | None = None) -> list[FrozenTrial]:
+    """At most `cap` (CAP) trials in number order: the best cap/2 by their value (or last report) and the others
+    spread evenly over the rest; all of them when there are not more."""
+    cap = CAP if cap is None else cap
+    if len(trials) <= cap:
+        return trials
+    valued = [t for t in trials if _last(t) is not None]
+    ranked = sorted(valued, key=_last, reverse=direction == "maximize")
+    keep = {t.number for t in ranked[:cap // 2]}
+    rest = [t for t in trials if t.number not in keep]
+    step = len(rest) / (cap - len(keep))
+    keep |= {rest[int(i * step)].number for i in range(cap - len(keep))}
+    return [t for t in trials if t.number in keep]
+
+
+def _study_of(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """An in-memory study of these trials, for Optuna's plots (they take a study, not a list)."""
+    small = optuna.create_study(directions=study.directions)
+    if study.metric_names:
+        small.set_metric_names(study.metric_names)
+    small.add_trials(trials)
+    return small
 
 
 def _last(t: FrozenTrial) -> float | None:
@@ -99,8 +127,9 @@ def timeline(trials: list[FrozenTrial]) -> tuple[Any, dict[str, float]]:
     for t in done:
         slot = str(t.user_attrs.get(keys.WORKER, "?"))
         busy[slot] = busy.get(slot, 0.0) + (t.datetime_complete - t.datetime_start).total_seconds() / span
+    shown = sorted(done, key=lambda t: t.datetime_start)[-TIMELINE_CAP:]  # busy counts all; bars: the last ones
     for state in ("COMPLETE", "PRUNED", "FAIL"):
-        ts = [t for t in done if t.state.name == state]
+        ts = [t for t in shown if t.state.name == state]
         if not ts:
             continue
         fig.add_bar(orientation="h", name=state.lower(), marker={"color": COLOURS[state]},
@@ -128,11 +157,17 @@ def _cell(c: Any) -> str:
 def varied(trials: list[FrozenTrial]) -> list[str]:
     """The parameters that take more than one value among these trials (a `value:` constant says nothing in a
     plot: it is left out of the parallel coordinates, the importances and the top-trials table)."""
-    seen: dict[str, set[str]] = {}
+    first: dict[str, Any] = {}
+    varies: dict[str, bool] = {}
     for t in trials:
-        for k, v in storage.trainer_params(t).items():
-            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
-    return [k for k, values in seen.items() if len(values) > 1]
+        for k, v in t.params.items():
+            if k.endswith("~u") or varies.get(k):  # a sampled uniform behind a value (trainer_params); known
+                continue
+            if k not in first:
+                first[k], varies[k] = v, False
+            elif v != first[k]:
+                varies[k] = True
+    return [k for k, v in varies.items() if v]
 
 
 def run_link(study: optuna.Study, run_id: str) -> str | None:
@@ -156,19 +191,28 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
 
     trials = study.get_trials(deepcopy=False)
     metric, direction = spec.metric or "value", spec.direction
+    drawn = capped(trials, direction)
+    few = (f"{len(drawn):,} of {len(trials):,} trials drawn: the best {CAP // 2} and an even spread of the rest"
+           if len(drawn) < len(trials) else "")
     figs: list[tuple[str, Any, str]] = [("history", history(trials, metric, direction), ""),
-                                        ("curves", curves(trials, metric, rungs), "")]
+                                        ("curves", curves(drawn, metric, rungs), few)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    plotted = capped(complete, direction)
+    if len(plotted) < len(complete):  # Optuna's plots draw a study: one of the trials shown
+        study_drawn = _study_of(study, plotted)
+        few_done = f"{len(plotted):,} of {len(complete):,} complete trials: the best {CAP // 2} and an even spread of the rest. "
+    else:
+        study_drawn, few_done = study, ""
     notes = []
-    plots = [("parallel", vis.plot_parallel_coordinate, ""),
-             ("importance", vis.plot_param_importances, f"Importance evaluator: {IMPORTANCE}.")]
-    shown = [p for p in varied(complete) if p in {k for t in complete for k in t.params}]  # no constants
+    plots = [("parallel", vis.plot_parallel_coordinate, few_done),
+             ("importance", vis.plot_param_importances, f"{few_done}Importance evaluator: {IMPORTANCE}.")]
+    shown = varied(complete)  # no constants
     on: dict[str, dict[str, Any]] = {"parallel": {"params": shown, "target_name": metric},
                                      "importance": {"params": shown, "target_name": metric},
                                      "pareto": {"target_names": spec.metric_names}}
     if spec.multi:  # the front first; the other plots show the first objective
         plots.insert(0, ("pareto", vis.plot_pareto_front,
-                         "Pareto front: the trials no other trial beats on every objective."))
+                         f"{few_done}Pareto front: the trials no other trial beats on every objective."))
         sign = -1.0 if direction == "maximize" else 1.0  # PED-ANOVA ranks what makes a custom target low
         on["parallel"] = {"params": shown, "target": storage.primary, "target_name": metric}
         on["importance"] = {"params": shown, "target": lambda t: sign * storage.primary(t), "target_name": metric}
@@ -183,14 +227,15 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                                  f"which takes at least {IMPORTANCE_MIN}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fig = make(study, **on[name])
+                fig = make(study_drawn, **on[name])
                 if name == "importance":  # Optuna titles it "Hyperparameter Importance" whatever the target
                     fig.update_layout(xaxis_title=f"importance for {metric}")
                 figs.append((name, fig, why))
         except Exception as exc:  # noqa: BLE001 - e.g. one parameter value only: say so, keep the rest
             notes.append(f"{name}: not drawn ({exc})")
     tl, busy = timeline(trials)
-    figs.append(("timeline", tl, "Busy: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(busy.items()))))
+    last = f". The last {TIMELINE_CAP:,} of {len(trials):,} trials are drawn." if len(trials) > TIMELINE_CAP else ""
+    figs.append(("timeline", tl, "Busy: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(busy.items())) + last))
     parts, first = [], True
     for name, fig, why in figs:
         fig.update_layout(height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50})
@@ -199,7 +244,7 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                      + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
         first = False
     best = sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10]
-    columns = varied(complete) or sorted({k for t in best for k in storage.trainer_params(t)})
+    columns = shown or sorted({k for t in best for k in storage.trainer_params(t)})
     top = _table([[t.number, storage.primary(t), *(storage.trainer_params(t).get(k, "") for k in columns),
                    (t.user_attrs.get(keys.MLFLOW_RUN_ID, ""), run_link(study, t.user_attrs.get(keys.MLFLOW_RUN_ID, "")))]
                   for t in best], ["trial", metric, *columns, "MLflow run"])

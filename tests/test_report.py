@@ -184,3 +184,39 @@ def test_the_mlflow_ui_lists_the_parent_and_its_children_in_chromium(swept, tmp_
         proc.communicate(timeout=60)
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", dom.stdout, flags=re.S)))
     assert "tiny" in text and "11 matching runs" in text, text[:3000]
+
+
+def test_a_large_study_is_drawn_from_its_best_trials_and_a_spread_of_the_rest(tmp_path, monkeypatch):
+    """Past CAP trials the curves, parallel coordinates and importances draw the best CAP/2 and an even
+    spread of the others, and the timeline the latest TIMELINE_CAP trials; the report says so, and the best
+    trial is always drawn. (Caps lowered here; the real ones, 1,000 and 2,000, are timed in bench/.)"""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from hpo import htmlreport
+    from hpo import spec as specmod
+
+    monkeypatch.setattr(htmlreport, "CAP", 40)
+    monkeypatch.setattr(htmlreport, "TIMELINE_CAP", 60)
+    study = optuna.create_study(study_name="big", direction="maximize",
+                                storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    values = [((i * 37) % 200) / 200 for i in range(200)]
+    values[123] = 2.0  # the best, far from the first trials
+    study.add_trials([create_trial(state=TrialState.COMPLETE, params={"x": v, "y": i / 200}, values=[v],
+                                   distributions={"x": FloatDistribution(0, 3), "y": FloatDistribution(0, 1)},
+                                   intermediate_values={1: v / 2, 2: v}, user_attrs={"hpo.worker": "cpu0"})
+                      for i, v in enumerate(values)])
+    spec = specmod.from_dict({"name": "big", "method": "random", "metric": {"name": "score", "goal": "maximize"},
+                              "parameters": {"x": {"min": 0.0, "max": 3.0}, "y": {"min": 0.0, "max": 1.0}}})
+    page = htmlreport.build(study, spec, [])
+    assert "40 of 200 trials drawn: the best 20 and an even spread of the rest" in page
+    assert "40 of 200 complete trials" in page
+    curve_trials = {n for trace in figure(page, "curves")["data"] for n in trace.get("customdata", []) if n is not None}
+    assert len(curve_trials) == 40 and 123 in curve_trials
+    best20 = sorted(range(200), key=lambda i: values[i], reverse=True)[:20]
+    assert set(best20) <= curve_trials, "the best trials are all drawn"
+    lines = [tr for tr in figure(page, "parallel")["data"] if tr.get("mode") == "lines"]  # Optuna 5: a line per trial
+    assert len(lines) == 40, len(lines)
+    history = figure(page, "history")["data"]
+    assert sum(len(tr["x"]) for tr in history if tr.get("mode") == "markers") == 200, "the history shows every trial"
