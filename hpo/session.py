@@ -72,6 +72,7 @@ class Session:
         self.tally = storage.Tally()  # counts of the study, kept up to date at each poll
         self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
         self._published, self._published_at, self._store_print = "", 0.0, None  # status.json (_publish)
+        self._stale_checked_at = -float("inf")  # fail_stale
         self.keep_k = best_models.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it
@@ -524,7 +525,13 @@ class Session:
         return n
 
     def fail_stale(self) -> int:
-        """Trials whose worker (on any machine) stopped sending heartbeats (RDB storages): failed, re-run."""
+        """Trials whose worker (on any machine) stopped sending heartbeats (RDB storages): failed, re-run.
+        Asked once per heartbeat interval, not per poll: Optuna's query scans the study's trials (their state
+        has no index), and a trial is stale only after several missed beats anyway."""
+        now = time.monotonic()
+        if now < self._stale_checked_at + max(1, storage.heartbeat_grace() // 6):
+            return 0
+        self._stale_checked_at = now
         stale = set(storage.stale_trial_ids(self.study))
         if not stale:
             return 0

@@ -332,8 +332,11 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     storage = study._storage  # noqa: SLF001 - the public Study has no "pop or nothing"
     waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))  # noqa: SLF001
     for frozen in waiting:
-        if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
-            return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
+                return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker took it and finished it meanwhile
+            continue
     return None
 
 

@@ -69,3 +69,21 @@ def test_the_incremental_view_equals_a_full_read_after_every_step(tmp_path, kind
     assert finished and printed == {n for n in finished if n >= 0}, "every finished trial reached the view once"
     assert checks == 260
     assert len(view) < len(trials), "the view is not the whole study"
+
+
+def test_a_claim_skips_a_queued_trial_another_worker_took_and_finished_meanwhile(tmp_path, monkeypatch):
+    """A worker reads the queue, another worker claims and ends its first trial, then the first worker tries
+    to take it: Optuna refuses to update a finished trial; the worker takes the next one instead of dying
+    (found by bench/bench_scale.py with 280 workers on PostgreSQL)."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="q", storage=storage.open_storage(url))
+    for x in (1.0, 2.0):
+        study.enqueue_trial({"x": x})
+    queue_as_read = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    other = optuna.load_study(study_name="q", storage=storage.open_storage(url))
+    taken = storage.claim(other)
+    other.tell(taken.number, 1.0)
+    monkeypatch.setattr(study._storage, "get_all_trials", lambda *a, **k: queue_as_read)
+    mine = storage.claim(study)
+    assert mine is not None and mine.number == 1, "the next queued trial, not a crash"
