@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/bench_speed.py
 	$(PY) bench/bench_ray.py --trials 32 --epochs 27 --reps 3
 	$(PY) bench/bench_models.py
+	$(PY) bench/bench_scale.py --trials 10000 30000
 	$(PY) bench/bench_multi.py
 	$(PY) bench/bench_ops.py
 	$(PY) bench/bench_gpu.py
