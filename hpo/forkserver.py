@@ -1,6 +1,6 @@
-"""Workers forked from a process that has already imported what they import (Optuna, MLflow, and torch
-for hpo's own trainer): a worker then starts in milliseconds instead of 2-4 s of imports, once per
-worker and again at every restart. This is what `multiprocessing`'s forkserver does, for workers that
+"""Workers forked from a process that has already imported what every worker imports (Optuna, MLflow, hpo's
+worker): a worker skips ~1.5-2 s of imports, once per worker and again at every restart (its trainer, torch
+for hpo's own, it still imports itself, in parallel with the others). This is what `multiprocessing`'s forkserver does, for workers that
 must stay plain processes of the controller (their own session, a log file, an exit code it reaps).
 
 The server is forked from nothing but imports: it starts no thread and opens no store, and CUDA is never
