@@ -34,3 +34,14 @@ def timed(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, s
     if out.returncode != 0:
         sys.exit(f"{argv} failed:\n{out.stderr[-3000:]}")
     return took, out
+
+
+def disk_sectors_written() -> int:
+    """Bytes every block device (not loop, RAM) has written since boot, after a sync."""
+    os.sync()
+    total = 0
+    for dev in Path("/sys/block").iterdir():
+        if dev.name.startswith(("loop", "ram", "zram")):
+            continue
+        total += int((dev / "stat").read_text().split()[6])
+    return total * 512

@@ -737,21 +737,13 @@ def proc_io() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
 
 
-def disk_sectors_written() -> int:
-    os.sync()
-    total = 0
-    for dev in Path("/sys/block").iterdir():
-        if dev.name.startswith(("loop", "ram", "zram")):
-            continue
-        total += int((dev / "stat").read_text().split()[6])
-    return total * 512
-
-
 def journal_phase(a: argparse.Namespace, work: Path) -> tuple[dict, Path]:
     cwd = work / "journal"
     cwd.mkdir()
     (cwd / "sweep.yaml").write_text(JOURNAL_SWEEP.format(name=NAME))
     print(f"journal: a real hpo run of {a.journal_trials} trivial trials", file=sys.stderr, flush=True)
+    from _common import disk_sectors_written
+
     io0, disk0 = proc_io(), disk_sectors_written()
     took, _ = hpo(cwd, ["run", "sweep.yaml", "--trials", str(a.journal_trials), "--workers", "2", "--trainer",
                         "trivial:train", "--no-progress"], a.code, timeout=7200)

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, machine
+from _common import ROOT, disk_sectors_written, machine
 
 BENCH = Path(__file__).resolve().parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)]), "PYTHONUNBUFFERED": "1"}
@@ -216,16 +216,6 @@ def pruning(seeds: int, trials: int) -> dict:
     return out
 
 
-def _disk_sectors_written() -> int:
-    os.sync()
-    total = 0
-    for dev in Path("/sys/block").iterdir():
-        if dev.name.startswith(("loop", "ram", "zram")):
-            continue
-        total += int((dev / "stat").read_text().split()[6])
-    return total * 512
-
-
 def scale(trials: int) -> dict:
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # on the same disk as a user's runs/
         folder = Path(tmp)
@@ -236,10 +226,10 @@ def scale(trials: int) -> dict:
             parameters:
               x: {distribution: uniform, min: 0.0, max: 1.0}
         """))
-        before = _disk_sectors_written()
+        before = disk_sectors_written()
         r = _hpo(folder, ["sweep.yaml", "--trials", str(trials), "--workers", "2", "--trainer", "trivial:train"],
                  sample_cpu=True)
-        written = _disk_sectors_written() - before
+        written = disk_sectors_written() - before
         files = sum(p.stat().st_size for p in (folder / "runs").rglob("*") if p.is_file())
         ts = sorted(_study(folder, "scale").trials, key=lambda t: t.datetime_complete)
         ends = [t.datetime_complete.timestamp() for t in ts]
