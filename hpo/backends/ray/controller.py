@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.progress_reporter import TrialProgressCallback
 
 from hpo import keys
@@ -287,7 +288,8 @@ def _tuner(plan: Plan, trainable, n: int, concurrency: int, path: str, grid: lis
             scheduler=ray_space.scheduler(plan.spec, plan.options.ray_scheduler),
             num_samples=samples, max_concurrent_trials=limit, reuse_actors=True),
         run_config=tune.RunConfig(name=os.path.basename(path), storage_path=os.path.dirname(path), verbose=0,
-                                  callbacks=[Bridge(plan.name), Quiet()], stop=Abort(plan.name),
+                                  callbacks=[Bridge(plan.name), Quiet(), CSVLoggerCallback(), JsonLoggerCallback()],
+                                  stop=Abort(plan.name),
                                   failure_config=tune.FailureConfig(max_failures=deaths_per_config() - 1)),
     )
 
@@ -298,8 +300,11 @@ def run(plan: Plan, port: SessionPort) -> None:
     # Ctrl-C reaches the Session (Tune's own handler would swallow it); a trial that ends without ever
     # reporting the metric (a program that exits in argparse, a misspelled key) is one FAILED trial, as on
     # Optuna and W&B, not a ValueError that aborts the Tuner (its scheduler and searcher skip such a result).
+    # Tune's per-trial CSV and JSON logs are kept (passed in `_tuner`); its TensorBoard logger is not: MLflow
+    # has the curves, and importing tensorboardX costs ~1.7 s of every sweep's start.
     for key, value in (("RAY_CHDIR_TO_TRIAL_DIR", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("TUNE_DISABLE_SIGINT_HANDLER", "1"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
+                       ("TUNE_DISABLE_SIGINT_HANDLER", "1"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"),
+                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")):
         os.environ.setdefault(key, value)
     ray_log = _RayLog(plan.dir / "logs" / "ray.log")
     try:
