@@ -531,8 +531,9 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
     from hpo.worker_pool import descendants
     from optuna.trial import TrialState
 
-    # No early termination here: every trial takes 9 x 0.5 s, so Ctrl-C lands while trials run.
-    sw = Sweep.make(engine, tmp_path, "intr", extra={"sleep": {"value": 0.5}}, early_terminate=None)
+    # No early termination here: every trial takes 5 x 0.5 s, so Ctrl-C (sent once a child run exists) lands
+    # while trials run.
+    sw = Sweep.make(engine, tmp_path, "intr", extra={"sleep": {"value": 0.5}}, early_terminate=None, epochs=5)
     args = sw.run_args("--trials", "4", "--trainer", "contract_trainers:curve")
     db = sw.dir / "mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env=_env(sw.env),

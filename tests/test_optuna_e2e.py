@@ -73,7 +73,9 @@ def test_gpu_slots_without_gpus(tmp_path, tiny_sweep):
     assert {r.data.tags["hpo.cuda_visible_devices"] for r in children} == {"0", "1"}
 
 
-def test_budget_holds_across_workers(tmp_path, tiny_sweep):
+def test_the_budget_holds_across_workers_and_a_resume_continues_the_same_study(tmp_path, tiny_sweep):
+    """7 trials over 3 workers are exactly 7 (numbered 0-6, one child run each); the same sweep asked for 8
+    goes on in the same study under its one parent run."""
     run_hpo("run", str(tiny_sweep), "--workers", "3", "--trials", "7", "--no-progress", cwd=tmp_path, check=True)
     sweep_dir = tmp_path / "runs" / "tiny"
     trials = load_study(sweep_dir, "tiny").get_trials()
@@ -81,12 +83,7 @@ def test_budget_holds_across_workers(tmp_path, tiny_sweep):
     assert sorted(t.number for t in trials) == list(range(7))
     _, _, _, children = runs_of(sweep_dir, "tiny")
     assert len(children) == 7
-
-
-def test_resume_continues_the_same_study(tmp_path, tiny_sweep):
-    run_hpo("run", str(tiny_sweep), "--workers", "2", "--trials", "4", "--no-progress", cwd=tmp_path, check=True)
     run_hpo("run", str(tiny_sweep), "--workers", "2", "--trials", "8", "--no-progress", cwd=tmp_path, check=True)
-    sweep_dir = tmp_path / "runs" / "tiny"
     trials = load_study(sweep_dir, "tiny").get_trials()
     assert len(trials) == 8 and all(t.state.is_finished() for t in trials)
     _, _, parents, children = runs_of(sweep_dir, "tiny")

@@ -47,6 +47,7 @@ for epoch in range(1, 4):
         wandb.log({{metric: 0.5 + 0.1 * epoch}})
 run.finish()
 """
+TRIALS = 2
 CONDA = '#!/bin/sh\n[ "$1" = run ] && shift\nexec "$@"\n'
 ISAACLAB = '#!/bin/sh\n[ "$1" = -p ] && shift\nexec python3 "$@"\n'
 
@@ -136,11 +137,12 @@ def test_a_real_sweep_runs_unchanged(tmp_path, name):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     seen, env = _stage(tmp_path, name)
-    out = run_hpo("run", "sweep.yaml", "--trials", "3", "--workers", "2", "--no-progress", cwd=tmp_path, env=env)
+    # Two trials over two workers: one round (a third trial cost a second round, ~2 s a file).
+    out = run_hpo("run", "sweep.yaml", "--trials", str(TRIALS), "--workers", "2", "--no-progress", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
     spec = specmod.from_dict(_raw(name))
-    trials = min(3, spec.grid_size()) if spec.method == "grid" else 3  # a grid runs each point once
+    trials = min(TRIALS, spec.grid_size()) if spec.method == "grid" else TRIALS  # a grid runs each point once
     assert result["complete"] + result["pruned"] == trials and result["failed"] == 0, result
     command = [str(c) for c in _raw(name).get("command") or ["${args}"]]
     saws = [json.loads(p.read_text()) for p in seen.glob("trial-*.json")]
