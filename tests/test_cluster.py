@@ -104,8 +104,9 @@ class TwoNodes:
         self.ray("stop", "--force", check=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
+    """One cluster for the module: the sweep on both nodes runs first, then the test that kills a node."""
     cluster = TwoNodes(tmp_path_factory.mktemp("ray"))
     try:
         cluster.start()
@@ -127,7 +128,7 @@ def _runs(url: str, name: str):
 def test_a_two_node_ray_cluster_runs_trials_on_both_nodes_logging_to_an_mlflow_server(
         tmp_path, two_nodes, mlflow_server):
     url, served = mlflow_server.url, mlflow_server.artifacts
-    write(tmp_path / "sweep.yaml", SWEEP.format(name="cluster", sleep=1.0))
+    write(tmp_path / "sweep.yaml", SWEEP.format(name="cluster", sleep=0.5))
     out = run_hpo("run", "sweep.yaml", "--backend", "ray", "--ray-address", two_nodes.address, "--tracking-uri", url,
                   "--trainer", "fault_trainers:slow", "--no-progress", cwd=tmp_path, env=two_nodes.env, timeout=400)
     assert out.returncode == 0, out.stderr
@@ -152,7 +153,7 @@ def test_a_node_killed_mid_sweep_fails_its_trials_and_the_other_node_meets_the_b
     from hpo.storage import open_storage
 
     url = mlflow_server.url
-    write(tmp_path / "sweep.yaml", SWEEP.format(name="nodekill", sleep=2.0))
+    write(tmp_path / "sweep.yaml", SWEEP.format(name="nodekill", sleep=1.5))
     victim = two_nodes.worker_node_id()
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--backend", "ray", "--ray-address",
                              two_nodes.address, "--tracking-uri", url, "--trainer", "fault_trainers:slow",
