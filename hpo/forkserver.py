@@ -144,6 +144,9 @@ class ForkServer:
             handle._pid = json.loads(line)["pid"]
             _in_flight_add(-1)
 
+    def stop(self) -> None:  # what the Session calls on what an engine's `prestart` started and never used
+        self.close()
+
     def close(self) -> None:
         while self._pending:
             self.read_reply()

@@ -88,15 +88,19 @@ class WandbBackend:
         sweep = online.OnlineSweep(online.create_sweep(plan, left), left)
         return replace(plan, options=replace(plan.options, online_sweep=sweep))
 
-    def prestart(self, plan: Plan, port: SessionPort) -> None:
-        return None
+    def prestart(self, plan: Plan, port: SessionPort) -> Any:
+        from hpo.backends.wandb import controller
+
+        return controller.prestart(plan)
 
     def run(self, plan: Plan, port: SessionPort, early: Any = None) -> None:
         from hpo.backends.wandb import controller
 
         if plan.options.online_sweep is None and not self._offline(plan):
+            if early is not None:
+                early.stop()
             return  # nothing was left of the budget when the sweep began: no W&B sweep to run
-        controller.run(plan, port, online_sweep=plan.options.online_sweep)
+        controller.run(plan, port, online_sweep=plan.options.online_sweep, server=early)
 
     @staticmethod
     def _offline(plan: Plan) -> bool:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from hpo.backends.port import SessionPort
 
 POLL_SECONDS = 0.2
+PRELOAD = [*forkserver.COMMON, "hpo.program"]  # what the agents' fork server imports; not wandb: W&B's own
+# state stays per agent
 AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
 
 
@@ -94,13 +96,14 @@ class Server:
 class Controller:
     """Hands out the engine's runs, applies its stops, reports every run's events to the Session."""
 
-    def __init__(self, plan: Plan, port: SessionPort, online_sweep: Any = None):
+    def __init__(self, plan: Plan, port: SessionPort, online_sweep: Any = None,
+                 server: forkserver.ForkServer | None = None):
+        """`server`: the fork server `prestart` started while the parent run was made (its imports done)."""
         from hpo.backends.wandb.online import launch_plan
 
         self.plan, self.port, self.study = plan, port, port.study
-        self.engine = None if online_sweep else Engine(plan.spec, plan.budget)
-        if self.engine is not None:
-            self.engine.resume(previous_runs(self.study, plan.spec.metric))
+        self.online_sweep = online_sweep
+        self.engine: Engine | None = None  # made in `serve`, once the agents are starting (W&B's sweeps: ~0.7 s)
         self.begun = len(self.study.get_trials(deepcopy=False))
         self.active: dict[str, str] = {}  # run name -> the agent running it
         self.workers: dict[Connection, str] = {}
@@ -110,8 +113,7 @@ class Controller:
             count=_run_cap(online_sweep, plan.budget), trainer=plan.trainer, parent_pid=os.getpid(),
             extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
-                         lambda s: dict(launches[s.index].env), plan.dir / "logs",
-                         preload=[*forkserver.COMMON, "hpo.program"])  # not wandb: W&B's own state stays per agent
+                         lambda s: dict(launches[s.index].env), plan.dir / "logs", preload=PRELOAD, server=server)
         self.supervisor = Supervisor(self.pool, port, on_gone=self._gone, restart=lambda slot: self._more())
         self.cuda = {s.name: s.cuda_visible_devices for s in plan.slots}
         self.setup = {
@@ -126,6 +128,9 @@ class Controller:
     # -- the loop ---------------------------------------------------------
     def serve(self) -> None:
         self.supervisor.start_all()
+        if not self.online_sweep:
+            self.engine = Engine(self.plan.spec, self.plan.budget)
+            self.engine.resume(previous_runs(self.study, self.plan.spec.metric))
         while True:
             for conn in self.server.ready(POLL_SECONDS):
                 self._receive(conn)
@@ -246,9 +251,20 @@ def _run_cap(online_sweep: Any, budget: int) -> int | None:
     return getattr(online_sweep, "run_cap", budget)
 
 
-def run(plan: Plan, port: SessionPort, online_sweep: Any = None) -> None:
+def prestart(plan: Plan) -> forkserver.ForkServer | None:
+    """The agents' fork server, started while the Session makes the study and the parent run: its imports
+    (~2 s) overlap MLflow's set-up instead of following it."""
+    return forkserver.ForkServer(PRELOAD) if forkserver.enabled() else None
+
+
+def run(plan: Plan, port: SessionPort, online_sweep: Any = None, server: forkserver.ForkServer | None = None) -> None:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
-    ctl = Controller(plan, port, online_sweep)
+    try:
+        ctl = Controller(plan, port, online_sweep, server)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     interrupted = False
     try:
         ctl.serve()
