@@ -226,8 +226,8 @@ def test_a_program_logs_its_own_model_and_register_uses_it(tmp_path):
         method: grid
         metric: {name: score, goal: maximize}
         parameters:
-          x: {values: [0.25, 0.75, 0.5]}
-        """)
+          x: {values: [0.75, 0.25]}
+        """)  # the best first: registering the last trial's model would predict 0.25
     out = run_hpo("run", "sweep.yaml", "--workers", "1", "--register", "prog", "--no-progress",
                   cwd=tmp_path, env=CPU, check=True)
     reg = _json(out)["registered"]
