@@ -73,6 +73,7 @@ class Session:
         self.early: Any = None  # what the engine started while the parent run was opened (Backend.prestart)
         self._published, self._published_at, self._store_print = "", 0.0, None  # status.json (_publish)
         self._stale_checked_at = -float("inf")  # fail_stale
+        self._stale = storage.StaleTrials()
         self.keep_k = best_models.DEFAULT_K  # --keep-models, as the sweep was opened with it
         self._snapshotting: threading.Thread | None = None  # the environment snapshot (Session._snapshot)
         self.launch = uuid.uuid4().hex  # this run's mark (`hpo.controller`): the workers it starts wait for it
@@ -526,17 +527,18 @@ class Session:
 
     def fail_stale(self) -> int:
         """Trials whose worker (on any machine) stopped sending heartbeats (RDB storages): failed, re-run.
-        Asked once per heartbeat interval, not per poll: Optuna's query scans the study's trials (their state
-        has no index), and a trial is stale only after several missed beats anyway."""
+        Asked every grace / 6 s, not per poll (one query of the running trials' heartbeats, storage.StaleTrials):
+        a trial is stale only after a grace without a beat anyway."""
         now = time.monotonic()
         if now < self._stale_checked_at + max(1, storage.heartbeat_grace() // 6):
             return 0
         self._stale_checked_at = now
-        stale = set(storage.stale_trial_ids(self.study))
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        stale = set(self._stale.find(self.study, running))
         if not stale:
             return 0
         n = 0
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in running:
             if t._trial_id in stale:  # noqa: SLF001
                 where = f"{t.user_attrs.get(keys.WORKER, '?')} on {t.user_attrs.get(keys.HOST, '?')}"
                 self.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")

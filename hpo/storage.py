@@ -39,7 +39,7 @@ def open_storage(url: str) -> BaseStorage:
             # Heartbeats let the controller notice a worker on another machine that died mid-trial.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                store = PatientRDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=max(1, heartbeat_grace() // 6),
+                store = PatientRDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval_s(),
                                           grace_period=heartbeat_grace())
                 store.hpo_label = f"--storage {mask(url)}"
                 return store
@@ -63,16 +63,69 @@ def heartbeat_grace() -> int:
     return max(1, round(grace_s()))
 
 
-def stale_trial_ids(study: optuna.Study) -> list[int]:
-    """RUNNING trials whose worker stopped sending heartbeats (RDB storages only).
+def heartbeat_interval_s() -> int:
+    """Seconds between a worker's heartbeats: half the grace, Optuna's own ratio (its `grace_period` defaults to
+    twice the interval). One beat per running trial per interval, never one per trial start: a worker of
+    1-s trials writes 2 heartbeats a minute (it wrote one per trial, ~50), and a trial shorter than the
+    interval writes none."""
+    return max(1, heartbeat_grace() // 2)
 
-    Optuna's own query finds them; its `fail_stale_trials` is not used to fail them because a stale trial's
-    MLflow child run must be closed with it, in one place (Session.fail_trial), and the journal storage has
-    no heartbeat at all (hpo.liveness leases cover every storage)."""
-    store = study._storage  # noqa: SLF001 - RDBStorage, or Optuna's cache around it
-    if not _heartbeat_interval(store):
-        return []
-    return store._get_stale_trial_ids(study._study_id)  # noqa: SLF001 - Optuna's own staleness query
+
+class StaleTrials:
+    """RUNNING trials whose worker (on any machine) stopped beating (RDB storages only), as the controller sees them.
+
+    A trial whose last heartbeat is older than the grace (the database's clock on both sides, as Optuna's own
+    `_get_stale_trial_ids` judges it). A trial a worker took from hpo's queue that has no heartbeat yet (the worker
+    beats at intervals, not when a trial starts) is stale once this controller has seen it so for the grace plus
+    an interval, on its own monotonic clock: no worker's clock or time zone is compared with another's.
+    Optuna's `fail_stale_trials` is not used to fail them because a stale trial's MLflow child run must be
+    closed with it, in one place (Session.fail_trial); the journal storage has no heartbeat at all
+    (hpo.liveness leases cover every storage)."""
+
+    def __init__(self) -> None:
+        self._unbeaten: dict[int, float] = {}  # trial id -> when this controller first saw it RUNNING unbeaten
+
+    def find(self, study: optuna.Study, running: list[FrozenTrial]) -> list[int]:
+        import time
+
+        rdb = _rdb(study._storage)  # noqa: SLF001
+        if rdb is None or not rdb.get_heartbeat_interval():
+            return []
+        taken = {t._trial_id for t in running if keys.QUEUED in t.user_attrs}  # noqa: SLF001 - hpo workers' trials
+        if not taken:
+            self._unbeaten.clear()
+            return []
+        now_db, beats = heartbeats(rdb, sorted(taken))
+        grace, now = heartbeat_grace(), time.monotonic()
+        self._unbeaten = {i: self._unbeaten.get(i, now) for i in taken if i not in beats}
+        stale = [i for i, beat in beats.items() if (now_db - beat).total_seconds() > grace]
+        return sorted(stale + [i for i, seen in self._unbeaten.items() if now - seen > grace + heartbeat_interval_s()])
+
+
+def _rdb(store: BaseStorage) -> Any:
+    """The RDBStorage under Optuna's cache (a Study's storage), or None for other storages."""
+    from optuna.storages import RDBStorage
+
+    inner = getattr(store, "_backend", store)  # _CachedStorage keeps the RDBStorage as `_backend`
+    return inner if isinstance(inner, RDBStorage) else None
+
+
+def heartbeats(rdb: Any, trial_ids: list[int]) -> tuple[Any, dict[int, Any]]:
+    """(the database's now, {trial id: its last heartbeat}) for those trials: one query on Optuna's
+    `trial_heartbeats` (its `TrialHeartbeatModel`), waiting out an outage as every hpo storage call does."""
+    import sqlalchemy
+    from optuna.storages._rdb.models import TrialHeartbeatModel  # private: pinned by tests/test_port.py
+
+    from hpo.storage_outage import retry
+
+    def read() -> tuple[Any, dict[int, Any]]:
+        with rdb.engine.connect() as conn:
+            now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+            rows = conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id, TrialHeartbeatModel.heartbeat)
+                                .where(TrialHeartbeatModel.trial_id.in_(trial_ids))).all()
+        return now.replace(tzinfo=None), {tid: beat.replace(tzinfo=None) for tid, beat in rows}
+
+    return retry(read, getattr(rdb, "hpo_label", "--storage"))
 
 
 def _heartbeat_interval(store: BaseStorage) -> int | None:
@@ -81,31 +134,49 @@ def _heartbeat_interval(store: BaseStorage) -> int | None:
 
 
 class Heartbeat:
-    """While a trial runs, record its heartbeat every few seconds (RDB storages; a no-op elsewhere)."""
+    """While a trial runs, its heartbeat is recorded every interval (RDB storages; a no-op elsewhere).
+
+    One thread per process beats every trial of that process then running (a worker runs one at a time; the
+    scale benchmark's simulated workers share a process), first one interval after the trial started."""
+
+    _lock = threading.Lock()
+    _running: dict[int, BaseStorage] = {}  # trial id -> its storage
+    _thread: threading.Thread | None = None
 
     def __init__(self, study: optuna.Study, trial_id: int):
         self._store, self._trial_id = study._storage, trial_id  # noqa: SLF001
-        self._stop = threading.Event()
-        interval = _heartbeat_interval(self._store)
-        self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True) if interval else None
-
-    def _beat(self, interval: int) -> None:
-        while not self._stop.is_set():
-            try:
-                self._store.record_heartbeat(self._trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage marks the trial stale
-                pass
-            self._stop.wait(interval)
+        self._interval = _heartbeat_interval(self._store)
 
     def __enter__(self) -> "Heartbeat":
-        if self._thread is not None:
-            self._thread.start()
+        if self._interval:
+            cls = type(self)
+            with cls._lock:
+                cls._running[self._trial_id] = self._store
+                if cls._thread is None or not cls._thread.is_alive():
+                    cls._thread = threading.Thread(target=cls._beat, args=(self._interval,), daemon=True,
+                                                   name="hpo-heartbeat")
+                    cls._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with type(self)._lock:
+            type(self)._running.pop(self._trial_id, None)
+
+    @classmethod
+    def _beat(cls, interval: int) -> None:
+        import time
+
+        while True:
+            time.sleep(interval)
+            with cls._lock:
+                running = list(cls._running.items())
+            for trial_id, store in running:
+                if trial_id not in cls._running:  # ended meanwhile: a beat now would be for a finished trial
+                    continue
+                try:
+                    store.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage marks the trial stale
+                    pass
 
 
 def require_existing(url: str) -> None:

@@ -276,6 +276,13 @@ def test_the_private_names_hpo_uses_still_exist():
                        (trial, ("_trial_id", "_cached_frozen_trial", "storage", "study"))):
         assert all(hasattr(obj, n) for n in names), [n for n in names if not hasattr(obj, n)]
     assert isinstance(trial._cached_frozen_trial.intermediate_values, dict)  # noqa: SLF001 - the worker replaces a repeated step there
+    from optuna.storages._rdb.models import TrialHeartbeatModel  # hpo.storage.heartbeats reads it
+
+    assert TrialHeartbeatModel.__tablename__ == "trial_heartbeats"
+    assert {"trial_id", "heartbeat"} <= set(TrialHeartbeatModel.__table__.columns.keys())
+    cached = optuna.create_study(storage="sqlite:///:memory:")._storage  # noqa: SLF001
+    assert isinstance(cached, _CachedStorage) and isinstance(cached._backend, RDBStorage)  # noqa: SLF001
+    assert hasattr(cached._backend, "engine")  # noqa: SLF001
 
 
 def test_every_hpo_tag_and_attribute_name_is_declared_once_in_keys():
