@@ -8,7 +8,7 @@ study row locked, so not parallel): 10k in 5 min, 30k in 15 min, 100k in ~50 min
 
 For each N in --trials, on a private PostgreSQL 15 (tests/servers.py) with pg_stat_statements and auto_explain:
 
-1. **A study hpo made.** A real `hpo run` of 4 trials (method random, `x` uniform, `epochs` 2, `fault_trainers:slow`)
+1. **A study hpo made.** A real `hpo run` of 4 trials (2 with --smoke) (method random, `x` uniform, `epochs` 2, `fault_trainers:slow`)
    makes the study and its MLflow parent; its first COMPLETE trial is the template for the rest: the same params
    and distributions (three: `x` and the constants `epochs`, `sleep`, as hpo records them), the same user and
    system attributes (worker, host, pid, MLflow run id, trainer seconds, `hpo.queued`, `fixed_params`), one
@@ -560,8 +560,9 @@ def one_scale(a: argparse.Namespace, pg: Pg, n: int, journal: Path | None, work:
     common = ["--storage", url, "--tracking-uri", tracking, "--workers", "2", "--trainer", "fault_trainers:slow",
               "--keep-models", "0", "--no-report", "--no-progress"]
     out: dict = {"n": n}
-    print(f"N={n}: a first real hpo run (4 trials)", file=sys.stderr, flush=True)
-    hpo(cwd, ["run", "sweep.yaml", "--trials", "4", *common], a.code)
+    first = 2 if a.smoke else 4
+    print(f"N={n}: a first real hpo run ({first} trials)", file=sys.stderr, flush=True)
+    hpo(cwd, ["run", "sweep.yaml", "--trials", str(first), *common], a.code)
     print(f"N={n}: pre-fill", file=sys.stderr, flush=True)
     out["prefill"] = prefill(pg.url("bench", db), n, seed=n)
     print(f"N={n}: pre-filled {out['prefill']}", file=sys.stderr, flush=True)
@@ -603,7 +604,7 @@ def one_scale(a: argparse.Namespace, pg: Pg, n: int, journal: Path | None, work:
         # The windows open once the simulated workers hold their trials, the controller polls (its MLflow set-up
         # is done) and each real worker has finished a live trial.
         deadline, polls = time.time() + a.sim * a.stagger + 600, 0
-        while sim.held < a.target or polls < 4 or pg.real_done(db, n) < 2:
+        while sim.held < a.target or polls < (2 if a.smoke else 4) or pg.real_done(db, n) < 2:
             if time.time() > deadline or proc.poll() is not None:
                 raise SystemExit(f"the sweep never reached {a.target} simulated trials running with the controller "
                                  f"polling (held {sim.held}, polls {polls}; errors: {sim.errors[:3]})")
@@ -838,10 +839,10 @@ def main() -> None:
     ap.add_argument("--out", help="the JSON's path (default: bench/results/scale_LABEL.json)")
     ap.add_argument("--code", help="import hpo from this folder (a snapshot of a commit), not the working tree")
     ap.add_argument("--py-spy", help="py-spy binary: record the controller during window B (raw stacks)")
-    ap.add_argument("--smoke", action="store_true", help="a small run for the tests (N=300, 6 simulated workers)")
+    ap.add_argument("--smoke", action="store_true", help="a small run for the tests (N=60, 6 simulated workers)")
     a = ap.parse_args()
     if a.smoke:
-        a.trials, a.live, a.sim, a.target, a.hold, a.stagger = [150], 100, 6, 5, 2.0, 0.05
+        a.trials, a.live, a.sim, a.target, a.hold, a.stagger = [60], 60, 6, 4, 2.0, 0.05
         a.sleep, a.window_a, a.window_b = 0.2, 3.0, 2.0
         a.journal_trials = min(a.journal_trials, 6)
     if a.code:

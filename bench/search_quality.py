@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         a.tasks, a.seeds, a.trainings, a.hpo_seeds, a.reference_n = "hartmann6", 2, 3.0, 1, 500
         a.hpo_workers = a.hpo_workers or "1"
-        a.hpo_sleep, a.hpo_trials = 0.0, a.hpo_trials or 15
+        a.hpo_sleep, a.hpo_trials = 0.0, a.hpo_trials or 4
+        a.jobs = 1  # one process imports the contenders' libraries once; hpo's own runs go beside it
     tasks = [surrogates.task(n, a.yahpo_data).name for n in a.tasks.split(",") if n]
     if a.write_sweeps:
         write_sweeps(tasks, a.yahpo_data)
@@ -600,30 +601,53 @@ def main(argv: list[str] | None = None) -> int:
     jobs.sort(key=lambda j: (j["contender"] == "wandb_bayes_hb", j["seed"] if j["contender"] == "wandb_bayes_hb"
                              else 0))
     print(f"{len(jobs)} in-library runs on {a.jobs} processes", flush=True)
+
+    def hpo_jobs() -> list[dict[str, Any]]:
+        out = []
+        for tname in hpo_tasks:
+            t = surrogates.task(tname, a.yahpo_data)
+            for k in hpo_workers:
+                e_b, t_b = budgets(t, reference[tname], a.trainings, k)
+                proxy = [r["trials"] for r in done if r["task"] == tname and r["workers"] == k
+                         and r["contender"] in (PROXY, "random_sha") and "trials" in r]
+                trials = a.hpo_trials or int(1.5 * max(proxy)) if proxy else (a.hpo_trials or 60)
+                for name in hpo_names:
+                    for s in range(a.hpo_seeds):
+                        if (tname, name, k, s) not in have:
+                            out.append({"task": tname, "contender": name, "workers": k, "seed": s,
+                                        "data": a.yahpo_data, "e_budget": e_b, "t_budget": t_b, "trials": trials,
+                                        "sleep_s": a.hpo_sleep})
+        return out
+
+    def said(r: dict[str, Any]) -> None:
+        record(r)
+        print(f"  {r['contender']} {r['task']} {r['workers']}w #{r['seed']}: {r.get('wall_s', 0):.1f} s, trials "
+              f"{r.get('trials')}, storage {r.get('storage_trials')}, found {r.get('found')}"
+              + (f" ERROR {r['error'][-300:]}" if "error" in r else ""), flush=True)
+
+    # --smoke: hpo's own runs (each a real `hpo run` that mostly waits on its engine's start: Ray, W&B) go at
+    # once, beside the in-library runs; their --trials is fixed (--hpo-trials), not read from the proxy's runs.
+    # The full protocol runs them one by one after the in-library runs, as before (timing and trial order).
+    early = None
+    if a.smoke and a.hpo_trials:
+        from concurrent.futures import ThreadPoolExecutor
+
+        early = ThreadPoolExecutor(2)
+        # Ray's (the longest: mostly waiting on Ray's start) first
+        futures = [early.submit(run_hpo, job) for job in sorted(hpo_jobs(), key=lambda j: j["contender"] != "hpo_ray")]
     if jobs:
         with mp.get_context("spawn").Pool(a.jobs) as pool:
             for i, r in enumerate(pool.imap_unordered(run_in_library, jobs), 1):
                 record(r)
                 if i % 50 == 0 or i == len(jobs):
                     print(f"  {i}/{len(jobs)} in-library runs, {time.time() - started:.0f} s", flush=True)
-    for tname in hpo_tasks:
-        t = surrogates.task(tname, a.yahpo_data)
-        for k in hpo_workers:
-            e_b, t_b = budgets(t, reference[tname], a.trainings, k)
-            proxy = [r["trials"] for r in done if r["task"] == tname and r["workers"] == k
-                     and r["contender"] in (PROXY, "random_sha") and "trials" in r]
-            trials = a.hpo_trials or int(1.5 * max(proxy)) if proxy else (a.hpo_trials or 60)
-            for name in hpo_names:
-                for s in range(a.hpo_seeds):
-                    if (tname, name, k, s) in have:
-                        continue
-                    job = {"task": tname, "contender": name, "workers": k, "seed": s, "data": a.yahpo_data,
-                           "e_budget": e_b, "t_budget": t_b, "trials": trials, "sleep_s": a.hpo_sleep}
-                    r = run_hpo(job)
-                    record(r)
-                    print(f"  {name} {tname} {k}w #{s}: {r.get('wall_s', 0):.1f} s, trials {r.get('trials')}, "
-                          f"storage {r.get('storage_trials')}, found {r.get('found')}"
-                          + (f" ERROR {r['error'][-300:]}" if "error" in r else ""), flush=True)
+    if early is not None:
+        for f in futures:
+            said(f.result())
+        early.shutdown()
+    else:
+        for job in hpo_jobs():
+            said(run_hpo(job))
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "hpo"], cwd=ROOT, capture_output=True, text=True).stdout
     from importlib import metadata

@@ -1,7 +1,7 @@
 """The scale benchmark (bench/bench_scale.py, issue 27) still measures what it says.
 
-A smoke run on a private PostgreSQL: a 150-trial study (a real `hpo run`, then Optuna's own API), `hpo status` /
-`best` / `report` on it and on a journal of 150 trials, a live sweep of 100 more trials with its 2 real workers and
+A smoke run on a private PostgreSQL: a 60-trial study (a real `hpo run`, then Optuna's own API), `hpo status` /
+`best` / `report` on it and on a journal of 60 trials, a live sweep of 60 more trials with its 2 real workers and
 6 simulated ones holding trials RUNNING while the controller's statements, rows and CPU are counted, and a
 6-trial journal sweep for the bytes written. Every figure must be there and positive, every live trial recorded
 (the study's finished count is the budget asked), none left RUNNING or queued, and the simulated workers' trials
@@ -40,7 +40,7 @@ def test_smoke_run_counts_every_figure_and_leaves_no_trial_running(tmp_path):
     res = json.loads(out.read_text())
     assert res["machine"] and res["commit"]
     (scale,) = res["scales"]
-    assert scale["n"] == 150
+    assert scale["n"] == 60
     figures = scale["figures"]
     expected = {"prefill_trials_per_s", "status_s", "best_s", "report_s", "journal_status_s", "journal_best_s",
                 "running_at_window", "waiting_at_window", "controller_polls_per_s", "controller_rows_returned_per_poll",
@@ -51,14 +51,18 @@ def test_smoke_run_counts_every_figure_and_leaves_no_trial_running(tmp_path):
                 "worker_statements_per_trial", "worker_heartbeats_per_worker_minute",
                 "sim_heartbeats_per_worker_minute"}
     assert expected <= set(figures), expected - set(figures)
+    beats = {"worker_heartbeats_per_worker_minute", "sim_heartbeats_per_worker_minute"}
     for name, value in {**figures, **res["journal"]["figures"]}.items():
-        assert isinstance(value, (int, float)) and value > 0, (name, value)
+        if name in beats:  # one beat per running trial per half grace (30 s), none at a trial's start: the
+            assert isinstance(value, (int, float)) and 0 <= value <= 2, (name, value)  # smoke's trials get none
+        else:
+            assert isinstance(value, (int, float)) and value > 0, (name, value)
     live = scale["live"]
     assert live["explain_window_b"]["stale_queries"] >= 1  # the controller's polls were seen in its plans
     assert live["roles_window_a"]["ctl"]["polls"] >= 1
     assert not live["sim_errors"], live["sim_errors"]
     final = scale["final"]
-    assert final["finished"] == final["budget"] == 150 + 100, final  # every live trial recorded
+    assert final["finished"] == final["budget"] == 60 + 60, final  # every live trial recorded
     assert final["running"] == 0 and final["waiting"] == 0, final  # none left RUNNING or queued
     assert final["retried"] == 0 and final["interrupted"] == 0, final
     assert final["live_real"] >= 1 and final["live_sim"] >= 1, final
