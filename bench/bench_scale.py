@@ -435,7 +435,7 @@ class Sim:
         # As storage.open_storage, with a connection pool for every thread (a real worker has its own process).
         store = PatientRDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_size": 40, "max_overflow": 160,
                                                       "pool_timeout": 600},
-                                  heartbeat_interval=max(1, storage.heartbeat_grace() // 6),
+                                  heartbeat_interval=storage.heartbeat_interval_s(),
                                   grace_period=storage.heartbeat_grace())
         store.hpo_label = "--storage (simulated workers)"
         attrs = optuna.load_study(study_name=NAME, storage=store).user_attrs  # as worker.load_study
