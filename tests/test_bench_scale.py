@@ -42,7 +42,7 @@ def test_smoke_run_counts_every_figure_and_leaves_no_trial_running(tmp_path):
     (scale,) = res["scales"]
     assert scale["n"] == 60
     figures = scale["figures"]
-    expected = {"prefill_trials_per_s", "status_s", "best_s", "report_s", "journal_status_s", "journal_best_s",
+    expected = {"prefill_trials_per_s", "status_s", "best_s", "report_s", "status_after_run_s", "best_after_run_s", "journal_status_s", "journal_best_s",
                 "running_at_window", "waiting_at_window", "controller_polls_per_s", "controller_rows_returned_per_poll",
                 "controller_statements_per_poll", "controller_rows_read_per_poll", "controller_rows_read_per_s",
                 "controller_cpu_pct", "controller_startup_s", "controller_rss_mb", "worker_join_read_s",
