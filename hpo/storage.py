@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,6 @@ class StaleTrials:
         self._unbeaten: dict[int, float] = {}  # trial id -> when this controller first saw it RUNNING unbeaten
 
     def find(self, study: optuna.Study, running: list[FrozenTrial]) -> list[int]:
-        import time
-
         rdb = _rdb(study._storage)  # noqa: SLF001
         if rdb is None or not rdb.get_heartbeat_interval():
             return []
@@ -164,8 +163,6 @@ class Heartbeat:
 
     @classmethod
     def _beat(cls, interval: int) -> None:
-        import time
-
         while True:
             time.sleep(interval)
             with cls._lock:

@@ -24,7 +24,7 @@ RDB_CALLS = (
     "get_study_user_attrs", "get_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
     "get_trial_param", "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "set_study_system_attr",
     "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param", "set_trial_state_values",
-    "set_trial_system_attr", "set_trial_user_attr", "record_heartbeat", "_get_stale_trial_ids",
+    "set_trial_system_attr", "set_trial_user_attr", "record_heartbeat",
     # what Optuna's _CachedStorage (around every RDBStorage in a Study) calls directly
     "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 )
