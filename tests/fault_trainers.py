@@ -21,6 +21,21 @@ def slow(config, report):
         report(step, {"score": step * float(config.get("x", 1))})
 
 
+def held(config, report):
+    """As `slow`, but after its first report a trial waits for as long as the file `hold` exists, and says so in a
+    file `hold.<pid>`: a test holds trials mid-run (to kill or stop them there) however slow the machine, instead of
+    racing a sleep."""
+    hold = config["hold"]
+    for step in range(1, int(config.get("epochs", 3)) + 1):
+        time.sleep(float(config.get("sleep", 0.2)))
+        report(step, {"score": step * float(config.get("x", 1))})
+        if step == 1 and os.path.exists(hold):
+            with open(f"{hold}.{os.getpid()}", "w"):
+                pass
+            while os.path.exists(hold):
+                time.sleep(0.05)
+
+
 def faulty(config, report):
     """Fails in a way chosen by the `mode` parameter."""
     mode = config["mode"]

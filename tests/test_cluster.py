@@ -81,23 +81,33 @@ class TwoNodes:
         return next(n["NodeID"] for n in self.nodes() if n["NodeManagerPort"] == self.worker_port and n["Alive"])
 
     def kill_worker_node(self) -> int:
-        """SIGKILL every process of the second node (its raylet and the trial actors it runs): a power cut."""
-        mark = f"--node_manager_port={self.worker_port}"
-        mark2 = f"--node-manager-port={self.worker_port}"
-        killed = 0
+        """SIGKILL every process of the second node, its raylet and everything under it (the trial actors): a power
+        cut. The whole tree is found before the first kill, while the parent links still say who belongs to it."""
+        marks = (f"--node_manager_port={self.worker_port}", f"--node-manager-port={self.worker_port}")
+        parent: dict[int, int] = {}
+        roots: list[int] = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+                parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if mark in cmd or mark2 in cmd:
-                try:
-                    os.kill(int(proc.name), signal.SIGKILL)
-                    killed += 1
-                except ProcessLookupError:
-                    pass
+            if any(m in cmd for m in marks):
+                roots.append(int(proc.name))
+        tree, grew = set(roots), True
+        while grew:
+            below = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+            tree |= below
+            grew = bool(below)
+        killed = 0
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
         return killed
 
     def stop(self) -> None:
@@ -153,10 +163,12 @@ def test_a_node_killed_mid_sweep_fails_its_trials_and_the_other_node_meets_the_b
     from hpo.storage import open_storage
 
     url = mlflow_server.url
-    write(tmp_path / "sweep.yaml", SWEEP.format(name="nodekill", sleep=1.5))
+    hold = tmp_path / "hold"  # every trial waits after its first epoch while this file exists: no race with a sleep
+    hold.touch()
+    write(tmp_path / "sweep.yaml", SWEEP.format(name="nodekill", sleep=0.3) + f"  hold: {{value: {hold}}}\n")
     victim = two_nodes.worker_node_id()
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "sweep.yaml", "--backend", "ray", "--ray-address",
-                             two_nodes.address, "--tracking-uri", url, "--trainer", "fault_trainers:slow",
+                             two_nodes.address, "--tracking-uri", url, "--trainer", "fault_trainers:held",
                              "--no-progress"], cwd=tmp_path, env=two_nodes.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -170,6 +182,7 @@ def test_a_node_killed_mid_sweep_fails_its_trials_and_the_other_node_meets_the_b
             time.sleep(0.3)
         assert hit, "no trial ran on the second node"
         assert two_nodes.kill_worker_node() >= 1
+        hold.unlink()
         out, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:

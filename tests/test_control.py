@@ -44,11 +44,12 @@ def _until(what, check, timeout: float = 120.0):
 
 @pytest.mark.slow
 def test_pause_holds_new_trials_resume_goes_on_and_stop_ends_it_resumably(tmp_path):
-    write(tmp_path / "sweep.yaml", SWEEP)
+    hold = tmp_path / "hold"  # while it exists, a trial waits after its first epoch (fault_trainers:held)
+    write(tmp_path / "sweep.yaml", SWEEP + f"  hold: {{value: {hold}}}\n")
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     argv = [sys.executable, "-m", "hpo", "run", "sweep.yaml", "--trials", "10", "--workers", "2", "--no-report",
-            "--no-progress", "--trainer", "contract_trainers:curve"]
+            "--no-progress", "--trainer", "fault_trainers:held"]
     sweep_dir = tmp_path / "runs" / "ctl"
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -63,7 +64,8 @@ def test_pause_holds_new_trials_resume_goes_on_and_stop_ends_it_resumably(tmp_pa
 
         run_hpo("resume", "sweep.yaml", cwd=tmp_path, check=True)
         _until("a trial after the resume", lambda: _states(sweep_dir).get("COMPLETE", 0) > held.get("COMPLETE", 0))
-        _until("a running trial", lambda: _states(sweep_dir).get("RUNNING"))
+        hold.touch()  # a trial that reports from now on waits after its first epoch, and says so in a file:
+        _until("a held trial", lambda: list(tmp_path.glob("hold.*")))  # the stop reaches it however slow the machine
         run_hpo("stop", "sweep.yaml", cwd=tmp_path, check=True)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -78,6 +80,7 @@ def test_pause_holds_new_trials_resume_goes_on_and_stop_ends_it_resumably(tmp_pa
     _, _, parents, children = runs_of(sweep_dir, "ctl")
     assert [p.info.status for p in parents] == ["KILLED"] and not [c for c in children if c.info.status == "RUNNING"]
 
+    hold.unlink()
     again = run_hpo(*argv[3:], cwd=tmp_path, env={"PYTHONPATH": str(TESTS)}, check=True)
     assert "was stopped (hpo stop); running it again" in again.stderr, again.stderr
     trials = load_study(sweep_dir, "ctl").get_trials()
