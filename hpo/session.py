@@ -161,7 +161,7 @@ class Session:
     def open(self) -> None:
         """The study (created, or resumed when its spec and engine match) and the parent run."""
         plan = self.plan
-        store = storage.open_storage(plan.storage)  # first: an unreachable database writes nothing
+        store = storage.open_storage(plan.storage, incremental=True)  # first: an unreachable database writes nothing
         try:
             old = optuna.load_study(study_name=plan.name, storage=store)
         except KeyError:
@@ -519,7 +519,7 @@ class Session:
                 self.trial_lost(key, reason, detail)
                 n += 1
         host = socket.gethostname()
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in self._running_now():
             if t.user_attrs.get(keys.PID) == pid and t.user_attrs.get(keys.HOST) == host:
                 self.fail_trial(t, reason, detail)
                 n += 1
@@ -538,16 +538,24 @@ class Session:
         if not stale:
             return 0
         n = 0
-        for t in running:
+        for t in self._running_now():
             if t._trial_id in stale:  # noqa: SLF001
                 where = f"{t.user_attrs.get(keys.WORKER, '?')} on {t.user_attrs.get(keys.HOST, '?')}"
                 self.fail_trial(t, "worker died", f"no heartbeat for {storage.heartbeat_grace()} s from {where}")
                 n += 1
         return n
 
+    def _running_now(self) -> list[FrozenTrial]:
+        """The running trials as they are now, each read whole (a poll's read may hold a running trial's
+        attributes from a few seconds ago: hpo.rdb_reads): who runs it, on which host, under which pid."""
+        whole = getattr(self.study._storage, "read_all_next", None)  # noqa: SLF001 - an RDB's IncrementalCache
+        if whole is not None:
+            whole()
+        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
     def fail_orphans(self, reason: str, detail: str = "", live_pids: set[int] = frozenset()) -> int:
         n = 0
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in self._running_now():
             if orphans.is_local_orphan(t, set(live_pids)):
                 self.fail_trial(t, reason, detail)
                 n += 1

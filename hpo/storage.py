@@ -28,8 +28,9 @@ from hpo.storage_outage import PatientRDBStorage
 from hpo.redact import RDB_SCHEMES, is_rdb, mask, mask_text  # noqa: F401 - re-exported: callers import them from here
 from hpo.trial import INFRA_REASONS, KILLS_ITS_WORKER
 
-def open_storage(url: str) -> BaseStorage:
-    """A journal file path (default, safe for many local processes) or an RDB URL."""
+def open_storage(url: str, incremental: bool = False) -> BaseStorage:
+    """A journal file path (default, safe for many local processes) or an RDB URL. `incremental`: an RDB study's
+    reads ask only for what changed since the last (hpo.rdb_reads: the controller, which reads once per poll)."""
     if is_rdb(url):
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -43,7 +44,11 @@ def open_storage(url: str) -> BaseStorage:
                 store = PatientRDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval_s(),
                                           grace_period=heartbeat_grace())
                 store.hpo_label = f"--storage {mask(url)}"
-                return store
+            if incremental:
+                from hpo.rdb_reads import IncrementalCache
+
+                return IncrementalCache(store)
+            return store
         except ImportError:
             raise MissingDependency("psycopg[binary]", f"the storage {mask(url)}") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors: one line, password masked

@@ -283,6 +283,17 @@ def test_the_private_names_hpo_uses_still_exist():
     cached = optuna.create_study(storage="sqlite:///:memory:")._storage  # noqa: SLF001
     assert isinstance(cached, _CachedStorage) and isinstance(cached._backend, RDBStorage)  # noqa: SLF001
     assert hasattr(cached._backend, "engine")  # noqa: SLF001
+    # hpo.rdb_reads: the cache's own bookkeeping, which IncrementalCache keeps as Optuna's read does
+    from optuna.storages._cached_storage import _StudyInfo
+    from optuna.storages._rdb.models import TrialModel
+
+    info = _StudyInfo()
+    assert {"trials", "unfinished_trial_ids", "last_finished_trial_id"} <= set(vars(info)), vars(info)
+    for name in ("_read_trials_from_remote_storage", "_add_trials_to_cache"):
+        assert callable(getattr(_CachedStorage, name, None)), name
+    assert {"_studies", "_trial_id_to_study_id_and_number", "_lock"} <= set(vars(cached)), vars(cached)
+    assert callable(getattr(RDBStorage, "_get_trials", None)) and hasattr(cached._backend, "scoped_session")  # noqa: SLF001
+    assert {"trial_id", "study_id", "state"} <= set(TrialModel.__table__.columns.keys())
 
 
 def test_every_hpo_tag_and_attribute_name_is_declared_once_in_keys():

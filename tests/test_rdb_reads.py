@@ -1,0 +1,118 @@
+"""The controller's incremental reads of an RDB study (hpo.rdb_reads) against a full read, after every step.
+
+A real RDB (SQLite file through Optuna's RDBStorage): the "controller" reads through `IncrementalCache`, the
+"workers" and a second controller write through storages of their own, as separate processes would, and each
+step is checked against a fresh `RDBStorage` reading the whole study: trials taken out of order, values and
+attributes set while running, ends out of order, failures, retries (enqueued with params), a second controller's
+trials, and a resume (a new cache over the same study).
+"""
+
+from __future__ import annotations
+
+import random
+
+import optuna
+import pytest
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from hpo import keys, storage
+from hpo.rdb_reads import IncrementalCache
+import hpo.rdb_reads as rdb_reads
+
+
+@pytest.fixture()
+def url(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=url, direction="maximize")
+    return url
+
+
+def full(url: str) -> list:
+    return optuna.load_study(study_name="s", storage=RDBStorage(url)).get_trials(deepcopy=False)
+
+
+def same(got: list, want: list, running_too: bool) -> None:
+    assert [(t.number, t.state) for t in got] == [(t.number, t.state) for t in want]
+    for g, w in zip(got, want):
+        if running_too or w.state != TrialState.RUNNING:
+            assert g == w, (g.number, g.state, g, w)
+
+
+def test_every_poll_equals_a_full_read_through_claims_ends_failures_retries_and_a_second_controller(url):
+    rng = random.Random(7)
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    other = optuna.load_study(study_name="s", storage=RDBStorage(url))  # a second controller, its own queue
+    workers = [optuna.load_study(study_name="s", storage=RDBStorage(url)) for _ in range(3)]
+    for _ in range(12):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    running: list[optuna.Trial] = []
+    for step in range(120):
+        act = rng.random()
+        if act < 0.3:  # a worker takes a trial (any of the waiting ones) and starts it
+            w = rng.choice(workers)
+            trial = storage.claim(w)
+            if trial is not None:
+                trial.suggest_float("x", 0, 1)
+                trial.set_user_attr(keys.WORKER, f"w{step}")
+                running.append(trial)
+        elif act < 0.5 and running:  # a report, as a pruner's rung attribute and an intermediate value
+            t = rng.choice(running)
+            t.report(rng.random(), step)
+            t.storage.set_trial_system_attr(t._trial_id, f"completed_rung_{step}", 0.5)
+        elif act < 0.75 and running:  # an end, in any order: complete, pruned or failed
+            t = running.pop(rng.randrange(len(running)))
+            how = rng.choice([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL])
+            if how == TrialState.FAIL:
+                t.storage.set_trial_user_attr(t._trial_id, keys.REASON, "worker died")
+            t.storage.set_trial_state_values(t._trial_id, how, [rng.random()] if how == TrialState.COMPLETE else None)
+        elif act < 0.85:  # the second controller queues a retry with params, or more budget
+            other.enqueue_trial({"x": rng.random()}, user_attrs={keys.QUEUED: True, keys.RETRY_OF: 0})
+        else:
+            ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+        same(ctl.get_trials(deepcopy=False), full(url), running_too=False)
+    ctl._storage.read_all_next()
+    same(ctl.get_trials(deepcopy=False), full(url), running_too=True)
+    assert ctl._storage.reads["states"] > 100 and ctl._storage.reads["whole"] == 2
+    resumed = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))  # a resume
+    same(resumed.get_trials(deepcopy=False), full(url), running_too=True)
+
+
+def test_a_poll_reads_whole_only_the_trials_that_changed_and_running_ones_every_few_seconds(url, monkeypatch):
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    worker = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    for _ in range(20):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    ctl.get_trials()  # the first read: whole
+    reads = ctl._storage.reads
+    before = reads["trials"]
+    ctl.get_trials()
+    assert reads["trials"] == before, "nothing changed: no trial read again (Optuna's cache reads all 20)"
+    a, b = storage.claim(worker), storage.claim(worker)
+    ctl.get_trials()
+    assert reads["trials"] == before + 2, "the two trials taken, not the 18 still waiting"
+    a.report(0.5, 1)
+    worker._storage.set_trial_state_values(b._trial_id, TrialState.COMPLETE, [1.0])
+    monkeypatch.setattr(rdb_reads, "RUNNING_EVERY_S", 3600.0)
+    ctl.get_trials()
+    assert reads["trials"] == before + 3, "the finished one only; the running one waits for its turn"
+    assert ctl.get_trials()[a.number].intermediate_values == {}  # a few seconds old, by design
+    monkeypatch.setattr(rdb_reads, "RUNNING_EVERY_S", 0.0)
+    assert ctl.get_trials()[a.number].intermediate_values == {1: 0.5}  # its turn came
+    assert reads["trials"] == before + 4
+
+
+def test_a_trial_running_far_behind_the_newest_is_still_followed(url):
+    """The states query takes a range of ids from the oldest unfinished trial, and trials much older than the rest
+    by id: one trial left running while 400 newer ones end is still seen to finish."""
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    worker = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    first = storage.claim(worker)
+    worker.add_trials([optuna.trial.create_trial(value=1.0) for _ in range(400)])
+    assert [t.state for t in ctl.get_trials(deepcopy=False)][:2] == [TrialState.RUNNING, TrialState.COMPLETE]
+    ctl.get_trials(deepcopy=False)  # the stuck trial is now far behind the last finished one
+    worker._storage.set_trial_state_values(first._trial_id, TrialState.COMPLETE, [2.0])
+    same(ctl.get_trials(deepcopy=False), full(url), running_too=True)
+    assert ctl.get_trials(deepcopy=False)[0].value == 2.0
