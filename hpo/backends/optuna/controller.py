@@ -116,6 +116,6 @@ def _watch(plan: Plan, port: SessionPort, supervisor: Supervisor) -> None:
             _, now = port.top_up(grid)
             if not now.running and not now.waiting:
                 return
-        # Optuna reads a whole study per call (its journal replay and RDB cache are incremental; the list
-        # is not): at 100,000 trials a read is ~15 ms, so the poll slows to keep it under ~5 % of a core.
+        # Reads are incremental (the journal's replay; on an RDB, hpo.rdb_reads), but Optuna still builds its list
+        # of every trial: at 100,000 trials a read is ~15 ms, so the poll slows to keep it under ~5 % of a core.
         time.sleep(min(2.0, max(POLL_SECONDS, 20 * read_s)))
