@@ -23,12 +23,35 @@ def score(x: float, step: int, epochs: int) -> float:
 
 
 def curve(config, report):
-    """`epochs` reports of `score`, `sleep` seconds apart (default 0.05 s: concurrent trials overlap)."""
+    """`epochs` reports of `score`, `sleep` seconds apart (default 0.05 s: concurrent trials overlap).
+
+    With a `hold` path, a trial that finds that file after its first report waits while it exists, and says so in
+    `hold.<pid>`: a test acts on trials mid-run (Ctrl-C) however slow the machine. With `hold_from: N` too, only
+    the trials from the N+1-th on (in the order they start: tickets `hold.ticket<i>`) wait."""
     epochs = int(config["epochs"])
     pause = float(config.get("sleep", 0.05))
+    hold = config.get("hold")
+    if hold and "hold_from" in config and _ticket(hold) < int(config["hold_from"]):
+        hold = None
     for step in range(1, epochs + 1):
         time.sleep(pause)
         report(step, {"score": score(config["x"], step, epochs)})
+        if step == 1 and hold and os.path.exists(hold):
+            with open(f"{hold}.{os.getpid()}", "w"):
+                pass
+            while os.path.exists(hold):
+                time.sleep(0.05)
+
+
+def _ticket(hold: str) -> int:
+    """This trial's place among the trials that started (the first free `hold.ticket<i>`, made atomically)."""
+    n = 0
+    while True:
+        try:
+            os.close(os.open(f"{hold}.ticket{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return n
+        except FileExistsError:
+            n += 1
 
 
 def _die(report) -> None:

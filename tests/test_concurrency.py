@@ -162,10 +162,23 @@ def test_the_database_down_for_twenty_seconds_mid_sweep_loses_nothing(tmp_path, 
             "--storage", postgres.url]
     proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import optuna
+
+    from hpo.storage import open_storage
+
+    store = open_storage(postgres.url)
+
+    def reporting() -> int:  # trials a worker has begun and reported from: both workers are up and writing
+        try:
+            study = optuna.load_study(study_name="outage", storage=store)
+        except KeyError:  # not made yet
+            return 0
+        return sum(1 for t in study.get_trials(states=(TrialState.RUNNING,)) if t.intermediate_values)
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((tmp_path / "runs" / "outage" / "logs").glob("*.log")):
-        time.sleep(0.5)
-    time.sleep(4)  # workers inside their first trials
+    while time.monotonic() < deadline and proc.poll() is None and reporting() < 2:
+        time.sleep(0.3)
+    assert proc.poll() is None and reporting() == 2, "two workers inside their first trials"
     postgres.stop()
     time.sleep(20)
     postgres.start()
@@ -174,10 +187,6 @@ def test_the_database_down_for_twenty_seconds_mid_sweep_loses_nothing(tmp_path, 
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["complete"] == 8, summary
-    import optuna
-
-    from hpo.storage import open_storage
-
     trials = optuna.load_study(study_name="outage", storage=open_storage(postgres.url)).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
     assert not [t for t in trials if t.state == TrialState.RUNNING]

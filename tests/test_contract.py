@@ -30,7 +30,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -178,20 +177,6 @@ def last_score(client, run_id: str) -> float:
     h = history(client, run_id)
     assert h, f"run {run_id} has no `score` history"
     return h[max(h)]
-
-
-def child_runs_in_db(db: Path) -> int:
-    """How many child runs the MLflow store holds now (read while hpo writes it; 0 until its schema exists)."""
-    if not db.is_file():
-        return 0
-    try:
-        conn = sqlite3.connect(str(db), timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM tags WHERE key = 'mlflow.parentRunId'").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 # -- sweeps ------------------------------------------------------------------------------------
@@ -531,19 +516,21 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
     from hpo.worker_pool import descendants
     from optuna.trial import TrialState
 
-    # No early termination here: every trial takes 5 x 0.5 s, so Ctrl-C (sent once a child run exists) lands
-    # while trials run.
-    sw = Sweep.make(engine, tmp_path, "intr", extra={"sleep": {"value": 0.5}}, early_terminate=None, epochs=5)
+    # No early termination here. Every trial waits after its first epoch while `hold` exists (and says so in
+    # `hold.<pid>`), so Ctrl-C, sent once one does, lands while trials run however slow the machine.
+    hold = tmp_path / "hold"
+    hold.touch()
+    sw = Sweep.make(engine, tmp_path, "intr", extra={"sleep": {"value": 0.2}, "hold": {"value": str(hold)}},
+                    early_terminate=None, epochs=5)
     args = sw.run_args("--trials", "4", "--trainer", "contract_trainers:curve")
-    db = sw.dir / "mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env=_env(sw.env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline and not child_runs_in_db(db):
+        while proc.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob("hold.*")):
             time.sleep(0.1)
         assert proc.poll() is None, f"the sweep ended before any trial started: exit {proc.returncode}"
-        assert child_runs_in_db(db), "no trial started within 180 s"
+        assert list(tmp_path.glob("hold.*")), "no trial started within 180 s"
         below = descendants(proc.pid)  # workers, agents, Ray's processes
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -551,6 +538,8 @@ def test_ctrl_c_then_the_same_command_resumes_under_the_same_parent(engine, tmp_
         _kill_group(proc)
         proc.communicate()
         raise
+    finally:
+        hold.unlink()
     first = Ran(tuple(args), proc.returncode, out, err)
     assert first.code == 130, first.describe()
     assert first.summary["interrupted"] is True, first.summary

@@ -51,11 +51,15 @@ def test_pause_holds_new_trials_resume_goes_on_and_stop_ends_it_resumably(tmp_pa
     argv = [sys.executable, "-m", "hpo", "run", "sweep.yaml", "--trials", "10", "--workers", "2", "--no-report",
             "--no-progress", "--trainer", "fault_trainers:held"]
     sweep_dir = tmp_path / "runs" / "ctl"
+    hold.touch()  # the first two trials wait mid-run until the pause is in: it lands with trials still queued
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _until("first finished trial", lambda: sweep_dir.joinpath("optuna.log").exists() and _states(sweep_dir).get("COMPLETE"))
+        _until("two held trials", lambda: len(list(tmp_path.glob("hold.*"))) == 2)
         paused = run_hpo("pause", "sweep.yaml", cwd=tmp_path, check=True)
         assert paused.stdout.startswith("ctl: paused"), paused.stdout
+        hold.unlink()
+        for held_mark in tmp_path.glob("hold.*"):
+            held_mark.unlink()
         # the running trials finish; then nothing runs, and nothing finishes, while it stays paused
         held = _until("paused sweep to settle", lambda: not _states(sweep_dir).get("RUNNING") and _states(sweep_dir))
         time.sleep(3)

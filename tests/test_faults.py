@@ -83,6 +83,14 @@ def _running(sweep_dir: Path, name: str):
             and "hpo.mlflow_run_id" in t.user_attrs]
 
 
+def _held(tmp_path: Path, sweep_dir: Path, name: str):
+    """(pid, trial) of a worker held mid-trial by `fault_trainers:held` (it wrote `hold.<pid>` and waits while
+    `hold` exists): a signal sent to it lands mid-trial however slow the machine."""
+    pid = int(_wait_for(lambda: sorted(tmp_path.glob("hold.*")), timeout=120)[0].suffix[1:])
+    trial = _wait_for(lambda: [t for t in _running(sweep_dir, name) if t.user_attrs["hpo.pid"] == pid])[0]
+    return pid, trial
+
+
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -91,11 +99,15 @@ def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
 
 
 def test_sigkilled_worker_fails_its_trial_and_is_replaced(tmp_path):
-    sweep = _sweep(tmp_path, "kill", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 3}\n          sleep: {value: 0.7}")
-    proc = _start(tmp_path, str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
+    hold = tmp_path / "hold"
+    hold.touch()
+    sweep = _sweep(tmp_path, "kill", "  x: {values: [1, 2, 3, 4, 5, 6]}\n          epochs: {value: 3}\n"
+                                     f"          sleep: {{value: 0.2}}\n          hold: {{value: {hold}}}")
+    proc = _start(tmp_path, str(sweep), "--workers", "2", "--trainer", "fault_trainers:held")
     sweep_dir = tmp_path / "runs" / "kill"
-    victim = _wait_for(lambda: _running(sweep_dir, "kill"))[0]
-    os.kill(victim.user_attrs["hpo.pid"], signal.SIGKILL)
+    pid, victim = _held(tmp_path, sweep_dir, "kill")
+    os.kill(pid, signal.SIGKILL)
+    hold.unlink()
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     trials = load_study(sweep_dir, "kill").get_trials()
@@ -120,16 +132,19 @@ def test_a_hung_worker_is_killed_its_trial_failed_and_the_sweep_ends(tmp_path, w
     process is killed and replaced, and the sweep meets its budget and exits 0. With one worker too."""
     from test_crash import check_invariants
 
-    sweep = _sweep(tmp_path, "hung", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 3}\n          sleep: {value: 0.4}")
+    hold = tmp_path / "hold"
+    hold.touch()
+    sweep = _sweep(tmp_path, "hung", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 3}\n"
+                                     f"          sleep: {{value: 0.2}}\n          hold: {{value: {hold}}}")
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "HPO_HEARTBEAT_GRACE_S": "3"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--workers", str(workers), "--trainer",
-                             "fault_trainers:slow", "--no-progress"], cwd=tmp_path, env=env,
+                             "fault_trainers:held", "--no-progress"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sweep_dir = tmp_path / "runs" / "hung"
-    victim = _wait_for(lambda: _running(sweep_dir, "hung"))[0]
-    pid = victim.user_attrs["hpo.pid"]
+    pid, victim = _held(tmp_path, sweep_dir, "hung")
     os.kill(pid, signal.SIGSTOP)
+    hold.unlink()
     try:
         out, err = proc.communicate(timeout=180)
     finally:

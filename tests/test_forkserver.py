@@ -113,7 +113,10 @@ def test_the_server_dies_with_its_controller_even_when_stopped(tmp_path):
     """)
     controller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     server = int(controller.stdout.readline())
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60  # stopped only once it waits for requests: past its prctl, its imports done
+    while "pipe" not in _wchan(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "pipe" in _wchan(server), _wchan(server)
     os.kill(server, signal.SIGSTOP)
     controller.kill()
     controller.wait()
@@ -121,6 +124,14 @@ def test_the_server_dies_with_its_controller_even_when_stopped(tmp_path):
     while _state(server) not in ("gone", "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _state(server) in ("gone", "Z"), "the server outlived its controller"
+
+
+def _wchan(pid: int) -> str:
+    """Where the kernel has the process waiting (`anon_pipe_read`/`pipe_read`: blocked reading its stdin)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return "gone"
 
 
 def _state(pid: int) -> str:

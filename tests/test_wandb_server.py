@@ -256,7 +256,9 @@ def _wait(standin: StandinServer, ready, what: str, timeout: float = 120) -> dic
 def test_server_sweep_ctrl_c_then_resume(tmp_path, env, standin):
     """Ctrl-C mid-sweep: exit 130, the runs in flight end 'interrupted' (not counted), nothing RUNNING, the parent
     KILLED. The same command again: a new W&B sweep for what is left of the budget, under the same MLflow parent."""
-    sweep = write(tmp_path / "sweep.yaml", RANDOM)
+    hold = tmp_path / "hold"  # the third and fourth runs wait after their first report (contract_trainers.curve)
+    hold.touch()
+    sweep = write(tmp_path / "sweep.yaml", RANDOM + f"  hold: {{value: {hold}}}\n  hold_from: {{value: 2}}\n")
     budget = 4
     proc = start(hpo_argv(sweep, budget), tmp_path, env)
 
@@ -264,12 +266,13 @@ def test_server_sweep_ctrl_c_then_resume(tmp_path, env, standin):
         return [r for r in seen["runs"].values() if r["history"] and not r["complete"]]
 
     try:
-        _wait(standin, lambda s: sum(r["complete"] for r in s["runs"].values()) >= 2 and len(in_flight(s)) == 2,
-              "two runs done and two in flight")
+        _wait(standin, lambda s: sum(r["complete"] for r in s["runs"].values()) >= 2 and len(in_flight(s)) == 2
+              and len(list(tmp_path.glob("hold.[0-9]*"))) == 2, "two runs done and two held in flight")
         agents = child_pids(proc.pid)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
+        hold.unlink()
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
