@@ -17,10 +17,10 @@ by pid) asks `read_all_next()` first. Optuna's private names used here are pinne
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
+import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
@@ -37,8 +37,6 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], greater_than: int) -> 
     Asked as a range of the primary key from the oldest of them (`trial_id >= lo`: the unfinished trials are
     mostly the newest), plus the few much older ones (a trial running for hours) by id: PostgreSQL scans the
     whole table for an `IN` list of hundreds of ids, or for an `OR` of the two."""
-    import sqlalchemy
-
     asked = sorted(i for i in ids if i <= greater_than)
     # The range from the oldest id may hold finished trials between: keep it within a few times what is asked.
     span = 4 * len(asked) + 256
@@ -67,16 +65,15 @@ class IncrementalCache(_CachedStorage):
         super().__init__(backend)
         self._read_at: dict[int, float] = {}  # unfinished trial_id -> when it was last read whole (monotonic)
         self._whole = True  # the next read is Optuna's own: every unfinished trial, whole
-        self._whole_lock = threading.Lock()
-        self.reads = {"whole": 0, "states": 0, "trials": 0}  # what it asked for, for tests and the benchmark
+        self.reads = {"whole": 0, "states": 0, "trials": 0}  # what it asked for (tests/test_rdb_reads.py)
 
     def read_all_next(self) -> None:
         """The next read takes every unfinished trial whole (as Optuna's cache does at every read)."""
-        with self._whole_lock:
+        with self._lock:
             self._whole = True
 
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
-        with self._whole_lock:
+        with self._lock:  # released before Optuna's read, which takes it
             whole, self._whole = self._whole, False
         if whole or study_id not in self._studies:
             super()._read_trials_from_remote_storage(study_id)

@@ -36,11 +36,17 @@ def curve(config, report):
     for step in range(1, epochs + 1):
         time.sleep(pause)
         report(step, {"score": score(config["x"], step, epochs)})
-        if step == 1 and hold and os.path.exists(hold):
-            with open(f"{hold}.{os.getpid()}", "w"):
-                pass
-            while os.path.exists(hold):
-                time.sleep(0.05)
+        if step == 1 and hold:
+            wait_while(hold)
+
+
+def wait_while(hold: str) -> None:
+    """While the file `hold` exists, wait, having said so in `hold.<pid>` (a test's signal lands mid-trial)."""
+    if os.path.exists(hold):
+        with open(f"{hold}.{os.getpid()}", "w"):
+            pass
+        while os.path.exists(hold):
+            time.sleep(0.05)
 
 
 def _ticket(hold: str) -> int:

@@ -29,11 +29,10 @@ def held(config, report):
     for step in range(1, int(config.get("epochs", 3)) + 1):
         time.sleep(float(config.get("sleep", 0.2)))
         report(step, {"score": step * float(config.get("x", 1))})
-        if step == 1 and os.path.exists(hold):
-            with open(f"{hold}.{os.getpid()}", "w"):
-                pass
-            while os.path.exists(hold):
-                time.sleep(0.05)
+        if step == 1:
+            from contract_trainers import wait_while
+
+            wait_while(hold)
 
 
 def faulty(config, report):
