@@ -46,11 +46,12 @@ from conftest import assert_optuna_reads, pid_alive
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
-ENGINES = ("optuna", "ray", "wandb")
+ENGINES = ("optuna", "ray", "wandb", "random")  # random: a fourth engine from outside hpo (tests/engines)
 ENGINE_FLAGS = {
     "optuna": ["--backend", "optuna"],
     "ray": ["--backend", "ray"],
     "wandb": ["--backend", "wandb", "--offline"],
+    "random": ["--backend", "random"],
 }
 NAME = "contract"
 BUDGET = 6
@@ -58,9 +59,10 @@ EPOCHS = 9
 X_BEST_FIRST = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
 HYPERBAND = {"type": "hyperband", "min_iter": 1, "eta": 3}
 # The steps at which each engine may stop a trial of that Hyperband over EPOCHS = 9, worked out by hand, not by
-# hpo: Optuna's SuccessiveHalving / Hyperband and Ray's ASHA promote at min_iter * eta**k = 1, 3 (9 is the
-# last epoch); W&B's sweeps engine compares history[band] for bands 1, 3, i.e. the 2nd and 4th report.
-RUNGS = {"optuna": [1, 3], "ray": [1, 3], "wandb": [2, 4]}
+# hpo: Optuna's SuccessiveHalving / Hyperband (the Optuna engine's and the fourth, random engine's) and Ray's ASHA
+# promote at min_iter * eta**k = 1, 3 (9 is the last epoch); W&B's sweeps engine compares history[band] for bands
+# 1, 3, i.e. the 2nd and 4th report.
+RUNGS = {"optuna": [1, 3], "ray": [1, 3], "wandb": [2, 4], "random": [1, 3]}
 STATUS_OF = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}  # pruned: FINISHED + hpo.state
 
 # Safety limits only (a hung sweep fails instead of blocking the suite); nothing here is timed.
@@ -98,8 +100,10 @@ class Ran:
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
-    # The contract trainers import from this folder; keep whatever PYTHONPATH the suite runs under.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    # The contract trainers import from this folder, the fourth engine (and its entry point) from engines/;
+    # keep whatever PYTHONPATH the suite runs under.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TESTS), str(TESTS / "engines"), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
 

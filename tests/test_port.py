@@ -34,7 +34,7 @@ def _engine_sources() -> list[Path]:
     """The engines' controller side (their workers and agents run trials in processes of their own)."""
     return [p for p in BACKENDS.rglob("*.py")
             if p.name in ("__init__.py", "controller.py") and p.parent != BACKENDS] + [
-        Path(__file__).parent / "engines" / "inline_engine.py"]  # the fourth engine, from outside hpo
+        Path(__file__).parent / "engines" / "random_engine.py"]  # the fourth engine, from outside hpo
 
 
 def test_engines_use_only_the_port():
@@ -377,7 +377,7 @@ def test_a_trial_that_ended_before_the_interrupt_keeps_its_end_on_its_run(tmp_pa
 
 
 ENGINES_DIR = Path(__file__).parent / "engines"
-INLINE_SWEEP = """
+RANDOM_SWEEP = """
 name: plug
 method: random
 metric: {name: score, goal: maximize}
@@ -394,24 +394,24 @@ def test_an_engine_from_another_package_registers_by_entry_point_and_runs_a_swee
 
     from conftest import run_hpo
 
-    sweep = write(tmp_path / "s.yaml", INLINE_SWEEP)
+    sweep = write(tmp_path / "s.yaml", RANDOM_SWEEP)
     tests = str(Path(__file__).parent)
     env = {"PYTHONPATH": os.pathsep.join([str(ENGINES_DIR), tests, os.environ.get("PYTHONPATH", "")])}
     explained = run_hpo("explain", str(sweep), cwd=tmp_path, env=env, check=True)
-    assert "Inline  no early stopping" in explained.stdout, explained.stdout
-    typo = run_hpo("run", str(sweep), "--backend", "inlin", cwd=tmp_path, env=env)
-    assert typo.returncode == 2 and "--backend: invalid choice: 'inlin'" in typo.stderr and "'inline'" in typo.stderr
+    assert "Random  no early stopping" in explained.stdout, explained.stdout
+    typo = run_hpo("run", str(sweep), "--backend", "randm", cwd=tmp_path, env=env)
+    assert typo.returncode == 2 and "--backend: invalid choice: 'randm'" in typo.stderr and "'random'" in typo.stderr
     assert not (tmp_path / "runs").exists(), "a refused --backend writes nothing"
-    ran = run_hpo("run", str(sweep), "--backend", "inline", "--trials", "3", "--trainer", "fault_trainers:trivial",
+    ran = run_hpo("run", str(sweep), "--backend", "random", "--trials", "3", "--trainer", "fault_trainers:trivial",
                   "--no-progress", cwd=tmp_path, env=env, check=True)
     assert '"complete": 3' in ran.stdout, ran.stdout
     study = load_study(tmp_path / "runs" / "plug", "plug")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert {t.user_attrs["hpo.backend"] for t in trials} == {"inline"}
+    assert {t.user_attrs["hpo.backend"] for t in trials} == {"random"}
     assert len({t.params["x"] for t in trials}) == 3, "RandomSampler proposed three points"
     _, _, parents, children = runs_of(tmp_path / "runs" / "plug", "plug")
-    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["hpo.backend"] == "inline"
+    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.tags["hpo.backend"] == "random"
     by_run = {c.info.run_id: c for c in children}
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     for t in trials:

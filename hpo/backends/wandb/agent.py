@@ -19,16 +19,16 @@ import signal
 import sys
 import threading
 import time
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Mapping
 
 from hpo import keys, liveness
+from hpo.agent_link import connect
 from hpo import trainer_ref as trainers
 from hpo.program import TRIAL, ProgramTrainer
 from hpo.spec import unflatten
 from hpo.trial import Interrupted, Outcome, Pruned, Reporter, State, close_child, lost, run_trainer
 
-AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
 STOPPED_BY_SERVER = "stopped by the W&B sweep controller"
 POLL_S = 0.05  # how often a run's wandb.agent thread looks whether its trial ended
 
@@ -253,7 +253,7 @@ class Agent:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hpo.backends.wandb.agent")
     p.add_argument("--name", default=f"agent-{os.getpid()}")
-    p.add_argument("--connect", help="HOST:PORT of the hpo controller (authkey in $HPO_WANDB_AUTHKEY)")
+    p.add_argument("--connect", help="HOST:PORT of the hpo controller (authkey in $HPO_AGENT_AUTHKEY)")
     p.add_argument("--sweep", help="ENTITY/PROJECT/SWEEP_ID on the W&B server")
     p.add_argument("--count", type=int)
     p.add_argument("--trainer")
@@ -265,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(a.parent_pid,), daemon=True).start()
     conn = None
     if a.connect:
-        host, _, port = a.connect.rpartition(":")
-        conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop(AUTHKEY_ENV)))
+        conn = connect(a.connect)
     try:
         agent = Agent(a.name, conn, a.trainer)
         if a.sweep:

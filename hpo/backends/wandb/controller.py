@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
-import time
-from multiprocessing.connection import Connection, Listener, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 from typing import TYPE_CHECKING
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from hpo import forkserver, keys, storage
+from hpo.agent_link import Server, drive
 from hpo.backends.wandb.engine import Engine
 from hpo.worker_pool import Pool
 from hpo.supervisor import Supervisor
@@ -43,54 +42,6 @@ if TYPE_CHECKING:
 POLL_SECONDS = 0.2
 PRELOAD = [*forkserver.COMMON, "hpo.program"]  # what the agents' fork server imports; not wandb: W&B's own
 # state stays per agent
-AUTHKEY_ENV = "HPO_WANDB_AUTHKEY"
-
-
-class Server:
-    """A Listener on 127.0.0.1 whose connections are accepted by a background thread."""
-
-    def __init__(self) -> None:
-        self.authkey = secrets.token_bytes(32)
-        self.listener = Listener(("127.0.0.1", 0), authkey=self.authkey)
-        self.conns: list[Connection] = []
-        self.closed = False
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        host, port = self.listener.address
-        return f"{host}:{port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn = self.listener.accept()
-            except Exception:
-                if self.closed:
-                    return
-                continue
-            with self._lock:
-                self.conns.append(conn)
-
-    def ready(self, timeout: float) -> list[Connection]:
-        with self._lock:
-            conns = list(self.conns)
-        if not conns:
-            time.sleep(timeout)
-            return []
-        return wait(conns, timeout)  # type: ignore[return-value]
-
-    def drop(self, conn: Connection) -> None:
-        with self._lock:
-            self.conns.remove(conn)
-        conn.close()
-
-    def close(self) -> None:
-        self.closed = True
-        for conn in list(self.conns):
-            self.drop(conn)
-        self.listener.close()
 
 
 class Controller:
@@ -111,7 +62,7 @@ class Controller:
         launches = {p.slot.index: p for p in launch_plan(
             list(plan.slots), connect=self.server.address, sweep=str(online_sweep) if online_sweep else None,
             count=_run_cap(online_sweep, plan.budget), trainer=plan.trainer, parent_pid=os.getpid(),
-            extra_env={AUTHKEY_ENV: self.server.authkey.hex()})}
+            extra_env=self.server.env)}
         self.pool = Pool(list(plan.slots), lambda s: list(launches[s.index].argv),
                          lambda s: dict(launches[s.index].env), plan.dir / "logs", preload=PRELOAD, server=server)
         self.supervisor = Supervisor(self.pool, port, on_gone=self._gone, restart=lambda slot: self._more())
@@ -259,17 +210,4 @@ def prestart(plan: Plan) -> forkserver.ForkServer | None:
 
 def run(plan: Plan, port: SessionPort, online_sweep: Any = None, server: forkserver.ForkServer | None = None) -> None:
     """Run the sweep to its budget: W&B's engine here (offline), or agents of a W&B server's sweep."""
-    try:
-        ctl = Controller(plan, port, online_sweep, server)
-    except BaseException:
-        if server is not None:
-            server.close()
-        raise
-    interrupted = False
-    try:
-        ctl.serve()
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        ctl.stop(interrupted)
+    drive(lambda: Controller(plan, port, online_sweep, server), server)
