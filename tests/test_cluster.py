@@ -153,7 +153,8 @@ def test_a_two_node_ray_cluster_runs_trials_on_both_nodes_logging_to_an_mlflow_s
     names = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep.yaml", "best.json", "report.html"} <= names, names
     assert not (tmp_path / "runs" / "cluster" / "artifacts").exists()
-    assert list(served.rglob("best.json"))
+    exp = client.get_experiment_by_name("cluster")
+    assert list((served / exp.artifact_location.removeprefix("mlflow-artifacts:").strip("/")).rglob("best.json"))
 
 
 def test_a_node_killed_mid_sweep_fails_its_trials_and_the_other_node_meets_the_budget(

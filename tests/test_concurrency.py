@@ -52,7 +52,7 @@ def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     ctl = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--storage", postgres_url, "--workers",
-                            "1", "--trials", "24", "--trainer", "fault_trainers:slow", "--no-progress"],
+                            "1", "--trials", "16", "--trainer", "fault_trainers:slow", "--no-progress"],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "runs" / "pg" / "mlflow.db").exists() and time.monotonic() < deadline:
@@ -74,12 +74,12 @@ def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
     from hpo.storage import open_storage
 
     trials = optuna.load_study(study_name="pg", storage=open_storage(postgres_url)).get_trials()
-    assert sorted(t.number for t in trials) == list(range(24))
+    assert sorted(t.number for t in trials) == list(range(16))
     assert all(t.state == TrialState.COMPLETE for t in trials)
     workers = {t.user_attrs["hpo.worker"] for t in trials}
     assert {"remote0", "remote1"} & workers, "the joining workers took trials"
     _, _, parents, children = runs_of(tmp_path / "runs" / "pg", "pg")
-    assert len(children) == 24
+    assert len(children) == 16
     assert parents[0].data.tags["hpo.storage"].count("***") == 1
     assert all("s3cret-pw" not in json.dumps(c.data.params) + json.dumps(c.data.tags) for c in children)
     assert all("s3cret-pw" not in json.dumps(t.user_attrs) for t in trials)
@@ -153,12 +153,13 @@ def test_a_remote_worker_killed_mid_trial_is_found_by_its_missing_heartbeat(tmp_
 
 
 @pytest.mark.postgres
-def test_the_database_down_for_twenty_seconds_mid_sweep_loses_nothing(tmp_path, postgres):
-    """Workers and controller wait for the database (bounded by HPO_STORAGE_OUTAGE_S) and carry on."""
+def test_the_database_down_for_ten_seconds_mid_sweep_loses_nothing(tmp_path, postgres):
+    """Workers and controller wait for the database (bounded by HPO_STORAGE_OUTAGE_S) and carry on: the outage
+    spans several of each worker's reports (0.5 s apart) and the controller's polls."""
     sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="outage").replace(
         "x: {{distribution: uniform, min: 0.0, max: 1.0}}", "x: {distribution: uniform, min: 0.0, max: 1.0}\n"
         "      epochs: {value: 6}\n      sleep: {value: 0.5}"))
-    args = ["run", str(sweep), "--workers", "2", "--trials", "8", "--trainer", "fault_trainers:slow", "--no-progress",
+    args = ["run", str(sweep), "--workers", "2", "--trials", "4", "--trainer", "fault_trainers:slow", "--no-progress",
             "--storage", postgres.url]
     proc = subprocess.Popen([sys.executable, "-m", "hpo", *args], cwd=tmp_path, env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,15 +181,15 @@ def test_the_database_down_for_twenty_seconds_mid_sweep_loses_nothing(tmp_path, 
         time.sleep(0.3)
     assert proc.poll() is None and reporting() == 2, "two workers inside their first trials"
     postgres.stop()
-    time.sleep(20)
+    time.sleep(10)
     postgres.start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["complete"] == 8, summary
+    assert summary["complete"] == 4, summary
     trials = optuna.load_study(study_name="outage", storage=open_storage(postgres.url)).get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     _, _, parents, children = runs_of(tmp_path / "runs" / "outage", "outage")
     assert parents[0].info.status == "FINISHED" and not [c for c in children if c.info.status == "RUNNING"]

@@ -214,7 +214,7 @@ def test_a_corpus_program_runs_unchanged_and_its_values_are_recorded(name, engin
         args += ["--ray-address", address]
         env.update(ray_env)
     out = run_hpo("run", prog.sweep, "--study", study_name, "--tracking-uri", shared["tracking_uri"],
-                  "--workers", "1", "--no-progress", "--no-report", *args, cwd=root, env=env, timeout=400)
+                  "--workers", "2", "--no-progress", "--no-report", *args, cwd=root, env=env, timeout=400)
     assert out.returncode == prog.exit_code, out.stderr[-4000:]
     study = load_study(root / "runs" / study_name, study_name)
     trials = study.get_trials()

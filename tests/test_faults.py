@@ -299,7 +299,7 @@ def test_a_writer_killed_inside_the_journal_lock_blocks_nobody(tmp_path):
 
 
 def test_controller_killed_with_sigkill_loses_nothing(tmp_path):
-    sweep = _sweep(tmp_path, "ctl", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 4}\n          sleep: {value: 1.0}")
+    sweep = _sweep(tmp_path, "ctl", "  x: {values: [1, 2, 3, 4]}\n          epochs: {value: 4}\n          sleep: {value: 0.5}")
     args = (str(sweep), "--workers", "2", "--trainer", "fault_trainers:slow")
     proc = _start(tmp_path, *args)
     sweep_dir = tmp_path / "runs" / "ctl"

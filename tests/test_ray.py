@@ -92,35 +92,10 @@ def test_asha_eight_trials_mlflow_and_mirror(tmp_path):
     assert parents[0].data.metrics["best_val_acc"] == pytest.approx(study.best_value)
 
 
-def test_gpu_fractions_on_logical_gpus(tmp_path):
-    sweep = write(tmp_path / "sweep.yaml", """
-        name: gpus
-        method: random
-        command: [python, -m, hpo.train, "${args}"]
-        metric: {name: val_acc, goal: maximize}
-        parameters:
-          epochs: {value: 2}
-          hidden: {value: 16}
-          lr: {distribution: log_uniform_values, min: 1.0e-3, max: 1.0e-2}
-          batch_size: {value: 128}
-    """)
-    run_hpo("run", str(sweep), "--backend", "ray", "--gpus", "0,1", "--workers-per-gpu", "2", "--trials", "4",
-            "--no-progress", cwd=tmp_path, env={**RAY_ENV, "CUDA_VISIBLE_DEVICES": "0,1"}, check=True)
-    sweep_dir = tmp_path / "runs" / "gpus"
-    _, _, parents, children = runs_of(sweep_dir, "gpus")
-    tags = parents[0].data.tags
-    assert json.loads(tags["hpo.ray.cluster_resources"])["GPU"] == 2.0, "Ray started with 2 logical GPUs"
-    assert json.loads(tags["hpo.ray.trial_resources"])["gpu"] == 0.5 and tags["hpo.ray.concurrency"] == "4"
-    trials = ray_trials(sweep_dir)
-    assert len(trials) == 4
-    assert all(b.get("GPU") == 0.5 for t in trials for b in t.placement_group_factory.bundles)
-    seen = [c.data.tags["hpo.cuda_visible_devices"] for c in children]
-    assert len(seen) == 4 and set(seen) == {"0", "1"}, seen
-    mirrored = load_study(sweep_dir, "gpus").get_trials()
-    assert sorted(m.user_attrs["hpo.cuda_visible_devices"] for m in mirrored) == sorted(seen)
-
-
-def test_distributions_optuna_has_no_form_for(tmp_path):
+def test_gpu_fractions_on_logical_gpus_and_distributions_optuna_has_no_form_for(tmp_path):
+    """One Ray sweep for two rules: 2 logical GPUs x 2 workers each get 0.5 GPU a trial, each trial pinned to
+    its GPU; and W&B's q_normal / log_normal / q_log_uniform_values, which Optuna has no form for, are
+    sampled by Ray with their law (q steps kept, lr positive and varied)."""
     sweep = write(tmp_path / "sweep.yaml", """
         name: normal
         method: bayes
@@ -134,15 +109,25 @@ def test_distributions_optuna_has_no_form_for(tmp_path):
           weight_decay: {distribution: q_log_uniform_values, min: 1.0e-6, max: 1.0e-3, q: 1.0e-6}
           batch_size: {value: 128}
     """)
-    run_hpo("run", str(sweep), "--backend", "ray", "--workers", "2", "--trials", "4", "--no-progress",
-            cwd=tmp_path, env=RAY_ENV, check=True)
+    run_hpo("run", str(sweep), "--backend", "ray", "--gpus", "0,1", "--workers-per-gpu", "2", "--trials", "4",
+            "--no-progress", cwd=tmp_path, env={**RAY_ENV, "CUDA_VISIBLE_DEVICES": "0,1"}, check=True)
     sweep_dir = tmp_path / "runs" / "normal"
-    _, _, _, children = runs_of(sweep_dir, "normal")
+    _, _, parents, children = runs_of(sweep_dir, "normal")
+    tags = parents[0].data.tags
+    assert json.loads(tags["hpo.ray.cluster_resources"])["GPU"] == 2.0, "Ray started with 2 logical GPUs"
+    assert json.loads(tags["hpo.ray.trial_resources"])["gpu"] == 0.5 and tags["hpo.ray.concurrency"] == "4"
+    trials = ray_trials(sweep_dir)
+    assert len(trials) == 4
+    assert all(b.get("GPU") == 0.5 for t in trials for b in t.placement_group_factory.bundles)
+    seen = [c.data.tags["hpo.cuda_visible_devices"] for c in children]
+    assert len(seen) == 4 and set(seen) == {"0", "1"}, seen
+    mirrored = load_study(sweep_dir, "normal").get_trials()
+    assert sorted(m.user_attrs["hpo.cuda_visible_devices"] for m in mirrored) == sorted(seen)
+
     assert len(children) == 4 and {c.data.tags["hpo.state"] for c in children} == {"complete"}
     dropout = [float(c.data.params["dropout"]) for c in children]
     lr = [float(c.data.params["lr"]) for c in children]
     assert len(set(dropout)) > 1 and all(abs(d * 100 - round(d * 100)) < 1e-6 for d in dropout)
     assert len(set(lr)) == 4 and all(lr_ > 0 for lr_ in lr)
-    mirrored = load_study(sweep_dir, "normal").get_trials()
     assert len(mirrored) == 4 and all(m.state == TrialState.COMPLETE for m in mirrored)
     assert all(m.distributions["lr"].low <= m.params["lr"] <= m.distributions["lr"].high for m in mirrored)
