@@ -94,6 +94,7 @@ def _sqlite_wal() -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA wal_autocheckpoint=10000")
             cursor.close()
 
 
