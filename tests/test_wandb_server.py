@@ -68,7 +68,8 @@ from wandb_standin.server import StandinServer
 
 TESTS = Path(__file__).resolve().parent
 FAKE_KEY = "0123456789abcdef" * 2 + "deadbeef"  # 40 characters, as a W&B key
-EPOCHS = 8
+EPOCHS = 8  # the Hyperband grid's runs: enough reports for W&B's rungs at 2 and 4
+RANDOM_EPOCHS = 4  # the random sweep's runs (Ctrl-C and resume, `hpo agent`): no rungs to reach
 STOPPED = "stopped by the W&B sweep controller"
 # Hyperband from W&B (eta 2): a run is stopped once its history passes index 2 or 4 and its best score
 # is outside the top half of the scores there of every run that got that far. The grid hands out two
@@ -89,7 +90,7 @@ method: random
 metric: {{name: score, goal: maximize}}
 parameters:
   x: {{distribution: uniform, min: 0.0, max: 1.0}}
-  epochs: {{value: {EPOCHS}}}
+  epochs: {{value: {RANDOM_EPOCHS}}}
   sleep: {{value: 0.4}}
 """
 
@@ -237,7 +238,7 @@ def test_server_sweep_two_agents_hyperband_stops(tmp_path, env, standin):
     (rid,) = seen["sweeps"][other]["runs"]
     r = seen["runs"][rid]
     assert r["upserted_config"] == r["args"] and r["complete"] and r["exitcode"] == 0
-    assert scores(r) == [score(r["args"]["x"]["value"], step, EPOCHS) for step in range(1, EPOCHS + 1)]
+    assert scores(r) == [score(r["args"]["x"]["value"], step, RANDOM_EPOCHS) for step in range(1, RANDOM_EPOCHS + 1)]
     assert not seen["unknown"] and not seen["errors"] and not seen["unauthorized"]
     no_key_anywhere(out, err, tmp_path / "runs")
 
@@ -325,5 +326,6 @@ def test_server_sweep_ctrl_c_then_resume(tmp_path, env, standin):
     new = [t for t in trials if t.user_attrs["wandb.run_id"] in second["runs"]]
     assert len(new) == left and min(t.number for t in new) > max(t.number for t in counted + interrupted)
     for rid in second["runs"]:
-        check_run_is_trial(seen["runs"][rid], by_run[rid], mlflow[by_run[rid].user_attrs["hpo.mlflow_run_id"]])
+        check_run_is_trial(seen["runs"][rid], by_run[rid], mlflow[by_run[rid].user_attrs["hpo.mlflow_run_id"]],
+                           RANDOM_EPOCHS)
     no_key_anywhere(out + out2, err + err2, tmp_path / "runs", Path(env["WANDB_DIR"]))
