@@ -68,10 +68,10 @@ class Controller:
     def __init__(self, plan, port, server: forkserver.ForkServer | None = None) -> None:
         self.plan, self.port, self.spec = plan, port, plan.spec
         pruner = optuna.pruners.NopPruner() if self.spec.multi else distributions.pruner(self.spec)
-        self.asks = optuna.create_study(  # in memory: it only proposes and prunes; the Session keeps the record
-            directions=self.spec.directions, sampler=optuna.samplers.RandomSampler(seed=len(port.snapshot()[0])), pruner=pruner)
-        self.space = distributions.distributions(self.spec)
         self.number = len(port.snapshot()[0])  # a resume goes on from the trials already there
+        self.asks = optuna.create_study(  # in memory: it only proposes and prunes; the Session keeps the record
+            directions=self.spec.directions, sampler=optuna.samplers.RandomSampler(seed=self.number), pruner=pruner)
+        self.space = distributions.distributions(self.spec)
         self.trials: dict[int, optuna.Trial] = {}  # key (the trial's number) -> its trial in `asks`
         self.active: dict[int, str] = {}  # key -> the worker running it
         self.handed: dict[int, dict[str, Any]] = {}  # key -> the params of a trial running now
