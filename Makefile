@@ -6,6 +6,9 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 HPO    := $(VENV)/bin/hpo
 ARGS   ?=
+# Test processes (pytest-xdist): 2 fits the 2-core CI machine; a test file runs whole in one process (its
+# module fixtures share sweeps between its tests). JOBS=0 runs the suite in this process.
+JOBS   ?= 2
 
 .PHONY: setup sweep test test-fast stress bench bench-quality dashboard mlflow-ui clean constraints
 
@@ -22,7 +25,7 @@ sweep: setup
 	$(HPO) run sweep.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --durations=25 $(ARGS)
+	$(PY) -m pytest -q -ra --durations=25 -n $(JOBS) --dist loadfile $(ARGS)
 
 # The long randomized fault loops (thirty power cuts: 6 min); `make test` runs their deterministic cases.
 stress: setup
