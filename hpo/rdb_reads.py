@@ -6,13 +6,21 @@ an `IN` list over a child table. The controller asks once per poll, and a sweep'
 trials plus its queue, so at 256 running a poll read ~150,000 rows (PostgreSQL chose sequential scans of the child
 tables for those lists: bench/RESULTS.md, "At scale").
 
-`IncrementalCache` is that cache with a cheaper question first: the state of each unfinished trial and of any new
-trial (one query of the `trials` table, by primary key). A trial is then read whole only when it is new, when its
-state changed, or, while it runs, once every `RUNNING_EVERY_S`: a waiting trial does not change until a worker takes
-it (WAITING -> RUNNING is a state change), and a finished one never changes. So every trial that is not running is
-what a full read gives, after every poll; a running trial's attributes and intermediate values (what the progress
-table shows) may be up to `RUNNING_EVERY_S` old. What must see a running trial as it is now (a dead worker's trials,
-by pid) asks `read_all_next()` first. Optuna's private names used here are pinned in tests/test_port.py.
+`IncrementalCache` is that cache with a cheaper question first: the states of the trials that may have changed
+(one query of the `trials` table, by ranges of its primary key). A trial is then read whole only when it is new,
+when its state changed, or, while it runs, again once it is `RUNNING_EVERY_S` old, at most one running trial in
+`RUNNING_MANY` per poll, the oldest first (so a poll's reads stay a small part of the running trials: at 256
+running, 5 a poll, each re-read every ~25 s at 2 polls/s; the progress table shows a running trial's attributes
+and intermediate values up to that old). A finished trial never
+changes, and a waiting one changes only when a worker takes it. Workers take waiting trials in id order (hpo's
+`storage.claim`, Optuna's own `_pop_waiting_trial_id`; a worker that loses a race takes the next), so a poll asks the
+states of the running trials, the `WAITING_WINDOW` lowest waiting ones (twice as many as the last poll saw taken,
+if more) and the trials newer than any it knows, not of the whole queue (hpo queues a sweep's whole budget: at
+256 running, a queue of thousands). Every `ALL_STATES_EVERY_S` a poll asks every unfinished trial's state: a
+trial taken out of order is seen then at the latest. So after every poll every trial that is not running is what
+a full read gives, but for a waiting trial taken beyond the window, which may still show WAITING for that long.
+What must see a running trial as it is now (a dead worker's trials, by pid) asks `read_all_next()` first. Optuna's
+private names used here are pinned in tests/test_port.py.
 """
 
 from __future__ import annotations
@@ -28,32 +36,40 @@ from optuna.trial import TrialState
 
 from hpo.storage_outage import retry
 
-RUNNING_EVERY_S = 5.0
+RUNNING_EVERY_S = 5.0  # a running trial is read whole again once this old...
+RUNNING_MANY = 50  # ...and at most max(2, running // RUNNING_MANY) of them a poll
+WAITING_WINDOW = 32  # the lowest waiting trials whose states a poll asks (workers take them in id order)
+ALL_STATES_EVERY_S = 30.0  # how often a poll asks the state of every unfinished trial
 
 
-def states(rdb: RDBStorage, study_id: int, ids: set[int], greater_than: int) -> list[tuple[int, TrialState]]:
-    """(trial_id, state) of the trials `ids` and of every trial of the study with an id above `greater_than`.
+def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[list[tuple[int, TrialState]], int]:
+    """(trial_id, state) of the trials `ids` and of every trial of the study with an id above `above`, and how many
+    rows the database returned for them.
 
-    Asked as a range of the primary key from the oldest of them (`trial_id >= lo`: the unfinished trials are
-    mostly the newest), plus the few much older ones (a trial running for hours) by id: PostgreSQL scans the
-    whole table for an `IN` list of hundreds of ids, or for an `OR` of the two."""
-    asked = sorted(i for i in ids if i <= greater_than)
-    # The range from the oldest id may hold finished trials between: keep it within a few times what is asked.
+    Asked as a range of the primary key from the oldest of `ids` to the newest (`ids` are mostly the newest
+    trials), the few much older ones (a trial running for hours) by id, and the range above `above` when it does
+    not join the first: PostgreSQL scans the whole table for an `IN` list of hundreds of ids, or for an `OR`."""
+    asked = sorted(i for i in ids if i <= above)
+    hi = asked[-1] if asked else above
+    # The range from the oldest id may hold other trials between: keep it within a few times what is asked.
     span = 4 * len(asked) + 256
-    old = [i for i in asked if i < greater_than - span]
-    lo = min([i for i in asked if i >= greater_than - span] + [greater_than + 1])
+    old = [i for i in asked if i < hi - span]
+    lo = min([i for i in asked if i >= hi - span] + [above + 1])
 
-    def read() -> list[tuple[int, TrialState]]:
+    def read() -> tuple[list[tuple[int, TrialState]], int]:
         t = models.TrialModel
+        near = sqlalchemy.select(t.trial_id, t.state).where(t.study_id == study_id, t.trial_id >= lo)
+        if hi < above:  # the trials between (waiting ones nobody asked about) are not read
+            near = sqlalchemy.union_all(near.where(t.trial_id <= hi), sqlalchemy.select(t.trial_id, t.state).where(
+                t.study_id == study_id, t.trial_id > above))
         session = rdb.scoped_session()
         try:
-            recent = sqlalchemy.select(t.trial_id, t.state).where(t.study_id == study_id, t.trial_id >= lo)
-            rows = [(i, s) for i, s in session.execute(recent).all() if i > greater_than or i in ids]
+            got = session.execute(near).all()
             if old:
-                rows += session.execute(sqlalchemy.select(t.trial_id, t.state).where(t.trial_id.in_(old))).all()
+                got += session.execute(sqlalchemy.select(t.trial_id, t.state).where(t.trial_id.in_(old))).all()
         finally:
             session.close()  # a read: nothing to commit; the connection goes back to the pool
-        return [(int(i), s) for i, s in rows]
+        return [(int(i), s) for i, s in got if i > above or i in ids], len(got)
 
     return retry(read, getattr(rdb, "hpo_label", "--storage"))
 
@@ -65,7 +81,9 @@ class IncrementalCache(_CachedStorage):
         super().__init__(backend)
         self._read_at: dict[int, float] = {}  # unfinished trial_id -> when it was last read whole (monotonic)
         self._whole = True  # the next read is Optuna's own: every unfinished trial, whole
-        self.reads = {"whole": 0, "states": 0, "trials": 0}  # what it asked for (tests/test_rdb_reads.py)
+        self._all_states_at = 0.0  # when a poll last asked every unfinished trial's state (monotonic)
+        self._taken = 0  # waiting trials the last poll saw taken: the next one asks twice as many
+        self.reads = {"whole": 0, "states": 0, "state_rows": 0, "trials": 0}  # what it asked for (tests/test_rdb_reads.py)
 
     def read_all_next(self) -> None:
         """The next read takes every unfinished trial whole (as Optuna's cache does at every read)."""
@@ -79,22 +97,35 @@ class IncrementalCache(_CachedStorage):
             super()._read_trials_from_remote_storage(study_id)
             with self._lock:
                 self.reads["whole"] += 1
-                now = time.monotonic()
+                now = self._all_states_at = time.monotonic()  # a whole read saw every state
                 self._read_at.update(dict.fromkeys(self._studies[study_id].unfinished_trial_ids, now))
             return
         with self._lock:
             study = self._studies[study_id]
-            unfinished, last = set(study.unfinished_trial_ids), study.last_finished_trial_id
-        rows = states(self._backend, study_id, unfinished, last)
+            unfinished = set(study.unfinished_trial_ids)
+            known = max(unfinished | {study.last_finished_trial_id})  # every trial up to it is in the cache
+            now = time.monotonic()
+            if now - self._all_states_at >= ALL_STATES_EVERY_S:
+                self._all_states_at, ask = now, unfinished
+            else:
+                ask = self._to_ask(study, unfinished)
+        rows, returned = states(self._backend, study_id, ask, known)
         now = time.monotonic()
         with self._lock:
             self.reads["states"] += 1
-            need = {i for i, state in rows if self._changed(study, i, state, now)}
+            self.reads["state_rows"] += returned
+            was = {i: self._state(study, i) for i in unfinished}
+            self._taken = sum(1 for i, state in rows if was.get(i) == TrialState.WAITING != state)
+            running = sum(1 for state in was.values() if state == TrialState.RUNNING)
+            need = {i for i, state in rows if was.get(i, self._state(study, i)) != state}
+            due = sorted((self._read_at.get(i, 0.0), i) for i, state in rows if state == TrialState.RUNNING
+                         and i not in need and now - self._read_at.get(i, 0.0) >= RUNNING_EVERY_S)
+            need |= {i for _, i in due[:max(2, running // RUNNING_MANY)]}
         if not need:
             return
-        # Optuna's read takes the ids asked for and every id above the last one: the last the states query saw
+        # Optuna's read takes the ids asked for and every id above the last one: the newest this cache knows of
         trials = self._backend._get_trials(study_id, states=None, included_trial_ids=need,  # noqa: SLF001
-                                           trial_id_greater_than=max(i for i, _ in rows))
+                                           trial_id_greater_than=max([known, *need]))
         with self._lock:
             self.reads["trials"] += len(trials)
             self._add_trials_to_cache(study_id, trials)
@@ -108,10 +139,13 @@ class IncrementalCache(_CachedStorage):
                 study.unfinished_trial_ids.discard(tid)
                 self._read_at.pop(tid, None)
 
-    def _changed(self, study: _StudyInfo, trial_id: int, state: TrialState, now: float) -> bool:
+    def _to_ask(self, study: _StudyInfo, unfinished: set[int]) -> set[int]:
+        """The running trials and the lowest waiting ones: the next a worker takes (module doc)."""
+        waiting = sorted(i for i in unfinished if self._state(study, i) == TrialState.WAITING)
+        window = max(WAITING_WINDOW, 2 * self._taken)
+        return (unfinished - set(waiting)) | set(waiting[:window])
+
+    def _state(self, study: _StudyInfo, trial_id: int) -> TrialState | None:
         where: Any = self._trial_id_to_study_id_and_number.get(trial_id)
         cached = study.trials.get(where[1]) if where is not None else None
-        if cached is None or cached.state != state:
-            return True
-        return state == TrialState.RUNNING and now - self._read_at.get(trial_id, 0.0) >= RUNNING_EVERY_S
-
+        return None if cached is None else cached.state

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def tiny_sweep(tmp_path: Path) -> Path:
 
 
 free_port = servers.free_port
+
+
+@pytest.fixture(scope="module")
+def ray_temp_dir():
+    """A short folder for `ray start --temp-dir`: Ray's Unix sockets live in it, and a socket's path may not pass
+    107 bytes, which pytest's tmp folders do under pytest-xdist (`/tmp/pytest-of-u/pytest-N/popen-gw0/...`)."""
+    root = Path(tempfile.mkdtemp(prefix="ray-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def write(path: Path, text: str) -> Path:

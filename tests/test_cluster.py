@@ -115,9 +115,9 @@ class TwoNodes:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(ray_temp_dir):
     """One cluster for the module: the sweep on both nodes runs first, then the test that kills a node."""
-    cluster = TwoNodes(tmp_path_factory.mktemp("ray"))
+    cluster = TwoNodes(ray_temp_dir)
     try:
         cluster.start()
         yield cluster

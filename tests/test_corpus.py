@@ -124,13 +124,13 @@ def _session(sid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ray_head(shared, tmp_path_factory):
+def ray_head(shared, ray_temp_dir):
     """`ray start --head` once for every Ray run here: (its address, the env a driver needs to join it).
 
     The programs run in the head's Ray workers, so they get the head's environment: it carries $SEEN_DIR,
     HOME and PATH too. Stopped by its session's process group, so no other Ray on the machine is touched.
     """
-    root = tmp_path_factory.mktemp("ray")
+    root = ray_temp_dir
     token = root / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, **shared["env"], "RAY_ADDRESS": "", "CUDA_VISIBLE_DEVICES": "",

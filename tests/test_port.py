@@ -10,6 +10,8 @@ engine's controller, turns it red.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -374,6 +376,37 @@ def test_a_trial_that_ended_before_the_interrupt_keeps_its_end_on_its_run(tmp_pa
     ends = {c.data.tags["hpo.trial"]: (c.info.status, c.data.tags.get("hpo.state")) for c in children}
     assert ends == {"0": ("FINISHED", "complete"), "1": ("KILLED", "interrupted")}, ends
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_a_run_whose_worker_died_before_writing_its_params_gets_them_when_its_trial_is_failed(tmp_path):
+    """The window `make test` found under load: a worker killed after MLflow made its trial's child run but before
+    the run's params were written and the run named in the trial. The trial is failed as an orphan; its run, found by
+    its `hpo.trial` tag, ends FAILED with the trial's params, as every other run has them."""
+    import socket
+
+    from optuna.distributions import CategoricalDistribution
+
+    from hpo import keys
+    from hpo.tracking import PARENT_TAG, Tracker
+
+    def script(port):
+        trial = port.study.ask({"x": CategoricalDistribution([1, 2, 3, 4, 5, 6, 7, 8])})
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        for key, value in ((keys.TRIAL, str(trial.number)), (keys.HOST, socket.gethostname()), (keys.PID, dead.pid)):
+            trial.set_user_attr(key, value)
+        tracker = Tracker(port.study.user_attrs["hpo.tracking_uri"])
+        tracker.client.create_run(port.parent.experiment_id, run_name="trial-0",
+                                  tags={PARENT_TAG: port.parent.run_id, keys.TRIAL: str(trial.number)})
+        assert port.fail_orphans("worker died", "killed by the test") == 1
+        while port.remaining():
+            run_one(port, 1, [(1, 1.0)])
+
+    result, trials, (_, _, _, children) = play(tmp_path, script, trials=1)
+    assert not isinstance(result, Exception), result
+    lost = next(c for c in children if c.data.tags.get("hpo.trial") == "0")
+    assert lost.info.status == "FAILED" and lost.data.params == {"x": str(trials[0].params["x"])}, lost
+    assert trials[0].user_attrs["hpo.mlflow_run_id"] == lost.info.run_id
 
 
 ENGINES_DIR = Path(__file__).parent / "engines"

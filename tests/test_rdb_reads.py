@@ -116,3 +116,69 @@ def test_a_trial_running_far_behind_the_newest_is_still_followed(url):
     worker._storage.set_trial_state_values(first._trial_id, TrialState.COMPLETE, [2.0])
     same(ctl.get_trials(deepcopy=False), full(url), running_too=True)
     assert ctl.get_trials(deepcopy=False)[0].value == 2.0
+
+
+def test_a_poll_asks_the_running_trials_and_the_head_of_the_queue_not_the_whole_queue(url, monkeypatch):
+    """hpo queues a sweep's whole budget. Workers take trials in id order, so a poll asks the states of the running
+    trials, the lowest waiting ones and any new trial, not of the 300 queued: and still equals a full read."""
+    rng = random.Random(3)
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    workers = [optuna.load_study(study_name="s", storage=RDBStorage(url)) for _ in range(3)]
+    ctl.add_trials([optuna.trial.create_trial(value=1.0) for _ in range(50)])  # a study with history
+    for _ in range(300):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    monkeypatch.setattr(rdb_reads, "ALL_STATES_EVERY_S", 3600.0)
+    ctl.get_trials(deepcopy=False)  # the first read: whole
+    cache, running, most = ctl._storage, [], 0
+    for step in range(60):
+        for _ in range(rng.randint(0, 2)):
+            trial = storage.claim(rng.choice(workers))
+            trial.set_user_attr(keys.WORKER, f"w{step}")
+            running.append(trial)
+        for _ in range(rng.randint(0, 2)):
+            if running:
+                t = running.pop(rng.randrange(len(running)))
+                t.storage.set_trial_state_values(t._trial_id, TrialState.COMPLETE, [rng.random()])
+        if step % 7 == 0:
+            ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})  # more budget: a new trial
+        before = cache.reads["state_rows"]
+        same(ctl.get_trials(deepcopy=False), full(url), running_too=False)
+        most = max(most, cache.reads["state_rows"] - before)
+    waiting = sum(t.state == TrialState.WAITING for t in full(url))
+    assert waiting > 200 and most <= len(running) + 2 * 32 + 60, (most, len(running), waiting)  # window: 32 and up
+
+
+def test_a_waiting_trial_taken_out_of_order_is_seen_by_the_next_poll_that_asks_every_state(url, monkeypatch):
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    worker = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    for _ in range(100):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    monkeypatch.setattr(rdb_reads, "ALL_STATES_EVERY_S", 3600.0)
+    ctl.get_trials(deepcopy=False)
+    deep = worker.get_trials(deepcopy=False)[90]  # far past the lowest waiting ones
+    assert worker._storage.set_trial_state_values(deep._trial_id, TrialState.RUNNING)
+    assert ctl.get_trials(deepcopy=False)[90].state == TrialState.WAITING  # not asked: up to ALL_STATES_EVERY_S old
+    monkeypatch.setattr(rdb_reads, "ALL_STATES_EVERY_S", 0.0)
+    same(ctl.get_trials(deepcopy=False), full(url), running_too=True)
+    assert ctl.get_trials(deepcopy=False)[90].state == TrialState.RUNNING
+
+
+def test_a_poll_reads_few_running_trials_again_and_the_oldest_read_first(url, monkeypatch):
+    """At 120 running, a poll reads 2 of them again (max(2, running // RUNNING_MANY)), those read longest ago."""
+    ctl = optuna.load_study(study_name="s", storage=IncrementalCache(RDBStorage(url)))
+    worker = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    for _ in range(120):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    ctl.get_trials(deepcopy=False)
+    taken = [storage.claim(worker) for _ in range(120)]
+    monkeypatch.setattr(rdb_reads, "ALL_STATES_EVERY_S", 0.0)
+    assert all(t.state == TrialState.RUNNING for t in ctl.get_trials(deepcopy=False))
+    for t in taken:
+        t.report(1.0, 1)
+    monkeypatch.setattr(rdb_reads, "RUNNING_EVERY_S", 0.0)
+    reads, fresh = ctl._storage.reads, []
+    for _ in range(3):
+        before = reads["trials"]
+        fresh.append({t.number for t in ctl.get_trials(deepcopy=False) if t.intermediate_values})
+        assert reads["trials"] == before + 2
+    assert len(fresh[0]) == 2 and fresh[0] < fresh[1] < fresh[2] and len(fresh[2]) == 6, fresh
