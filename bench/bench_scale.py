@@ -206,6 +206,15 @@ class Pg:
             "WHERE d.datname = %s", (db,)).fetchall()
         return {(r[0], r[1]): {"query": r[2], "calls": r[3], "rows": r[4], "blocks": r[5]} for r in rows}
 
+    def analyze(self, db: str) -> None:
+        """The planner's statistics brought up to the pre-filled tables, as autovacuum keeps a live study's (a bulk
+        load can outrun it: with statistics from when the tables were small, PostgreSQL scans a child table whole
+        for an `IN` list of 20 trials at 10,000 trials; measured after ANALYZE, it reads only their rows)."""
+        import psycopg
+
+        with psycopg.connect(self.url("bench", db, driver=""), autocommit=True) as con:
+            con.execute("ANALYZE")
+
     def counts(self, db: str) -> dict[str, int]:
         """Trials by state (this script's role: not counted as anyone else's)."""
         import psycopg
@@ -231,10 +240,13 @@ class Pg:
             self.server.shutdown()
 
 
-# A poll is one of Optuna's cached reads of the study (`_CachedStorage` -> `RDBStorage._get_trials`: the unfinished
-# trials' ids and the newer ones), which the controller makes once per poll (`Session.top_up`). The stale-trial
-# query (`SELECT now()`) is no longer one per poll: hpo asks it once per heartbeat interval.
-POLL_QUERY = re.compile(r"FROM trials WHERE trials\.study_id = \$\d+(::\w+)? AND \(?trials\.trial_id (IN|>)")
+# A poll is one read of the study through hpo.rdb_reads.IncrementalCache (`Session.top_up`, once per poll): its
+# states query (`SELECT trials.trial_id, trials.state FROM trials WHERE trials.study_id = ...`), one statement a
+# poll, then Optuna's `_get_trials` of the changed trials when there are any. Until 2026-12-06 (after_byid) this
+# matched Optuna's `_get_trials` too, so a poll with changed trials counted twice and the rows read per
+# poll were under-stated up to 2x (after_reads2: 5,003 "per poll" was ~9,600 per states query). A whole read
+# (`read_all_next`: a worker gone, orphans) makes no states query: its rows count, not as a poll.
+POLL_QUERY = re.compile(r"^SELECT trials\.trial_id, trials\.state FROM trials WHERE trials\.study_id = ")
 
 
 def by_role(before: dict, after: dict) -> dict[str, dict]:
@@ -565,6 +577,7 @@ def one_scale(a: argparse.Namespace, pg: Pg, n: int, journal: Path | None, work:
     hpo(cwd, ["run", "sweep.yaml", "--trials", str(first), *common], a.code)
     print(f"N={n}: pre-fill", file=sys.stderr, flush=True)
     out["prefill"] = prefill(pg.url("bench", db), n, seed=n)
+    pg.analyze(db)
     print(f"N={n}: pre-filled {out['prefill']}", file=sys.stderr, flush=True)
 
     # -- what people read, at N ----------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,33 @@ def pid_alive(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def session_pids(sid: int) -> list[int]:
+    """The pids of session `sid` (a process a test started with `start_new_session=True`, and all it started)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                    pids.append(int(proc.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def end_session(sid: int, grace: float = 5.0) -> None:
+    """SIGTERM every process of session `sid`, SIGKILL what is left after `grace` s: what a test's `ray start`
+    started, and nothing else (`ray stop` stops every Ray on the machine, a parallel test's too)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        for pid in session_pids(sid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and [p for p in session_pids(sid) if pid_alive(p)]:
+            time.sleep(0.1)
 
 
 # -- real servers on 127.0.0.1 (tests/servers.py): started once for the run, up again for every module -----

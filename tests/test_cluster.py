@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_hpo, write
+from conftest import end_session, free_port, run_hpo, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 TESTS = Path(__file__).resolve().parent
@@ -48,12 +48,17 @@ class TwoNodes:
         self.root, self.port, self.worker_port = root, free_port(), free_port()
         token = root / "auth_token"  # `ray start --head` makes one in ~/.ray otherwise; each machine needs a copy
         token.write_text(secrets.token_hex(32))
-        self.address = ""
+        self.address, self.sessions = "", []  # each `ray start` runs in a session of its own: stop() ends those
         self.env = {**os.environ, **HEALTH, "RAY_ADDRESS": "", "PYTHONPATH": str(TESTS), "CUDA_VISIBLE_DEVICES": "",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
     def ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.Popen([RAY, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        if args[0] == "start":
+            self.sessions.append(proc.pid)
+        stdout, stderr = proc.communicate(timeout=180)
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         if check and out.returncode != 0:
             raise AssertionError(f"ray {' '.join(args)} -> {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
         return out
@@ -111,7 +116,8 @@ class TwoNodes:
         return killed
 
     def stop(self) -> None:
-        self.ray("stop", "--force", check=False)
+        for sid in self.sessions:
+            end_session(sid)
 
 
 @pytest.fixture(scope="module")

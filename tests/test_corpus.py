@@ -9,7 +9,7 @@ last value the program logged (a closed form of its params, recomputed here), an
 MLflow child run holding the metric.
 
 Every Ray run joins one Ray head started for this module (`ray start --head --block` in a session of its
-own, stopped by that session's process group: `ray stop` would stop every Ray on the machine).
+own, stopped by ending that session: `ray stop` would stop every Ray on the machine).
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conftest import assert_optuna_reads, free_port, load_study, run_hpo, runs_of
+from conftest import assert_optuna_reads, end_session, free_port, load_study, pid_alive, run_hpo, runs_of
 
 pytestmark = pytest.mark.slow
 CORPUS = Path(__file__).parent / "corpus"
@@ -110,19 +108,6 @@ def shared(tmp_path_factory) -> dict:
     return {"root": root, "seen": seen, "env": env, "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
 
 
-def _session(sid: int) -> list[int]:
-    """The pids of session `sid` (one this module started)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                    pids.append(int(proc.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
-
-
 @pytest.fixture(scope="module")
 def ray_head(shared, ray_temp_dir):
     """`ray start --head` once for every Ray run here: (its address, the env a driver needs to join it).
@@ -153,22 +138,8 @@ def ray_head(shared, ray_temp_dir):
         threading.Thread(target=lambda: [None for _ in head.stdout], daemon=True).start()  # never a full pipe
         yield f"{ip}:{port}", {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
     finally:
-        for sig, wait in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 10.0)):  # `ray start --block` is slow to go
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and [p for p in _session(head.pid) if _alive(p)]:
-                time.sleep(0.1)
+        end_session(head.pid, grace=1.0)  # `ray start --block` is slow to go
         head.wait(timeout=30)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)
@@ -295,7 +266,7 @@ def _check_sys_exit(saw, params, _):
 
 def _check_folds(saw, params, _):
     assert saw["workers"] and saw["parent"] not in saw["workers"], "the folds ran in worker processes"
-    assert not [p for p in saw["workers"] if _alive(p)], "a worker process outlived its trial"
+    assert not [p for p in saw["workers"] if pid_alive(p)], "a worker process outlived its trial"
 
 
 def _check_click(saw, params, _):
