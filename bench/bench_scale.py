@@ -40,9 +40,9 @@ For each N in --trials, on a private PostgreSQL 15 (tests/servers.py) with pg_st
    sweep's URL, role `hpo`); the simulated workers are role `sim`; this script's own queries role `bench`.
    pg_stat_statements keys its counters by role: `rows` (rows returned to the client), `calls`, COMMIT/ROLLBACK
    calls (transactions), heartbeat writes (INSERT / UPDATE of `trial_heartbeats`). A poll of the controller is one
-   of Optuna's cached reads of the study (`RDBStorage._get_trials`: the unfinished trials' ids and newer ones,
-   `POLL_QUERY`), made once per poll by `Session.top_up` (counted the same way in window B's plans). Before
-   a4f333c+1 it was the stale-trial query's `SELECT now()`, then asked every poll. **Rows read** (what the server
+   read of the study through `hpo.rdb_reads.IncrementalCache`, made once per poll by `Session.top_up`: counted by
+   its states query (`POLL_QUERY`; the same way in window B's plans). Before a4f333c+1 it was the stale-trial
+   query's `SELECT now()`, then asked every poll; until 2026-12-06 (after_byid) any `_get_trials` counted too. **Rows read** (what the server
    scans, which rows returned do not show: a query that scans the study for 256 RUNNING rows returns 256 and reads
    all N): auto_explain's plans of role `ctl`, summed over heap scan nodes (Seq Scan, Index Scan, Index Only Scan,
    Bitmap Heap Scan): (actual rows + rows removed by filter / index recheck) x loops, the rows PostgreSQL's
@@ -241,12 +241,12 @@ class Pg:
 
 
 # A poll is one read of the study through hpo.rdb_reads.IncrementalCache (`Session.top_up`, once per poll): its
-# states query (`SELECT trials.trial_id, trials.state FROM trials WHERE trials.study_id = ...`), one statement a
+# states query (`SELECT trials.trial_id, trials.state FROM unnest(...) JOIN trials ...`), one statement a
 # poll, then Optuna's `_get_trials` of the changed trials when there are any. Until 2026-12-06 (after_byid) this
 # matched Optuna's `_get_trials` too, so a poll with changed trials counted twice and the rows read per
 # poll were under-stated up to 2x (after_reads2: 5,003 "per poll" was ~9,600 per states query). A whole read
 # (`read_all_next`: a worker gone, orphans) makes no states query: its rows count, not as a poll.
-POLL_QUERY = re.compile(r"^SELECT trials\.trial_id, trials\.state FROM trials WHERE trials\.study_id = ")
+POLL_QUERY = re.compile(r"^SELECT trials\.trial_id, trials\.state FROM (unnest\(|trials WHERE trials\.study_id = )")
 
 
 def by_role(before: dict, after: dict) -> dict[str, dict]:
@@ -406,6 +406,34 @@ def made_like(tpl, i: int, rng: random.Random, t0: datetime):
                        datetime_start=start, datetime_complete=start + timedelta(seconds=user[keys.TRAINER_SECONDS] + 0.05),
                        params=params, distributions=dict(tpl.distributions), user_attrs=user,
                        system_attrs=dict(tpl.system_attrs), intermediate_values=inter, trial_id=0)
+
+
+def copy_prefill(url: str, n: int) -> dict:
+    """`--copy-from K`: trials K..n-1 as copies of trials 0..K-1 (number % K) with all their rows (params, values,
+    user and system attributes, intermediate values), by SQL on the server: seconds for 100,000 trials where
+    Optuna's `create_new_trial` takes ~50 minutes. Rows a read of the study sees as it sees Optuna's; only their
+    values repeat every K trials."""
+    import psycopg
+
+    start = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as con:
+        sid, have = con.execute("SELECT study_id, count(*) FROM trials GROUP BY study_id").fetchone()
+        if have >= n:
+            return {"copied": 0, "seconds": 0.0}
+        con.execute("INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                    "SELECT g, %s, s.state, s.datetime_start, s.datetime_complete FROM generate_series(%s::int, %s::int) g "
+                    "JOIN trials s ON s.study_id = %s AND s.number = g %% %s ORDER BY g", (sid, have, n - 1, sid, have))
+        for table, cols in (("trial_params", "param_name, param_value, distribution_json"),
+                            ("trial_values", "objective, value, value_type"),
+                            ("trial_user_attributes", "key, value_json"),
+                            ("trial_system_attributes", "key, value_json"),
+                            ("trial_intermediate_values", "step, intermediate_value, intermediate_value_type")):
+            picked = ", ".join(f"c.{c.strip()}" for c in cols.split(","))
+            con.execute(f"INSERT INTO {table} (trial_id, {cols}) SELECT t.trial_id, {picked} FROM trials t "
+                        f"JOIN trials s ON s.study_id = t.study_id AND s.number = t.number %% %s "
+                        f"JOIN {table} c ON c.trial_id = s.trial_id WHERE t.study_id = %s AND t.number >= %s",
+                        (have, sid, have))
+    return {"copied": n - have, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def prefill(url: str, n: int, seed: int) -> dict:
@@ -576,12 +604,14 @@ def one_scale(a: argparse.Namespace, pg: Pg, n: int, journal: Path | None, work:
     print(f"N={n}: a first real hpo run ({first} trials)", file=sys.stderr, flush=True)
     hpo(cwd, ["run", "sweep.yaml", "--trials", str(first), *common], a.code)
     print(f"N={n}: pre-fill", file=sys.stderr, flush=True)
-    out["prefill"] = prefill(pg.url("bench", db), n, seed=n)
+    out["prefill"] = prefill(pg.url("bench", db), min(n, a.copy_from or n), seed=n)
+    if a.copy_from and a.copy_from < n:
+        out["prefill"]["copy"] = copy_prefill(pg.url("bench", db, driver=""), n)
     pg.analyze(db)
     print(f"N={n}: pre-filled {out['prefill']}", file=sys.stderr, flush=True)
 
     # -- what people read, at N ----------------------------------------------------------------------------
-    reps = 1 if a.smoke else 3
+    reps = 1 if a.smoke else a.reps
     read = ["sweep.yaml", "--storage", url]
     out["cli_postgres"] = {"status": latency(cwd, ["status", *read], reps, a.code),
                            "best": latency(cwd, ["best", *read, "--json"], reps, a.code),
@@ -858,6 +888,9 @@ def main() -> None:
     ap.add_argument("--out", help="the JSON's path (default: bench/results/scale_LABEL.json)")
     ap.add_argument("--code", help="import hpo from this folder (a snapshot of a commit), not the working tree")
     ap.add_argument("--py-spy", help="py-spy binary: record the controller during window B (raw stacks)")
+    ap.add_argument("--copy-from", type=int, default=0,
+                    help="pre-fill K trials through Optuna's API, then copy them by SQL up to N (copy_prefill)")
+    ap.add_argument("--reps", type=int, default=3, help="runs of each of hpo status / best / report at N")
     ap.add_argument("--smoke", action="store_true", help="a small run for the tests (N=60, 6 simulated workers)")
     a = ap.parse_args()
     if a.smoke:

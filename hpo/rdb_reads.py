@@ -46,27 +46,36 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
     """(trial_id, state) of the trials `ids` and of every trial of the study with an id above `above`, and how many
     rows the database returned for them.
 
-    Asked as a range of the primary key from the oldest of `ids` to the newest (`ids` are mostly the newest
-    trials), the few much older ones (a trial running for hours) by id, and the range above `above` when it does
-    not join the first: PostgreSQL scans the whole table for an `IN` list of hundreds of ids, or for an `OR`."""
+    On PostgreSQL, `ids` are asked one by one through the primary key (a join with `unnest` of their array: an index
+    probe each, whatever the planner's statistics say; an `IN` list of hundreds of ids, or an `OR`, it may answer
+    by scanning the table), and the trials above `above` as a range. Elsewhere (SQLite, MySQL) as a range of the
+    primary key from the oldest of `ids` to the newest (`ids` are mostly the newest trials), the few much older
+    ones (a trial running for hours) by id, and the range above `above` when it does not join the first."""
     asked = sorted(i for i in ids if i <= above)
-    hi = asked[-1] if asked else above
-    # The range from the oldest id may hold other trials between: keep it within a few times what is asked.
-    span = 4 * len(asked) + 256
-    old = [i for i in asked if i < hi - span]
-    lo = min([i for i in asked if i >= hi - span] + [above + 1])
+    t = models.TrialModel
+    new = sqlalchemy.select(t.trial_id, t.state).where(t.study_id == study_id, t.trial_id > above)
+    if asked and rdb.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
 
-    def read() -> tuple[list[tuple[int, TrialState]], int]:
-        t = models.TrialModel
+        each = sqlalchemy.func.unnest(sqlalchemy.literal(asked, ARRAY(sqlalchemy.Integer))).table_valued(
+            "id").render_derived(name="asked")
+        queries = [sqlalchemy.union_all(sqlalchemy.select(t.trial_id, t.state).select_from(
+            each.join(t, t.trial_id == each.c.id)).where(t.study_id == study_id), new)]
+    else:
+        hi = asked[-1] if asked else above
+        # The range from the oldest id may hold other trials between: keep it within a few times what is asked.
+        span = 4 * len(asked) + 256
+        old = [i for i in asked if i < hi - span]
+        lo = min([i for i in asked if i >= hi - span] + [above + 1])
         near = sqlalchemy.select(t.trial_id, t.state).where(t.study_id == study_id, t.trial_id >= lo)
         if hi < above:  # the trials between (waiting ones nobody asked about) are not read
-            near = sqlalchemy.union_all(near.where(t.trial_id <= hi), sqlalchemy.select(t.trial_id, t.state).where(
-                t.study_id == study_id, t.trial_id > above))
+            near = sqlalchemy.union_all(near.where(t.trial_id <= hi), new)
+        queries = [near] + ([sqlalchemy.select(t.trial_id, t.state).where(t.trial_id.in_(old))] if old else [])
+
+    def read() -> tuple[list[tuple[int, TrialState]], int]:
         session = rdb.scoped_session()
         try:
-            got = session.execute(near).all()
-            if old:
-                got += session.execute(sqlalchemy.select(t.trial_id, t.state).where(t.trial_id.in_(old))).all()
+            got = [row for query in queries for row in session.execute(query).all()]
         finally:
             session.close()  # a read: nothing to commit; the connection goes back to the pool
         return [(int(i), s) for i, s in got if i > above or i in ids], len(got)

@@ -10,6 +10,7 @@ trials, and a resume (a new cache over the same study).
 from __future__ import annotations
 
 import random
+import uuid
 
 import optuna
 import pytest
@@ -21,16 +22,31 @@ from hpo.rdb_reads import IncrementalCache
 import hpo.rdb_reads as rdb_reads
 
 
-@pytest.fixture()
-def url(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """The study on SQLite (states asked as ranges of ids) and on PostgreSQL (asked id by id: `unnest`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{tmp_path / 'study.db'}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        import servers
+
+        pg = request.getfixturevalue("postgres")
+        name = f"rdb_{uuid.uuid4().hex[:12]}"  # the last test's connections may still hold theirs open
+        url = servers.create_database(pg.url, name).replace("postgresql://", "postgresql+psycopg://")
     optuna.create_study(study_name="s", storage=url, direction="maximize")
-    return url
+    yield url
+    for store in _PLAIN.pop(url, []):
+        store.engine.dispose()
+
+
+_PLAIN: dict[str, list[RDBStorage]] = {}
 
 
 def full(url: str) -> list:
-    return optuna.load_study(study_name="s", storage=RDBStorage(url)).get_trials(deepcopy=False)
+    """A full read, through a new cache each time (one storage per URL: one connection pool)."""
+    store = _PLAIN.setdefault(url, [RDBStorage(url)])[0]
+    return optuna.load_study(study_name="s", storage=store).get_trials(deepcopy=False)
 
 
 def same(got: list, want: list, running_too: bool) -> None:
