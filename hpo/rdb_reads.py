@@ -7,7 +7,7 @@ trials plus its queue, so at 256 running a poll read ~150,000 rows (PostgreSQL c
 tables for those lists: bench/RESULTS.md, "At scale").
 
 `IncrementalCache` is that cache with a cheaper question first: the states of the trials that may have changed
-(one query of the `trials` table, by ranges of its primary key). A trial is then read whole only when it is new,
+(one query of the `trials` table by its primary key: `states`). A trial is then read whole only when it is new,
 when its state changed, or, while it runs, again once it is `RUNNING_EVERY_S` old, at most one running trial in
 `RUNNING_MANY` per poll, the oldest first (so a poll's reads stay a small part of the running trials: at 256
 running, 5 a poll, each re-read every ~25 s at 2 polls/s; the progress table shows a running trial's attributes
@@ -92,7 +92,8 @@ class IncrementalCache(_CachedStorage):
         self._whole = True  # the next read is Optuna's own: every unfinished trial, whole
         self._all_states_at = 0.0  # when a poll last asked every unfinished trial's state (monotonic)
         self._taken = 0  # waiting trials the last poll saw taken: the next one asks twice as many
-        self.reads = {"whole": 0, "states": 0, "state_rows": 0, "trials": 0}  # what it asked for (tests/test_rdb_reads.py)
+        # what it asked for (tests/test_rdb_reads.py)
+        self.reads = {"whole": 0, "states": 0, "state_rows": 0, "trials": 0}
 
     def read_all_next(self) -> None:
         """The next read takes every unfinished trial whole (as Optuna's cache does at every read)."""

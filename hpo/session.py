@@ -501,10 +501,7 @@ class Session:
             if r.data.tags.get(keys.TRIAL) == str(t.user_attrs.get(keys.TRIAL, t.number))]
         for run_id in run_ids[:1]:
             if run_id != t.user_attrs.get(keys.MLFLOW_RUN_ID):
-                try:  # it may have been killed before its params were written, too (tracking.start_child)
-                    self.tracker.log_params(run_id, t.params)
-                except Exception:  # noqa: BLE001 - already written (a param never changes its value)
-                    pass
+                self.tracker.fill_params(run_id, t.params)  # its worker may have died before writing them too
                 store.set_trial_user_attr(t._trial_id, keys.MLFLOW_RUN_ID, run_id)  # noqa: SLF001
         if reason == "worker died":
             reason, detail = self._death_verdict(t.params, reason, detail)

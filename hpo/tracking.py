@@ -218,10 +218,7 @@ class Tracker:
             found = sorted((r for r in found if PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
             if found:
                 resume_id = found[0].info.run_id
-                try:
-                    self.log_params(resume_id, params)  # killed between create_run and log_params
-                except Exception:  # noqa: BLE001 - already logged (a param never changes its value)
-                    pass
+                self.fill_params(resume_id, params)
         if resume_id:
             try:
                 run = _retry(lambda: self.client.get_run(resume_id))
@@ -287,6 +284,14 @@ class Tracker:
         items = [Param(k, _clip(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             _retry(lambda b=items[i : i + 100]: self.client.log_batch(run_id, params=b))
+
+    def fill_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """The params of a run whose maker may have been killed between `create_run` and `log_params`; a run that
+        has them already keeps them (a param never changes its value: MLflow refuses a second, different one)."""
+        try:
+            self.log_params(run_id, params)
+        except Exception:  # noqa: BLE001 - already written
+            pass
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
