@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import keys, storage
+from hpo import keys, report_read, storage
 from hpo.plan import Options
 from hpo.spec import Spec
 
@@ -49,13 +49,16 @@ def capped(trials: list[FrozenTrial], direction: str, cap: int | None = None) ->
     return [t for t in trials if t.number in keep]
 
 
-def _study_of(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
-    """An in-memory study of these trials, for Optuna's plots (they take a study, not a list)."""
-    small = optuna.create_study(directions=study.directions)
-    if study.metric_names:
-        small.set_metric_names(study.metric_names)
-    small.add_trials(trials)
-    return small
+class _Drawn(optuna.Study):
+    """The study as Optuna's plots see it: these trials (read whole), with their own numbers (`add_trials` into a
+    new study would number them again). The plots and importances ask `get_trials` (and `trials`, through it)."""
+
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+        super().__init__(study.study_name, study._storage)  # noqa: SLF001 - the same study: names, directions
+        self._drawn = trials
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:  # noqa: ARG002
+        return [t for t in self._drawn if states is None or t.state in states]
 
 
 def _last(t: FrozenTrial) -> float | None:
@@ -170,9 +173,10 @@ def varied(trials: list[FrozenTrial]) -> list[str]:
     return [k for k, v in varies.items() if v]
 
 
-def run_link(study: optuna.Study, run_id: str) -> str | None:
-    """The MLflow UI's page of a run: on the tracking server, or `mlflow ui`'s default address for a local store."""
-    uri, exp = study.user_attrs.get(keys.TRACKING_URI, ""), study.user_attrs.get(keys.EXPERIMENT_ID)
+def run_link(attrs: dict[str, Any], run_id: str) -> str | None:
+    """The MLflow UI's page of a run (`attrs`: the study's user attributes): on the tracking server, or `mlflow ui`'s
+    default address for a local store."""
+    uri, exp = attrs.get(keys.TRACKING_URI, ""), attrs.get(keys.EXPERIMENT_ID)
     if not run_id or exp is None:
         return None
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -184,29 +188,29 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{cells}</table>")
 
 
-def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
-    """The report's HTML: figures with plotly.js inline, then the top trials and the failures."""
+def build(study: optuna.Study, spec: Spec, rungs: list[int], read: report_read.Trials | None = None) -> str:
+    """The report's HTML: figures with plotly.js inline, then the top trials and the failures. Every trial is read
+    lean, those drawn whole (hpo.report_read)."""
     import plotly.io as pio
     from optuna import visualization as vis
 
-    trials = study.get_trials(deepcopy=False)
+    read = read or report_read.Trials(study)
+    trials = read.all
     metric, direction = spec.metric or "value", spec.direction
-    drawn = capped(trials, direction)
+    drawn = read.whole(capped(trials, direction))
     few = (f"{len(drawn):,} of {len(trials):,} trials drawn: the best {CAP // 2} and an even spread of the rest"
            if len(drawn) < len(trials) else "")
     figs: list[tuple[str, Any, str]] = [("history", history(trials, metric, direction), ""),
                                         ("curves", curves(drawn, metric, rungs), few)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
-    plotted = capped(complete, direction)
-    if len(plotted) < len(complete):  # Optuna's plots draw a study: one of the trials shown
-        study_drawn = _study_of(study, plotted)
-        few_done = f"{len(plotted):,} of {len(complete):,} complete trials: the best {CAP // 2} and an even spread of the rest. "
-    else:
-        study_drawn, few_done = study, ""
+    plotted = read.whole(capped(complete, direction))
+    study_drawn = _Drawn(study, plotted)  # Optuna's plots draw a study: one of the trials shown
+    few_done = (f"{len(plotted):,} of {len(complete):,} complete trials: the best {CAP // 2} and an even spread of "
+                "the rest. " if len(plotted) < len(complete) else "")
     notes = []
     plots = [("parallel", vis.plot_parallel_coordinate, few_done),
              ("importance", vis.plot_param_importances, f"{few_done}Importance evaluator: {IMPORTANCE}.")]
-    shown = varied(complete)  # no constants
+    shown = varied(plotted)  # no constants (among the trials drawn: a capped study varies no less)
     on: dict[str, dict[str, Any]] = {"parallel": {"params": shown, "target_name": metric},
                                      "importance": {"params": shown, "target_name": metric},
                                      "pareto": {"target_names": spec.metric_names}}
@@ -243,10 +247,11 @@ def build(study: optuna.Study, spec: Spec, rungs: list[int]) -> str:
                      + pio.to_html(fig, full_html=False, include_plotlyjs=first, div_id=f"fig-{name}")
                      + (f"<p>{html.escape(why)}</p>" if why else "") + "</section>")
         first = False
-    best = sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10]
+    best = read.whole(sorted(complete, key=storage.primary, reverse=direction == "maximize")[:10])
     columns = shown or sorted({k for t in best for k in storage.trainer_params(t)})
+    attrs = study.user_attrs
     top = _table([[t.number, storage.primary(t), *(storage.trainer_params(t).get(k, "") for k in columns),
-                   (t.user_attrs.get(keys.MLFLOW_RUN_ID, ""), run_link(study, t.user_attrs.get(keys.MLFLOW_RUN_ID, "")))]
+                   (t.user_attrs.get(keys.MLFLOW_RUN_ID, ""), run_link(attrs, t.user_attrs.get(keys.MLFLOW_RUN_ID, "")))]
                   for t in best], ["trial", metric, *columns, "MLflow run"])
     failed = [t for t in trials if t.state == TrialState.FAIL]
     fails = _table([[t.number, t.user_attrs.get(keys.REASON, ""), str(t.user_attrs.get(keys.ERROR, ""))[:300]]

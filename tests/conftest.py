@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,16 @@ def postgres(_postgres_server):
     _postgres_server.ensure_up()
     yield _postgres_server
     _postgres_server.ensure_up()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rdb_url(request, tmp_path):
+    """An empty Optuna RDB: a SQLite file, and a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    pg = request.getfixturevalue("postgres")
+    name = f"rdb_{uuid.uuid4().hex[:12]}"  # the last test's connections may still hold theirs open
+    return servers.create_database(pg.url, name).replace("postgresql://", "postgresql+psycopg://")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ trials, and a resume (a new cache over the same study).
 from __future__ import annotations
 
 import random
-import uuid
 
 import optuna
 import pytest
@@ -22,21 +21,13 @@ from hpo.rdb_reads import IncrementalCache
 import hpo.rdb_reads as rdb_reads
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
+@pytest.fixture
+def url(rdb_url):
     """The study on SQLite (states asked as ranges of ids) and on PostgreSQL (asked id by id: `unnest`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'study.db'}"
-    else:
-        import servers
-
-        pg = request.getfixturevalue("postgres")
-        name = f"rdb_{uuid.uuid4().hex[:12]}"  # the last test's connections may still hold theirs open
-        url = servers.create_database(pg.url, name).replace("postgresql://", "postgresql+psycopg://")
-    optuna.create_study(study_name="s", storage=url, direction="maximize")
-    yield url
-    for store in _PLAIN.pop(url, []):
+    optuna.create_study(study_name="s", storage=rdb_url, direction="maximize")
+    yield rdb_url
+    for store in _PLAIN.pop(rdb_url, []):
         store.engine.dispose()
 
 
