@@ -483,7 +483,7 @@ class Sim:
         self.study = optuna.load_study(study_name=NAME, storage=store, sampler=space.sampler(spec),
                                        pruner=space.pruner(spec, attrs.get(keys.OPTUNA_PRUNER, "hyperband")))
         started = time.perf_counter()
-        self.study.get_trials(deepcopy=False)  # what a worker joining the study reads at its first claim
+        self.study.get_trials(deepcopy=False)  # what a joining worker's first prune or TPE sample reads (Optuna's)
         self.first_read_s = round(time.perf_counter() - started, 2)
         self.dists = space.distributions(spec)
         self.last_step = hyperband.last_step(spec) if spec.hyperband is not None else None

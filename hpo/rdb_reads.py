@@ -83,6 +83,35 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
     return retry(read, getattr(rdb, "hpo_label", "--storage"))
 
 
+def waiting(rdb: RDBStorage, study_id: int, above: int, limit: int) -> list[int]:
+    """The ids of the study's `limit` lowest WAITING trials with an id above `above` (the next a worker takes:
+    `storage.claim`; Optuna's own pop reads every unfinished trial whole first)."""
+    t = models.TrialModel
+    query = (sqlalchemy.select(t.trial_id).where(t.study_id == study_id, t.state == TrialState.WAITING,
+                                                 t.trial_id > above).order_by(t.trial_id).limit(limit))
+
+    def read() -> list[int]:
+        session = rdb.scoped_session()
+        try:
+            return [int(i) for i in session.execute(query).scalars()]
+        finally:
+            session.close()
+
+    return retry(read, getattr(rdb, "hpo_label", "--storage"))
+
+
+def cache_claimed(cache: _CachedStorage, study_id: int, trial_id: int) -> None:
+    """Put a trial just claimed into Optuna's cache, which writes a trial's params only for trials it has read.
+
+    Read whole (it alone), as unfinished: the cache reads it again at its next read. A cache that never read the
+    study starts its record of it here, as its own first read would (it then reads the rest whole)."""
+    trial = cache._backend.get_trial(trial_id)  # noqa: SLF001
+    with cache._lock:  # noqa: SLF001
+        study = cache._studies.setdefault(study_id, _StudyInfo())  # noqa: SLF001
+        cache._add_trials_to_cache(study_id, [trial])  # noqa: SLF001
+        study.unfinished_trial_ids.add(trial_id)
+
+
 class IncrementalCache(_CachedStorage):
     """Optuna's cache of an RDBStorage that reads a trial whole only when it may have changed (module doc)."""
 

@@ -15,10 +15,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import keys
@@ -396,21 +396,46 @@ def retry_candidates(trials: list[FrozenTrial], retries: int) -> list[FrozenTria
             and int(t.user_attrs.get(keys.ATTEMPT, 0)) < retries and reason(t) != KILLS_ITS_WORKER]
 
 
+CLAIM_ASKS = 32  # WAITING ids a claim asks an RDB for at a time (more when other workers took them meanwhile)
+
+
 def claim(study: optuna.Study) -> optuna.Trial | None:
     """Take one WAITING trial (atomic WAITING -> RUNNING) or None when the queue is empty.
 
     Unlike `study.ask()`, this never creates a trial, so the budget holds
     across workers and machines.
     """
+    from optuna.storages._cached_storage import _CachedStorage
+
+    from hpo import rdb_reads
+
     storage = study._storage  # noqa: SLF001 - the public Study has no "pop or nothing"
-    waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))  # noqa: SLF001
-    for frozen in waiting:
+    for trial_id in _waiting_ids(study):
         try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
-                return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                if isinstance(storage, _CachedStorage):  # it was not read through the cache (_waiting_ids)
+                    rdb_reads.cache_claimed(storage, study._study_id, trial_id)  # noqa: SLF001
+                return optuna.Trial(study, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker took it and finished it meanwhile
             continue
     return None
+
+
+def _waiting_ids(study: optuna.Study) -> Iterator[int]:
+    """The study's WAITING trial ids, lowest first. On an RDB asked a few at a time from the `trials` table (a
+    cache's read takes every unfinished trial whole: at a queue of thousands, the workers' largest read); on a
+    journal from its replay, which reads only what was appended."""
+    from hpo import rdb_reads
+
+    storage, sid = study._storage, study._study_id  # noqa: SLF001
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage):
+        yield from (t._trial_id for t in storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING,)))  # noqa: SLF001
+        return
+    above = -1
+    while ids := rdb_reads.waiting(rdb, sid, above, CLAIM_ASKS):
+        yield from ids
+        above = ids[-1]
 
 
 def fail_trial(study: optuna.Study, trial_id: int, why: str) -> bool:

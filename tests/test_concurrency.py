@@ -47,8 +47,9 @@ def postgres_url(postgres):
 
 @pytest.mark.postgres
 def test_two_workers_join_a_study_on_postgres(tmp_path, postgres_url):
-    """The controller and two extra `hpo worker` processes (as on other machines) share one study."""
-    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="pg") + "      epochs: {value: 2}\n      sleep: {value: 0.3}\n")
+    """The controller and two extra `hpo worker` processes (as on other machines) share one study. (Its trials take
+    ~1.2 s each: the joiners start a few seconds after the controller's worker, later on a loaded machine.)"""
+    sweep = write(tmp_path / "s.yaml", TRIVIAL.format(name="pg") + "      epochs: {value: 2}\n      sleep: {value: 0.6}\n")
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     ctl = subprocess.Popen([sys.executable, "-m", "hpo", "run", str(sweep), "--storage", postgres_url, "--workers",

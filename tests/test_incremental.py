@@ -75,15 +75,25 @@ def test_a_claim_skips_a_queued_trial_another_worker_took_and_finished_meanwhile
     """A worker reads the queue, another worker claims and ends its first trial, then the first worker tries
     to take it: Optuna refuses to update a finished trial; the worker takes the next one instead of dying
     (found by bench/bench_scale.py with 280 workers on PostgreSQL)."""
+    from hpo import rdb_reads
+
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="q", storage=storage.open_storage(url))
     for x in (1.0, 2.0):
         study.enqueue_trial({"x": x})
-    queue_as_read = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     other = optuna.load_study(study_name="q", storage=storage.open_storage(url))
-    taken = storage.claim(other)
-    other.tell(taken.number, 1.0)
-    monkeypatch.setattr(study._storage, "get_all_trials", lambda *a, **k: queue_as_read)
+    read, raced = rdb_reads.waiting, []
+
+    def then_the_other_worker_wins(*args):
+        ids = read(*args)
+        if not raced:  # once: right after the first worker read the queue
+            raced.append(None)
+            raced[0] = storage.claim(other)
+            other.tell(raced[0].number, 1.0)
+        return ids
+
+    monkeypatch.setattr(rdb_reads, "waiting", then_the_other_worker_wins)
     mine = storage.claim(study)
+    assert raced[0].number == 0
     assert mine is not None and mine.number == 1, "the next queued trial, not a crash"

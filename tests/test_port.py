@@ -296,6 +296,17 @@ def test_the_private_names_hpo_uses_still_exist():
     assert {"_studies", "_trial_id_to_study_id_and_number", "_lock"} <= set(vars(cached)), vars(cached)
     assert callable(getattr(RDBStorage, "_get_trials", None)) and hasattr(cached._backend, "scoped_session")  # noqa: SLF001
     assert {"trial_id", "study_id", "state"} <= set(TrialModel.__table__.columns.keys())
+    # hpo.report_read: the columns of a lean read, and Optuna's conversions of what it stores
+    from optuna.storages._rdb import models
+
+    assert hasattr(TrialModel, "_datetime_start_utc") and hasattr(TrialModel, "_datetime_complete_utc")
+    for model, columns in ((models.TrialValueModel, {"trial_id", "objective", "value", "value_type"}),
+                           (models.TrialIntermediateValueModel, {"trial_id", "step", "intermediate_value",
+                                                                 "intermediate_value_type"}),
+                           (models.TrialUserAttributeModel, {"trial_id", "key", "value_json"})):
+        assert columns <= set(model.__table__.columns.keys()), model
+    assert callable(models.TrialValueModel.stored_repr_to_value)
+    assert callable(models.TrialIntermediateValueModel.stored_repr_to_intermediate_value)
 
 
 def test_every_hpo_tag_and_attribute_name_is_declared_once_in_keys():

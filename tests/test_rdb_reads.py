@@ -189,3 +189,32 @@ def test_a_poll_reads_few_running_trials_again_and_the_oldest_read_first(url, mo
         fresh.append({t.number for t in ctl.get_trials(deepcopy=False) if t.intermediate_values})
         assert reads["trials"] == before + 2
     assert len(fresh[0]) == 2 and fresh[0] < fresh[1] < fresh[2] and len(fresh[2]) == 6, fresh
+
+
+def test_a_claim_asks_the_head_of_the_queue_and_reads_no_trial_whole(url, monkeypatch):
+    """A worker's claim asks the lowest queued ids a few at a time (Optuna's pop reads every unfinished trial whole
+    first), and asks again past them when other workers took them all meanwhile."""
+    ctl = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    for _ in range(40):
+        ctl.enqueue_trial({}, user_attrs={keys.QUEUED: True})
+    worker = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    other = RDBStorage(url)
+    _PLAIN.setdefault(url, []).extend([ctl._storage._backend, worker._storage._backend, other])
+    monkeypatch.setattr(storage, "CLAIM_ASKS", 2)
+    read, asked, whole = rdb_reads.waiting, [], []
+
+    def others_take_what_it_asked_twice(rdb, study_id, above, limit):
+        ids = read(rdb, study_id, above, limit)
+        asked.append(ids)
+        for i in ids if len(asked) <= 2 else []:
+            assert other.set_trial_state_values(i, TrialState.RUNNING)
+        return ids
+
+    monkeypatch.setattr(rdb_reads, "waiting", others_take_what_it_asked_twice)
+    real = RDBStorage._get_trials
+    monkeypatch.setattr(RDBStorage, "_get_trials", lambda *a, **k: whole.append(a) or real(*a, **k))
+    trial = storage.claim(worker)
+    monkeypatch.setattr(RDBStorage, "_get_trials", real)
+    assert trial is not None and trial.number == 4, "past the two asks the others took"
+    assert [len(ids) for ids in asked] == [2, 2, 2] and not whole, "three asks of two ids; no trial read whole"
+    assert [t.state for t in full(url)][:6] == [TrialState.RUNNING] * 5 + [TrialState.WAITING]
