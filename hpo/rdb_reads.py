@@ -19,8 +19,12 @@ if more) and the trials newer than any it knows, not of the whole queue (hpo que
 256 running, a queue of thousands). Every `ALL_STATES_EVERY_S` a poll asks every unfinished trial's state: a
 trial taken out of order is seen then at the latest. So after every poll every trial that is not running is what
 a full read gives, but for a waiting trial taken beyond the window, which may still show WAITING for that long.
-What must see a running trial as it is now (a dead worker's trials, by pid) asks `read_all_next()` first. Optuna's
-private names used here are pinned in tests/test_port.py.
+What must see a running trial as it is now (a dead worker's trials, by pid) asks `read_all_next()` first.
+
+A worker's claim (`storage.claim`) asks `waiting` for the lowest queued ids, a few at a time, where Optuna's pop
+reads every unfinished trial whole through its cache first; `cache_claimed` then puts the trial it took into that
+cache, which writes params only for trials it has read. Optuna's private names used here are pinned in
+tests/test_port.py.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ RUNNING_EVERY_S = 5.0  # a running trial is read whole again once this old...
 RUNNING_MANY = 50  # ...and at most max(2, running // RUNNING_MANY) of them a poll
 WAITING_WINDOW = 32  # the lowest waiting trials whose states a poll asks (workers take them in id order)
 ALL_STATES_EVERY_S = 30.0  # how often a poll asks the state of every unfinished trial
+PROBES_ONLY = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")  # PostgreSQL: states by index probes
 
 
 def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[list[tuple[int, TrialState]], int]:
@@ -54,6 +59,7 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
     asked = sorted(i for i in ids if i <= above)
     t = models.TrialModel
     new = sqlalchemy.select(t.trial_id, t.state).where(t.study_id == study_id, t.trial_id > above)
+    first: list[Any] = []  # statements of the read's transaction before its queries
     if asked and rdb.engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -61,6 +67,9 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
             "id").render_derived(name="asked")
         queries = [sqlalchemy.union_all(sqlalchemy.select(t.trial_id, t.state).select_from(
             each.join(t, t.trial_id == each.c.id)).where(t.study_id == study_id), new)]
+        # By primary key whatever the count: past ~800 ids the planner's costs favour a hash join over a scan of
+        # the whole table (every trial of the study, every ALL_STATES_EVERY_S: bench/RESULTS.md, "At scale").
+        first = [sqlalchemy.text(f"SET LOCAL {plan} = off") for plan in PROBES_ONLY]
     else:
         hi = asked[-1] if asked else above
         # The range from the oldest id may hold other trials between: keep it within a few times what is asked.
@@ -75,6 +84,8 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
     def read() -> tuple[list[tuple[int, TrialState]], int]:
         session = rdb.scoped_session()
         try:
+            for statement in first:
+                session.execute(statement)
             got = [row for query in queries for row in session.execute(query).all()]
         finally:
             session.close()  # a read: nothing to commit; the connection goes back to the pool

@@ -14,7 +14,6 @@ own read. On any other storage (a journal is replayed whole either way) both are
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 import optuna
@@ -24,6 +23,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
 
 from hpo import keys
+from hpo.rdb_whole import local
 from hpo.storage_outage import retry
 
 LEAN_ATTRS = (keys.WORKER, keys.REASON, keys.ERROR, keys.RETRY_OF)  # what the report shows of every trial
@@ -94,12 +94,8 @@ class Trials:
             user.setdefault(tid, {})[key] = json.loads(value_json)
         return [FrozenTrial(number=number, state=state, value=None,
                             values=[vs[i] for i in sorted(vs)] if (vs := vals.get(tid)) else None,
-                            datetime_start=_local(start), datetime_complete=_local(end), params={},
+                            datetime_start=local(start), datetime_complete=local(end), params={},
                             distributions={}, user_attrs=user.get(tid, {}), system_attrs={},
                             intermediate_values=last_report.get(tid, {}), trial_id=tid)
                 for tid, number, state, start, end in rows]
 
-
-def _local(at: datetime | None) -> datetime | None:
-    """Optuna's RDB keeps naive UTC and gives naive local time (models.TrialModel.datetime_start)."""
-    return None if at is None else at.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)

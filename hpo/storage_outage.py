@@ -86,3 +86,15 @@ class PatientRDBStorage(RDBStorage):
 
 for _name in RDB_CALLS:
     setattr(PatientRDBStorage, _name, _patient(_name))
+
+
+def _read_trials(self: PatientRDBStorage, study_id: int, states: Any, included_trial_ids: set[int],
+                 trial_id_greater_than: int) -> Any:
+    """Every whole read of the study's trials, without Optuna's ORM (hpo.rdb_whole), patient as the rest."""
+    from hpo import rdb_whole
+
+    return retry(lambda: rdb_whole.read_trials(self, study_id, states, included_trial_ids, trial_id_greater_than),
+                 self.hpo_label)
+
+
+PatientRDBStorage._get_trials = _read_trials  # type: ignore[method-assign]  # noqa: SLF001

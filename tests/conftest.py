@@ -200,6 +200,17 @@ def postgres(_postgres_server):
     _postgres_server.ensure_up()
 
 
+@pytest.fixture
+def far_timezone():
+    """The RDB keeps UTC and Optuna gives local time: not the same here (the tests' machines run in UTC)."""
+    was = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"
+    time.tzset()
+    yield
+    os.environ.pop("TZ") if was is None else os.environ.update(TZ=was)
+    time.tzset()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def rdb_url(request, tmp_path):
     """An empty Optuna RDB: a SQLite file, and a new database on the test PostgreSQL."""

@@ -10,6 +10,7 @@ trials, and a resume (a new cache over the same study).
 from __future__ import annotations
 
 import random
+import time
 
 import optuna
 import pytest
@@ -218,3 +219,40 @@ def test_a_claim_asks_the_head_of_the_queue_and_reads_no_trial_whole(url, monkey
     assert trial is not None and trial.number == 4, "past the two asks the others took"
     assert [len(ids) for ids in asked] == [2, 2, 2] and not whole, "three asks of two ids; no trial read whole"
     assert [t.state for t in full(url)][:6] == [TrialState.RUNNING] * 5 + [TrialState.WAITING]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_states_are_asked_by_primary_key_however_many(postgres):
+    """Past a few hundred ids (fewer on a small study) PostgreSQL's planner reads the states by scanning the study
+    (a hash join over a scan of `trials`: every trial, at every poll that asks every unfinished state). The server's
+    own counters: the states read fetches the trials asked for through the primary key, and scans nothing."""
+    import uuid
+
+    import psycopg
+    import servers
+
+    url = servers.create_database(postgres.url, f"rdb_{uuid.uuid4().hex[:12]}")
+    study = optuna.create_study(study_name="s", storage=url.replace("postgresql://", "postgresql+psycopg://"))
+    study.add_trials([optuna.trial.create_trial(value=float(i)) for i in range(120)])
+    study._storage._backend.engine.dispose()
+    asked = sorted(t._trial_id for t in study.get_trials(deepcopy=False))[::3]
+    rdb = RDBStorage(url.replace("postgresql://", "postgresql+psycopg://"))
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute("ANALYZE")  # as autovacuum keeps a live study's statistics
+
+        def counts() -> tuple[int, int, int]:
+            con.execute("SELECT pg_stat_clear_snapshot()")
+            return con.execute("SELECT seq_scan, seq_tup_read, idx_tup_fetch FROM pg_stat_user_tables "
+                               "WHERE relname = 'trials'").fetchone()
+
+        before = counts()
+        got, _ = rdb_reads.states(rdb, study._study_id, set(asked), asked[-1] + 100)
+        rdb.engine.dispose()  # its server process ends and reports its counters
+        for _ in range(100):
+            if counts() != before:
+                break
+            time.sleep(0.1)
+        scans, scanned, fetched = (a - b for a, b in zip(counts(), before))
+    assert len(got) == len(asked) == 40
+    assert (scans, scanned) == (0, 0), f"{scans} sequential scan(s) of trials, {scanned} rows"
+    assert fetched <= len(asked) + 2, f"{fetched} rows fetched through indexes for {len(asked)} asked"

@@ -11,9 +11,7 @@ in bench/bench_scale.py.)
 from __future__ import annotations
 
 import math
-import os
 import re
-import time
 from datetime import datetime, timedelta
 
 import optuna
@@ -80,17 +78,6 @@ def spec_of(study: optuna.Study) -> specmod.Spec:
     return specmod.from_dict({"name": "r", "method": "random", **metric,
                               "parameters": {"x": {"min": 0.0, "max": 1.0}, "opt": {"values": ["adam", "sgd"]},
                                              "epochs": {"value": 3}}})
-
-
-@pytest.fixture
-def far_timezone():
-    """The RDB keeps UTC and Optuna gives local time: not the same here (the tests' machines run in UTC)."""
-    was = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Kolkata"
-    time.tzset()
-    yield
-    os.environ.pop("TZ") if was is None else os.environ.update(TZ=was)
-    time.tzset()
 
 
 def test_every_trial_read_lean_is_its_whole_read_in_what_the_report_shows_of_every_trial(study, far_timezone):
