@@ -5,7 +5,7 @@ each trial and each of its params, values, attributes and reports as SQLAlchemy 
 FrozenTrials from them: at 100,000 trials on PostgreSQL, 1.5 M objects and ~38 s. That is a controller's start-up,
 a joining worker's first read (Optuna's pruners and TPE read the study), a resume, and `hpo status` before the
 controller wrote `status.json` (bench/RESULTS.md, "At scale"). `read_trials` asks the same rows as plain tuples (one
-query per table, each restricted to the trials asked for by a join) and builds the FrozenTrials Optuna builds, with
+query per table, each restricted to the trials asked for) and builds the FrozenTrials Optuna builds, with
 each distinct distribution parsed once. hpo's RDBStorage (`storage_outage.PatientRDBStorage`) reads through it;
 tests/test_rdb_whole.py compares it with Optuna's own on every kind of trial, on SQLite and PostgreSQL.
 """
@@ -23,6 +23,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sqlalchemy_exc
+
+IN_BATCH = 500  # trial ids in one IN list of a child table's read (SQLAlchemy's selectinload takes 500)
 
 
 def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
@@ -48,10 +50,10 @@ def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | 
                            .where(models.StudyModel.study_id == study_id)).first() is None:
             raise KeyError(f"No study with study_id {study_id} exists.")  # as StudyModel.find_or_raise_by_id
         try:
-            rows = _rows(session, picked)
+            rows = _rows(session, picked, whole=picked is mine)
         except sqlalchemy_exc.OperationalError:  # an IN list past the database's limit: as Optuna, read all, filter
             session.rollback()
-            rows = _rows(session, mine)
+            rows = _rows(session, mine, whole=True)
             keep = {tid for tid, *_ in rows[0] if tid in included or tid > trial_id_greater_than}
             rows = tuple([r for r in table if r[0] in keep] for table in rows)
     finally:
@@ -59,15 +61,23 @@ def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | 
     return _build(*rows)
 
 
-def _rows(session: Any, where: list[Any]) -> tuple[list[Any], ...]:
+def _rows(session: Any, where: list[Any], whole: bool) -> tuple[list[Any], ...]:
+    """The trials' rows and their child tables' rows. A read of the whole study joins each child table with the
+    study's trials; a read of some trials (a cache's: the unfinished and the new) asks each child table for their
+    ids, `IN_BATCH` at a time, as Optuna's `selectinload` does: index lookups however stale the statistics."""
     t = models.TrialModel
     trials = session.execute(sqlalchemy.select(t.trial_id, t.number, t.state, t._datetime_start_utc,  # noqa: SLF001
                                                t._datetime_complete_utc).where(*where)  # noqa: SLF001
                              .order_by(t.trial_id)).all()
+    ids = [row[0] for row in trials]
 
     def child(model: Any, *columns: Any) -> list[Any]:
-        return session.execute(sqlalchemy.select(model.trial_id, *columns).join(t, t.trial_id == model.trial_id)
-                               .where(*where).order_by(*columns[:1])).all()
+        query = sqlalchemy.select(model.trial_id, *columns)
+        if whole:
+            return session.execute(query.join(t, t.trial_id == model.trial_id).where(*where)
+                                   .order_by(columns[0])).all()
+        return [row for at in range(0, len(ids), IN_BATCH) for row in session.execute(
+            query.where(model.trial_id.in_(ids[at:at + IN_BATCH])).order_by(columns[0])).all()]
 
     p, v, u, s, iv = (models.TrialParamModel, models.TrialValueModel, models.TrialUserAttributeModel,
                       models.TrialSystemAttributeModel, models.TrialIntermediateValueModel)

@@ -54,7 +54,9 @@ def study(rdb_url):
     rdb.engine.dispose()
 
 
-def test_hpos_whole_read_is_optunas_for_every_question_optunas_reads_ask(study, far_timezone):
+@pytest.mark.parametrize("batch", [rdb_whole.IN_BATCH, 7], ids=["one IN list", "IN lists of 7 ids"])
+def test_hpos_whole_read_is_optunas_for_every_question_optunas_reads_ask(study, far_timezone, batch, monkeypatch):
+    monkeypatch.setattr(rdb_whole, "IN_BATCH", batch)
     rdb, sid = study._storage._backend, study._study_id  # noqa: SLF001
     ids = [t._trial_id for t in study.get_trials(deepcopy=False)]  # noqa: SLF001
     mid = ids[len(ids) // 2]
