@@ -99,10 +99,9 @@ def _watch(plan: Plan, port: SessionPort, supervisor: Supervisor) -> None:
     grid, pool = _grid(plan), supervisor.pool
     packer = _packer(plan, port)
     while True:
+        polled_at = time.monotonic()
         supervisor.poll()
-        read_at = time.monotonic()
         trials, c = port.top_up(grid)  # one read of the study per poll, shared below
-        read_s = time.monotonic() - read_at
         if packer is not None and packer.pending():
             pool.slots.extend(packer.added(trials, len(pool.slots)))
         if c.waiting:
@@ -117,5 +116,6 @@ def _watch(plan: Plan, port: SessionPort, supervisor: Supervisor) -> None:
             if not now.running and not now.waiting:
                 return
         # Reads are incremental (the journal's replay; on an RDB, hpo.rdb_reads), but Optuna still builds its list
-        # of every trial: at 100,000 trials a read is ~15 ms, so the poll slows to keep it under ~5 % of a core.
-        time.sleep(min(2.0, max(POLL_SECONDS, 20 * read_s)))
+        # of every trial: at 100,000 trials a poll is tens of ms, so it waits 20 times as long (at most 2 s) and
+        # the controller's polls stay under ~5 % of a core (the whole poll counts: the read is most of it).
+        time.sleep(min(2.0, max(POLL_SECONDS, 20 * (time.monotonic() - polled_at))))
