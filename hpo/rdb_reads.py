@@ -36,8 +36,9 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from hpo.rdb_whole import reading
 from hpo.storage_outage import retry
 
 RUNNING_EVERY_S = 5.0  # a running trial is read whole again once this old...
@@ -82,13 +83,10 @@ def states(rdb: RDBStorage, study_id: int, ids: set[int], above: int) -> tuple[l
         queries = [near] + ([sqlalchemy.select(t.trial_id, t.state).where(t.trial_id.in_(old))] if old else [])
 
     def read() -> tuple[list[tuple[int, TrialState]], int]:
-        session = rdb.scoped_session()
-        try:
+        with reading(rdb) as session:
             for statement in first:
                 session.execute(statement)
             got = [row for query in queries for row in session.execute(query).all()]
-        finally:
-            session.close()  # a read: nothing to commit; the connection goes back to the pool
         return [(int(i), s) for i, s in got if i > above or i in ids], len(got)
 
     return retry(read, getattr(rdb, "hpo_label", "--storage"))
@@ -102,25 +100,20 @@ def waiting(rdb: RDBStorage, study_id: int, above: int, limit: int) -> list[int]
                                                  t.trial_id > above).order_by(t.trial_id).limit(limit))
 
     def read() -> list[int]:
-        session = rdb.scoped_session()
-        try:
+        with reading(rdb) as session:
             return [int(i) for i in session.execute(query).scalars()]
-        finally:
-            session.close()
 
     return retry(read, getattr(rdb, "hpo_label", "--storage"))
 
 
-def cache_claimed(cache: _CachedStorage, study_id: int, trial_id: int) -> None:
-    """Put a trial just claimed into Optuna's cache, which writes a trial's params only for trials it has read.
-
-    Read whole (it alone), as unfinished: the cache reads it again at its next read. A cache that never read the
-    study starts its record of it here, as its own first read would (it then reads the rest whole)."""
-    trial = cache._backend.get_trial(trial_id)  # noqa: SLF001
+def cache_claimed(cache: _CachedStorage, study_id: int, trial: FrozenTrial) -> None:
+    """Put a trial just claimed (as its `optuna.Trial` read it) into Optuna's cache, which writes a trial's params
+    only for trials it has read. As unfinished: the cache reads it again at its next read. A cache that never read
+    the study starts its record of it here, as its own first read would (it then reads the rest whole)."""
     with cache._lock:  # noqa: SLF001
         study = cache._studies.setdefault(study_id, _StudyInfo())  # noqa: SLF001
         cache._add_trials_to_cache(study_id, [trial])  # noqa: SLF001
-        study.unfinished_trial_ids.add(trial_id)
+        study.unfinished_trial_ids.add(trial._trial_id)  # noqa: SLF001
 
 
 class IncrementalCache(_CachedStorage):

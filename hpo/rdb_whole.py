@@ -13,7 +13,8 @@ tests/test_rdb_whole.py compares it with Optuna's own on every kind of trial, on
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +26,24 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sqlalchemy_exc
 
 IN_BATCH = 500  # trial ids in one IN list of a child table's read (SQLAlchemy's selectinload takes 500)
+
+
+@contextmanager
+def reading(rdb: RDBStorage) -> Iterator[Any]:
+    """A session for reads: nothing to commit, and closed (its connection back to the pool) whatever happens."""
+    session = rdb.scoped_session()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def trial_rows(session: Any, where: list[Any]) -> list[Any]:
+    """(trial_id, number, state, start, end) of the trials `where` selects, in id order: what `build` takes."""
+    t = models.TrialModel
+    return session.execute(sqlalchemy.select(t.trial_id, t.number, t.state, t._datetime_start_utc,  # noqa: SLF001
+                                             t._datetime_complete_utc).where(*where)  # noqa: SLF001
+                           .order_by(t.trial_id)).all()
 
 
 def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
@@ -44,8 +63,7 @@ def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | 
         picked = [*mine, t.trial_id > trial_id_greater_than]
     else:
         picked = mine
-    session = rdb.scoped_session()
-    try:
+    with reading(rdb) as session:
         if session.execute(sqlalchemy.select(models.StudyModel.study_id)
                            .where(models.StudyModel.study_id == study_id)).first() is None:
             raise KeyError(f"No study with study_id {study_id} exists.")  # as StudyModel.find_or_raise_by_id
@@ -56,9 +74,7 @@ def read_trials(rdb: RDBStorage, study_id: int, states: Container[TrialState] | 
             rows = _rows(session, mine, whole=True)
             keep = {tid for tid, *_ in rows[0] if tid in included or tid > trial_id_greater_than}
             rows = tuple([r for r in table if r[0] in keep] for table in rows)
-    finally:
-        session.close()  # a read: nothing to commit
-    return _build(*rows)
+    return build(*rows)
 
 
 def _rows(session: Any, where: list[Any], whole: bool) -> tuple[list[Any], ...]:
@@ -66,9 +82,7 @@ def _rows(session: Any, where: list[Any], whole: bool) -> tuple[list[Any], ...]:
     study's trials; a read of some trials (a cache's: the unfinished and the new) asks each child table for their
     ids, `IN_BATCH` at a time, as Optuna's `selectinload` does: index lookups however stale the statistics."""
     t = models.TrialModel
-    trials = session.execute(sqlalchemy.select(t.trial_id, t.number, t.state, t._datetime_start_utc,  # noqa: SLF001
-                                               t._datetime_complete_utc).where(*where)  # noqa: SLF001
-                             .order_by(t.trial_id)).all()
+    trials = trial_rows(session, where)
     ids = [row[0] for row in trials]
 
     def child(model: Any, *columns: Any) -> list[Any]:
@@ -89,9 +103,10 @@ def _rows(session: Any, where: list[Any], whole: bool) -> tuple[list[Any], ...]:
             child(iv, iv.trial_intermediate_value_id, iv.step, iv.intermediate_value, iv.intermediate_value_type))
 
 
-def _build(trials: list[Any], params: list[Any], values: list[Any], user: list[Any], system: list[Any],
-           reports: list[Any]) -> list[FrozenTrial]:
-    """FrozenTrials as `RDBStorage._build_frozen_trial_from_trial_model` builds them from the same rows."""
+def build(trials: list[Any], params: list[Any], values: list[Any], user: list[Any], system: list[Any],
+          reports: list[Any]) -> list[FrozenTrial]:
+    """FrozenTrials as `RDBStorage._build_frozen_trial_from_trial_model` builds them from the same rows (each child
+    row: trial_id, its own id, then its columns; a table left empty leaves that part of every trial empty)."""
     dists: dict[str, distributions.BaseDistribution] = {}
     ps: dict[int, dict[str, Any]] = {}
     ds: dict[int, dict[str, distributions.BaseDistribution]] = {}

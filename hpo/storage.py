@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import keys
@@ -92,7 +92,7 @@ class StaleTrials:
         self._unbeaten: dict[int, float] = {}  # trial id -> when this controller first saw it RUNNING unbeaten
 
     def find(self, study: optuna.Study, running: list[FrozenTrial]) -> list[int]:
-        rdb = _rdb(study._storage)  # noqa: SLF001
+        rdb = rdb_of(study._storage)  # noqa: SLF001
         if rdb is None or not rdb.get_heartbeat_interval():
             return []
         taken = {t._trial_id for t in running if keys.QUEUED in t.user_attrs}  # noqa: SLF001 - hpo workers' trials
@@ -106,7 +106,7 @@ class StaleTrials:
         return sorted(stale + [i for i, seen in self._unbeaten.items() if now - seen > grace + heartbeat_interval_s()])
 
 
-def _rdb(store: BaseStorage) -> Any:
+def rdb_of(store: BaseStorage) -> Any:
     """The RDBStorage under Optuna's cache (a Study's storage), or None for other storages."""
     from optuna.storages import RDBStorage
 
@@ -413,9 +413,10 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     for trial_id in _waiting_ids(study):
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                trial = optuna.Trial(study, trial_id)
                 if isinstance(storage, _CachedStorage):  # it was not read through the cache (_waiting_ids)
-                    rdb_reads.cache_claimed(storage, study._study_id, trial_id)  # noqa: SLF001
-                return optuna.Trial(study, trial_id)
+                    rdb_reads.cache_claimed(storage, study._study_id, trial._cached_frozen_trial)  # noqa: SLF001
+                return trial
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker took it and finished it meanwhile
             continue
     return None
@@ -428,8 +429,8 @@ def _waiting_ids(study: optuna.Study) -> Iterator[int]:
     from hpo import rdb_reads
 
     storage, sid = study._storage, study._study_id  # noqa: SLF001
-    rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, RDBStorage):
+    rdb = rdb_of(storage)
+    if rdb is None:
         yield from (t._trial_id for t in storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING,)))  # noqa: SLF001
         return
     above = -1
